@@ -1,0 +1,1 @@
+"""Device backends. No side effects at import (see DESIGN.md)."""
