@@ -1,0 +1,179 @@
+"""The device seam: one small `Backend` per device, answering what the core needs.
+
+A backend is chosen once (see `registry.get_backend`) and passed down. The core asks it
+for its torch device, its collective-backend string, its Ray resource, its kernels, and
+nothing else device-specific. Keep this interface small (vLLM's platform class is the
+model, not DeepSpeed's ever-growing accelerator).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar, Sequence
+
+import torch
+
+# The kernel ops a backend chooses implementations for.
+KERNEL_OPS = ("attention", "logprobs", "fused_ops", "packing", "collectives")
+
+# Variables every backend cares about; each backend adds its own.
+COMMON_ENV_VARS = (
+    "MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "DS_ACCELERATOR",
+    "LMM_R1_DEVICE", "LMM_R1_ATTENTION",
+)
+
+
+class BackendUnavailable(RuntimeError):
+    """The requested device cannot be used here. The message is one line meant for users."""
+
+
+@dataclass(frozen=True)
+class KernelChoice:
+    """Which implementation of one op a backend uses, and why.
+
+    `rejected` lists the better candidates that were tried first, each with the reason
+    it could not be used, so `doctor` can print the whole fallback chain.
+    """
+
+    op: str
+    name: str
+    reason: str
+    rejected: tuple[tuple[str, str], ...] = ()
+    fn: Callable | None = field(default=None, compare=False, repr=False)
+
+    def describe(self) -> str:
+        text = f"{self.op}: {self.name} ({self.reason})"
+        for name, why in self.rejected:
+            text += f"; not {name}: {why}"
+        return text
+
+
+def choose(op: str, candidates: Sequence[tuple[str, Callable[[], tuple[bool, str]], Callable | None]],
+           override: str | None = None) -> KernelChoice:
+    """Pick the first usable candidate, recording why each earlier one was rejected.
+
+    candidates: (name, probe, fn) in order of preference; probe() -> (usable, reason).
+    override: a name the user forced (e.g. attention=reference for debugging); forcing an
+    unusable or unknown implementation is an error, not a silent fallback.
+    """
+    names = [c[0] for c in candidates]
+    if override is not None:
+        for name, probe, fn in candidates:
+            if name == override:
+                ok, why = probe()
+                if not ok:
+                    raise BackendUnavailable(f"{op} implementation '{override}' was requested but cannot be used: {why}")
+                return KernelChoice(op, name, f"requested explicitly; {why}", (), fn)
+        raise ValueError(f"unknown {op} implementation '{override}' for this backend; choose one of {names}")
+    rejected: list[tuple[str, str]] = []
+    for name, probe, fn in candidates:
+        ok, why = probe()
+        if ok:
+            return KernelChoice(op, name, why, tuple(rejected), fn)
+        rejected.append((name, why))
+    raise BackendUnavailable(f"no usable {op} implementation among {names}: " + "; ".join(f"{n}: {w}" for n, w in rejected))
+
+
+class Backend(ABC):
+    """What the core needs to know about one kind of device.
+
+    Class attributes are static facts; methods query or change the runtime.
+    """
+
+    name: ClassVar[str]
+    device_type: ClassVar[str]               # torch device type tensors live on
+    dist_backend: ClassVar[str]              # torch.distributed backend for device tensors
+    ray_resource: ClassVar[str | None]       # Ray resource per rank ("GPU", "NPU") or None = CPU bundles
+    visible_devices_env: ClassVar[str | None]
+    ds_accelerator: ClassVar[str]            # value for DS_ACCELERATOR (DeepSpeed must not auto-detect)
+    weight_sync_transports: ClassVar[tuple[str, ...]]  # best first
+    env_vars: ClassVar[tuple[str, ...]] = ()
+    default_dtype: ClassVar[torch.dtype] = torch.bfloat16
+
+    # ---- availability -------------------------------------------------------------
+    @classmethod
+    @abstractmethod
+    def probe(cls) -> tuple[bool, str]:
+        """(usable here, one-line reason). Must not raise."""
+
+    # ---- devices --------------------------------------------------------------------
+    def device(self, local_rank: int = 0) -> torch.device:
+        """The torch device for a process's local rank (index checked against the count)."""
+        count = self.device_count()
+        if local_rank < 0 or (count and local_rank >= count):
+            raise ValueError(f"local rank {local_rank} out of range: {self.name} has {count} device(s) visible")
+        return torch.device(self.device_type, local_rank)
+
+    @abstractmethod
+    def device_count(self) -> int: ...
+
+    def distributed_backend(self, with_cpu: bool = False) -> str:
+        """The process-group backend string; with_cpu adds gloo for CPU tensors (mixed group)."""
+        if with_cpu and self.dist_backend != "gloo":
+            return f"cpu:gloo,{self.device_type}:{self.dist_backend}"
+        return self.dist_backend
+
+    def worker_env(self, visible_devices: Sequence[int] | None = None) -> dict[str, str]:
+        """Environment a worker process of this backend needs (DeepSpeed accelerator, visible devices)."""
+        env = {"DS_ACCELERATOR": self.ds_accelerator, "LMM_R1_DEVICE": self.name}
+        if visible_devices is not None and self.visible_devices_env:
+            env[self.visible_devices_env] = ",".join(str(int(d)) for d in visible_devices)
+        return env
+
+    # ---- memory and sync ------------------------------------------------------------
+    @abstractmethod
+    def memory_stats(self, device: torch.device | None = None) -> dict[str, int]:
+        """Bytes: at least `allocated` and `peak_allocated` (process RSS on CPU)."""
+
+    def empty_cache(self) -> None:
+        """Return cached allocator blocks to the device (no-op on CPU)."""
+
+    def synchronize(self, device: torch.device | None = None) -> None:
+        """Wait for queued device work (no-op on CPU)."""
+
+    # ---- reproducibility --------------------------------------------------------------
+    def seed_everything(self, seed: int) -> None:
+        """Seed Python, NumPy and torch (every device's generator)."""
+        random.seed(seed)
+        os.environ["PYTHONHASHSEED"] = str(seed)
+        try:
+            import numpy as np
+
+            np.random.seed(seed % 2**32)
+        except ImportError:  # numpy is a dependency, but seeding must never be the failure
+            pass
+        torch.manual_seed(seed)
+
+    def set_deterministic(self, enabled: bool = True) -> None:
+        """Ask for bitwise-reproducible kernels (slower). Subclasses add device switches."""
+        torch.use_deterministic_algorithms(enabled, warn_only=True)
+
+    # ---- kernels ------------------------------------------------------------------------
+    @abstractmethod
+    def select_kernels(self, overrides: dict[str, str] | None = None) -> dict[str, KernelChoice]:
+        """One KernelChoice per op in KERNEL_OPS; overrides force an implementation by name."""
+
+    def attention(self, overrides: dict[str, str] | None = None) -> Callable:
+        """The varlen attention function (contract in kernels/attention.py)."""
+        return self.select_kernels(overrides)["attention"].fn
+
+    def describe(self) -> dict:
+        """A JSON-able summary (used by doctor and stamped into run metadata)."""
+        return {
+            "name": self.name,
+            "device_type": self.device_type,
+            "device_count": self.device_count(),
+            "dist_backend": self.distributed_backend(),
+            "dist_backend_mixed": self.distributed_backend(with_cpu=True),
+            "ray_resource": self.ray_resource,
+            "visible_devices_env": self.visible_devices_env,
+            "ds_accelerator": self.ds_accelerator,
+            "weight_sync_transports": list(self.weight_sync_transports),
+            "default_dtype": str(self.default_dtype).replace("torch.", ""),
+        }
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"

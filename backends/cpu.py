@@ -1,0 +1,63 @@
+"""CPU backend: the reference implementation every other backend is compared with."""
+
+from __future__ import annotations
+
+import resource
+import sys
+from typing import ClassVar
+
+import torch
+
+from lmm_r1_ascend.backends import common_kernels as ck
+from lmm_r1_ascend.backends.base import Backend, KernelChoice, choose
+
+
+def _rss_bytes() -> tuple[int, int]:
+    """(current RSS, peak RSS) of this process in bytes."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = peak if sys.platform == "darwin" else peak * 1024  # Linux reports KiB
+    current = peak
+    try:
+        with open("/proc/self/statm") as f:
+            current = int(f.read().split()[1]) * resource.getpagesize()
+    except OSError:  # not Linux
+        pass
+    return current, max(peak, current)  # ru_maxrss is sampled; never report peak < current
+
+
+class CpuBackend(Backend):
+    name: ClassVar[str] = "cpu"
+    device_type: ClassVar[str] = "cpu"
+    dist_backend: ClassVar[str] = "gloo"
+    ray_resource: ClassVar[str | None] = None
+    visible_devices_env: ClassVar[str | None] = None
+    ds_accelerator: ClassVar[str] = "cpu"
+    weight_sync_transports: ClassVar[tuple[str, ...]] = ("in_process", "gloo_broadcast")
+    env_vars: ClassVar[tuple[str, ...]] = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+    default_dtype: ClassVar[torch.dtype] = torch.float32
+
+    @classmethod
+    def probe(cls) -> tuple[bool, str]:
+        return True, "the CPU is always there"
+
+    def device(self, local_rank: int = 0) -> torch.device:
+        if local_rank < 0:
+            raise ValueError(f"local rank {local_rank} must be >= 0")
+        return torch.device("cpu")  # every rank shares the one CPU device
+
+    def device_count(self) -> int:
+        return 1
+
+    def memory_stats(self, device: torch.device | None = None) -> dict[str, int]:
+        current, peak = _rss_bytes()
+        return {"allocated": current, "peak_allocated": peak, "reserved": current}
+
+    def select_kernels(self, overrides: dict[str, str] | None = None) -> dict[str, KernelChoice]:
+        overrides = overrides or {}
+        return {
+            "attention": choose("attention", [ck.reference_attention_candidate()], overrides.get("attention")),
+            "logprobs": ck.logprobs_choice(),
+            "fused_ops": ck.no_fused_ops_choice("no fused ops on CPU; transformers' own modules"),
+            "packing": ck.packing_choice(host_lengths_required=False),
+            "collectives": ck.collectives_choice(self.distributed_backend()),
+        }

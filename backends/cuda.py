@@ -1,0 +1,75 @@
+"""NVIDIA CUDA backend: flash-attn or torch's varlen flash kernel, NCCL, CUDA IPC weight sync."""
+
+from __future__ import annotations
+
+import os
+from typing import ClassVar
+
+import torch
+
+from lmm_r1_ascend.backends import common_kernels as ck
+from lmm_r1_ascend.backends.accelerator_memory import accelerator_memory_stats
+from lmm_r1_ascend.backends.base import Backend, KernelChoice, choose
+
+
+class CudaBackend(Backend):
+    name: ClassVar[str] = "cuda"
+    device_type: ClassVar[str] = "cuda"
+    dist_backend: ClassVar[str] = "nccl"
+    ray_resource: ClassVar[str | None] = "GPU"
+    visible_devices_env: ClassVar[str | None] = "CUDA_VISIBLE_DEVICES"
+    ds_accelerator: ClassVar[str] = "cuda"
+    weight_sync_transports: ClassVar[tuple[str, ...]] = ("in_process", "cuda_ipc", "nccl_broadcast")
+    env_vars: ClassVar[tuple[str, ...]] = (
+        "CUDA_VISIBLE_DEVICES", "PYTORCH_CUDA_ALLOC_CONF", "CUBLAS_WORKSPACE_CONFIG",
+        "NCCL_DEBUG", "NCCL_SOCKET_IFNAME", "NCCL_IB_DISABLE", "VLLM_USE_V1",
+    )
+
+    @classmethod
+    def probe(cls) -> tuple[bool, str]:
+        if not torch.backends.cuda.is_built():
+            return False, "this torch build has no CUDA support (CPU or NPU build)"
+        if not torch.cuda.is_available():
+            return False, "no NVIDIA GPU visible (torch.cuda.is_available() is False)"
+        return True, f"{torch.cuda.device_count()} GPU(s), {torch.cuda.get_device_name(0)}"
+
+    def device_count(self) -> int:
+        return torch.accelerator.device_count()
+
+    def memory_stats(self, device: torch.device | None = None) -> dict[str, int]:
+        return accelerator_memory_stats(device)
+
+    def empty_cache(self) -> None:
+        torch.accelerator.empty_cache() if hasattr(torch.accelerator, "empty_cache") else torch.cuda.empty_cache()
+
+    def synchronize(self, device: torch.device | None = None) -> None:
+        torch.accelerator.synchronize(device)
+
+    def seed_everything(self, seed: int) -> None:
+        super().seed_everything(seed)
+        torch.cuda.manual_seed_all(seed)
+
+    def set_deterministic(self, enabled: bool = True) -> None:
+        if enabled:
+            # cuBLAS needs a fixed workspace to be deterministic; must be set before the first matmul.
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.deterministic = enabled
+        torch.backends.cudnn.benchmark = not enabled
+        super().set_deterministic(enabled)
+
+    def select_kernels(self, overrides: dict[str, str] | None = None) -> dict[str, KernelChoice]:
+        from lmm_r1_ascend.kernels import attention as att
+
+        overrides = overrides or {}
+        attention = choose("attention", [
+            ("flash_attn", lambda: att.probe_flash_attn("cuda"), att.varlen_attention_flash_attn),
+            ("torch_varlen", lambda: att.probe_torch_varlen("cuda"), att.varlen_attention_torch_varlen),
+            ck.reference_attention_candidate(),
+        ], overrides.get("attention"))
+        return {
+            "attention": attention,
+            "logprobs": ck.logprobs_choice(),
+            "fused_ops": ck.no_fused_ops_choice("transformers' own modules (fused by torch/cuBLAS); no custom fused ops"),
+            "packing": ck.packing_choice(host_lengths_required=False),
+            "collectives": ck.collectives_choice(self.distributed_backend()),
+        }

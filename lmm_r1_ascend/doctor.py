@@ -1,0 +1,77 @@
+"""`python -m lmm_r1_ascend.doctor [--device NAME] [--json]`: what this machine will run and why.
+
+Prints the selected backend (and, for auto, why better devices were skipped), the device
+count, the software stack's versions, the kernel implementation chosen for every op with
+the reason for each fallback, and the relevant environment variables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+
+from lmm_r1_ascend.backends.base import COMMON_ENV_VARS, BackendUnavailable
+from lmm_r1_ascend.backends.registry import backend_names, get_backend, resolve_name
+from lmm_r1_ascend.backends.stack import stack_versions
+
+
+def collect(device: str = "auto") -> dict:
+    """The doctor report as a JSON-able dict. Raises BackendUnavailable for an unusable device."""
+    name, skipped = resolve_name(device)
+    backend = get_backend(name)
+    ok, why = type(backend).probe()
+    kernels = backend.select_kernels()
+    env_names = list(dict.fromkeys(COMMON_ENV_VARS + backend.env_vars))
+    return {
+        "requested": device,
+        "backend": backend.describe(),
+        "why": why if device != "auto" or not skipped else f"{why} (auto: " + "; ".join(f"{n} skipped: {w}" for n, w in skipped) + ")",
+        "skipped": [{"backend": n, "reason": w} for n, w in skipped],
+        "kernels": {op: {"implementation": c.name, "reason": c.reason,
+                         "fallbacks": [{"implementation": n, "reason": w} for n, w in c.rejected]}
+                    for op, c in kernels.items()},
+        "versions": {"python": platform.python_version(), **stack_versions()},
+        "environment": {k: os.environ.get(k) for k in env_names},
+        "known_backends": sorted(backend_names()),
+    }
+
+
+def format_report(report: dict) -> str:
+    b = report["backend"]
+    lines = [
+        f"backend     {b['name']}  ({report['why']})",
+        f"devices     {b['device_count']} x {b['device_type']}",
+        f"collectives {b['dist_backend']} (mixed: {b['dist_backend_mixed']}); Ray resource: {b['ray_resource'] or 'CPU bundles'}",
+        f"weight sync {', '.join(b['weight_sync_transports'])}; DS_ACCELERATOR={b['ds_accelerator']}; dtype {b['default_dtype']}",
+        "kernels:",
+    ]
+    for op, k in report["kernels"].items():
+        lines.append(f"  {op:<11} {k['implementation']}: {k['reason']}")
+        lines += [f"  {'':<11}   (not {f['implementation']}: {f['reason']})" for f in k["fallbacks"]]
+    lines.append("versions:")
+    lines += [f"  {name:<14} {ver}" for name, ver in report["versions"].items()]
+    lines.append("environment:")
+    lines += [f"  {name}={val if val is not None else '(unset)'}" for name, val in report["environment"].items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lmm_r1_ascend.doctor", description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default=os.environ.get("LMM_R1_DEVICE", "auto"),
+                        help=f"auto (npu, then cuda, then cpu) or one of: {', '.join(sorted(backend_names()))}")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+    try:
+        report = collect(args.device)
+    except (BackendUnavailable, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(report, indent=None if args.json else 2) if args.json else format_report(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

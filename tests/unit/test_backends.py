@@ -1,0 +1,179 @@
+"""Backends: registry, auto order, one-line errors, per-device facts, kernel choice."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+
+import pytest
+import torch
+
+from lmm_r1_ascend.backends import Backend, BackendUnavailable, get_backend
+from lmm_r1_ascend.backends import registry
+from lmm_r1_ascend.backends.base import KERNEL_OPS, choose
+from lmm_r1_ascend.backends.cuda import CudaBackend
+from lmm_r1_ascend.backends.npu import EmulatedNpuBackend, NpuBackend
+
+
+def test_auto_prefers_npu_then_cuda_then_cpu(monkeypatch):
+    assert registry.AUTO_ORDER == ("npu", "cuda", "cpu")
+    monkeypatch.setattr(NpuBackend, "probe", classmethod(lambda cls: (False, "no npu")))
+    monkeypatch.setattr(CudaBackend, "probe", classmethod(lambda cls: (True, "fake gpu")))
+    name, skipped = registry.resolve_name("auto")
+    assert name == "cuda" and skipped == [("npu", "no npu")]
+    monkeypatch.setattr(CudaBackend, "probe", classmethod(lambda cls: (False, "no gpu")))
+    assert registry.resolve_name("auto") == ("cpu", [("npu", "no npu"), ("cuda", "no gpu")])
+    monkeypatch.setattr(NpuBackend, "probe", classmethod(lambda cls: (True, "fake npu")))
+    assert registry.resolve_name("AUTO")[0] == "npu"
+
+
+def test_auto_on_this_machine_is_cpu():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    assert get_backend("auto").name == "cpu"
+
+
+def test_npu_without_cann_is_one_clear_line():
+    ok, _ = NpuBackend.probe()
+    if ok:
+        pytest.skip("a real NPU is present")
+    with pytest.raises(BackendUnavailable) as err:
+        get_backend("npu")
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert "torch_npu/CANN is missing" in msg and "docker/Dockerfile.npu" in msg and "npu-emulated" in msg
+
+
+def test_unknown_device_lists_choices():
+    with pytest.raises(ValueError, match="unknown device 'tpu'.*cpu.*cuda.*npu"):
+        get_backend("tpu")
+
+
+def test_instances_are_cached_and_satisfy_the_interface():
+    cpu = get_backend("cpu")
+    assert cpu is get_backend("cpu") and isinstance(cpu, Backend)
+    assert cpu.device(0) == torch.device("cpu") and cpu.device(3) == torch.device("cpu")
+    with pytest.raises(ValueError):
+        cpu.device(-1)
+
+
+@pytest.mark.parametrize("cls,dist,mixed,ray,visible,ds", [
+    ("cpu", "gloo", "gloo", None, None, "cpu"),
+    (CudaBackend, "nccl", "cpu:gloo,cuda:nccl", "GPU", "CUDA_VISIBLE_DEVICES", "cuda"),
+    (NpuBackend, "hccl", "cpu:gloo,npu:hccl", "NPU", "ASCEND_RT_VISIBLE_DEVICES", "npu"),
+    (EmulatedNpuBackend, "gloo", "gloo", None, None, "cpu"),
+])
+def test_static_facts_per_device(cls, dist, mixed, ray, visible, ds):
+    # Static facts are class-level so they can be checked without the hardware.
+    backend = get_backend("cpu") if cls == "cpu" else object.__new__(cls)
+    assert backend.distributed_backend() == dist
+    assert backend.distributed_backend(with_cpu=True) == mixed
+    assert backend.ray_resource == ray and backend.visible_devices_env == visible and backend.ds_accelerator == ds
+    env = backend.worker_env([2, 3])
+    assert env["DS_ACCELERATOR"] == ds
+    if visible:
+        assert env[visible] == "2,3"
+
+
+def test_npu_has_no_cuda_ipc_and_cuda_does():
+    assert "cuda_ipc" not in NpuBackend.weight_sync_transports
+    assert "hccl_broadcast" in NpuBackend.weight_sync_transports
+    assert "cuda_ipc" in CudaBackend.weight_sync_transports
+
+
+def test_cpu_kernel_choice_covers_every_op_with_reasons():
+    kernels = get_backend("cpu").select_kernels()
+    assert set(kernels) == set(KERNEL_OPS)
+    assert kernels["attention"].name == "reference"
+    assert all(k.reason for k in kernels.values())
+
+
+def test_emulated_npu_runs_the_npu_attention_path():
+    backend = get_backend("npu-emulated")
+    kernels = backend.select_kernels()
+    assert kernels["attention"].name == "npu_fusion" and "emulated" in kernels["attention"].reason
+    assert kernels["fused_ops"].name == "npu_fused"
+    assert backend.ops.__name__ == "lmm_r1_ascend.kernels.npu_emulation"
+    assert backend.device() == torch.device("cpu")
+    # The bound attention runs and is the NPU function with the emulated ops.
+    assert kernels["attention"].fn.keywords["ops"] is backend.ops
+    assert kernels["attention"].fn.func.__name__ == "varlen_attention_npu_fusion"
+
+
+def test_attention_override_and_its_errors():
+    backend = get_backend("npu-emulated")
+    assert backend.select_kernels({"attention": "reference"})["attention"].name == "reference"
+    with pytest.raises(ValueError, match="unknown attention implementation 'nope'"):
+        backend.select_kernels({"attention": "nope"})
+
+
+def test_choose_records_the_fallback_chain():
+    choice = choose("attention", [
+        ("fast", lambda: (False, "library missing"), None),
+        ("faster", lambda: (False, "needs a GPU"), None),
+        ("slow", lambda: (True, "always works"), len),
+    ])
+    assert choice.name == "slow" and choice.fn is len
+    assert choice.rejected == (("fast", "library missing"), ("faster", "needs a GPU"))
+    assert "not fast: library missing" in choice.describe()
+    with pytest.raises(BackendUnavailable, match="fast: library missing"):
+        choose("attention", [("fast", lambda: (False, "library missing"), None)])
+    with pytest.raises(BackendUnavailable, match="requested but cannot be used: library missing"):
+        choose("attention", [("fast", lambda: (False, "library missing"), None)], override="fast")
+
+
+def test_seeding_makes_draws_repeat():
+    import random
+
+    import numpy as np
+
+    backend = get_backend("cpu")
+    backend.seed_everything(123)
+    a = (random.random(), np.random.rand(), torch.rand(3))
+    backend.seed_everything(123)
+    b = (random.random(), np.random.rand(), torch.rand(3))
+    assert a[0] == b[0] and a[1] == b[1] and torch.equal(a[2], b[2])
+
+
+def test_determinism_switch_toggles_torch(monkeypatch):
+    backend = get_backend("cpu")
+    try:
+        backend.set_deterministic(True)
+        assert torch.are_deterministic_algorithms_enabled()
+    finally:
+        backend.set_deterministic(False)
+    assert not torch.are_deterministic_algorithms_enabled()
+
+
+def test_npu_determinism_sets_hccl_variables(monkeypatch):
+    monkeypatch.delenv("HCCL_DETERMINISTIC", raising=False)
+    monkeypatch.delenv("CLOSE_MATMUL_K_SHIFT", raising=False)
+    backend = object.__new__(NpuBackend)
+    try:
+        backend.set_deterministic(True)
+        assert os.environ["HCCL_DETERMINISTIC"] == "true" and os.environ["CLOSE_MATMUL_K_SHIFT"] == "1"
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+def test_cpu_memory_stats_are_sane():
+    stats = get_backend("cpu").memory_stats()
+    assert 0 < stats["allocated"] <= stats["peak_allocated"]
+
+
+def test_third_party_backend_through_entry_point(monkeypatch):
+    class FakeEP:
+        name, value = "fakedev", "lmm_r1_ascend.backends.cpu:CpuBackend"
+
+    real = importlib.metadata.entry_points
+    monkeypatch.setattr(registry, "entry_points",
+                        lambda group: [FakeEP()] if group == registry.ENTRY_POINT_GROUP else real(group=group))
+    assert "fakedev" in registry.backend_names()
+    assert registry.backend_class("fakedev").__name__ == "CpuBackend"
+
+    class BadEP:
+        name, value = "baddev", "os:path"
+
+    monkeypatch.setattr(registry, "entry_points", lambda group: [BadEP()])
+    with pytest.raises(TypeError, match="not a subclass"):
+        registry.backend_class("baddev")
