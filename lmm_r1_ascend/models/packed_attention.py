@@ -1,0 +1,89 @@
+"""Packed (varlen) forwards through transformers' AttentionInterface, no patched model code.
+
+`use_packed_attention(model, attention_fn, name)` registers an attention function under
+`name` and selects it for the model's text decoder. Called with the packing kwargs
+(`cu_seq_lens_q`, `cu_seq_lens_k`, `max_length_q`, `max_length_k`, see `packed_kwargs`),
+every decoder layer runs the backend's varlen kernel on one row of concatenated sequences,
+so packed samples never attend to each other. Without those kwargs (generation, padded
+batches) it defers to SDPA with the usual mask, so the same model object also generates.
+The vision tower keeps its own attention (it is bidirectional per image).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+
+PACKED_KWARGS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
+# Extra keyword that carries the cumulative lengths as a host list, so kernels that need
+# them on the host (the NPU fused kernel) never force a device-to-host sync.
+HOST_CU_SEQLENS_KWARG = "lmm_cu_seqlens_host"
+
+
+def packed_kwargs(cu_seqlens: torch.Tensor, cu_seqlens_host: Sequence[int]) -> dict:
+    """Forward kwargs that switch the registered attention to varlen mode.
+
+    cu_seqlens: int32 (B+1,) with leading 0, on the model's device; cu_seqlens_host: the same as ints.
+    """
+    host = [int(x) for x in cu_seqlens_host]
+    max_len = max(b - a for a, b in zip(host[:-1], host[1:]))
+    return {
+        "cu_seq_lens_q": cu_seqlens, "cu_seq_lens_k": cu_seqlens,
+        "max_length_q": max_len, "max_length_k": max_len, HOST_CU_SEQLENS_KWARG: host,
+    }
+
+
+def make_attention_forward(attention_fn: Callable) -> Callable:
+    """Wrap a kernels/attention.py varlen function as a transformers attention forward.
+
+    transformers calls it with query (1, Hq, T, D), key/value (1, Hkv, T, D) and expects
+    (attn_output (1, T, Hq, D), attn_weights or None).
+    """
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    def forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None,
+                **kwargs):
+        cu = kwargs.get("cu_seq_lens_q")
+        if cu is None:
+            return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                          scaling=scaling, **kwargs)
+        if query.shape[0] != 1:
+            raise ValueError(f"packed attention expects one row of concatenated sequences (batch 1), got batch {query.shape[0]}")
+        if dropout:
+            raise ValueError("packed attention does not implement attention dropout; set attention_dropout=0")
+        if kwargs.get("cu_seq_lens_k") is not None and kwargs["cu_seq_lens_k"] is not cu \
+                and not torch.equal(kwargs["cu_seq_lens_k"], cu):
+            raise ValueError("packed attention needs cu_seq_lens_k == cu_seq_lens_q (self-attention)")
+        out = attention_fn(
+            query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1),
+            cu.to(torch.int32), int(kwargs["max_length_q"]), scale=scaling, causal=True,
+            cu_seqlens_host=kwargs.get(HOST_CU_SEQLENS_KWARG),
+        )
+        return out.unsqueeze(0), None
+
+    return forward
+
+
+def register_packed_attention(attention_fn: Callable, name: str) -> str:
+    """Register `attention_fn` with transformers under `name` (idempotent) and return the name."""
+    from transformers import AttentionInterface, AttentionMaskInterface
+    from transformers.masking_utils import sdpa_mask
+
+    AttentionInterface.register(name, make_attention_forward(attention_fn))
+    # Unpacked calls defer to SDPA, so they need SDPA's masks.
+    AttentionMaskInterface.register(name, sdpa_mask)
+    return name
+
+
+def use_packed_attention(model: torch.nn.Module, attention_fn: Callable, name: str = "lmm_r1_varlen") -> str:
+    """Select the registered varlen attention for the model's text decoder (vision tower untouched)."""
+    register_packed_attention(attention_fn, name)
+    config = model.config
+    text_config = getattr(config, "text_config", None)
+    if text_config is not None:
+        vision_impl = getattr(getattr(config, "vision_config", None), "_attn_implementation", None) or "sdpa"
+        model.set_attn_implementation({"text_config": name, "vision_config": vision_impl, "": name})
+    else:
+        model.set_attn_implementation(name)
+    return name
