@@ -101,9 +101,15 @@ class NpuBackend(Backend):
             ("npu_fusion", fusion_probe, functools.partial(varlen_attention_npu_fusion, ops=self.ops)),
             ck.reference_attention_candidate(),
         ], overrides.get("attention"))
+        def fused_probe() -> tuple[bool, str]:
+            missing = [op for op in ("npu_rms_norm", "npu_rotary_mul", "npu_swiglu") if not hasattr(self.ops, op)]
+            if missing:
+                return False, f"{ops_label} lacks {', '.join(missing)}"
+            return True, f"{ops_label} npu_rms_norm / npu_rotary_mul / npu_swiglu swapped into the model"
+
         fused = choose("fused_ops", [(
             "npu_fused",
-            lambda: (True, f"{ops_label} npu_rms_norm / npu_rotary_mul / npu_swiglu swapped into the model"),
+            fused_probe,
             functools.partial(apply_npu_fused_ops, ops=self.ops),
         ), ("none", lambda: (True, "transformers' own modules"), None)], overrides.get("fused_ops"))
         return {

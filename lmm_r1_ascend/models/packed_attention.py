@@ -29,6 +29,7 @@ def packed_kwargs(cu_seqlens: torch.Tensor, cu_seqlens_host: Sequence[int]) -> d
     host = [int(x) for x in cu_seqlens_host]
     max_len = max(b - a for a, b in zip(host[:-1], host[1:]))
     return {
+        "use_cache": False,  # a KV cache makes no sense for a packed row and would outlive the forward
         "cu_seq_lens_q": cu_seqlens, "cu_seq_lens_k": cu_seqlens,
         "max_length_q": max_len, "max_length_k": max_len, HOST_CU_SEQLENS_KWARG: host,
     }
