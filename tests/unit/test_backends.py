@@ -75,6 +75,13 @@ def test_static_facts_per_device(cls, dist, mixed, ray, visible, ds):
         assert env[visible] == "2,3"
 
 
+def test_npu_lists_the_hccl_and_ascend_variables():
+    for var in ("ASCEND_RT_VISIBLE_DEVICES", "HCCL_CONNECT_TIMEOUT", "HCCL_EXEC_TIMEOUT", "HCCL_DETERMINISTIC",
+                "HCCL_IF_BASE_PORT", "HCCL_BUFFSIZE", "PYTORCH_NPU_ALLOC_CONF", "VLLM_ASCEND_ENABLE_NZ"):
+        assert var in NpuBackend.env_vars
+    assert "CUDA_VISIBLE_DEVICES" in CudaBackend.env_vars and "CUBLAS_WORKSPACE_CONFIG" in CudaBackend.env_vars
+
+
 def test_npu_has_no_cuda_ipc_and_cuda_does():
     assert "cuda_ipc" not in NpuBackend.weight_sync_transports
     assert "hccl_broadcast" in NpuBackend.weight_sync_transports
