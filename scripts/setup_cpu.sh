@@ -10,7 +10,7 @@ VENV=${VENV:-.venv}
 if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
-pip_q() { "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$@" 2>&1 | grep -v "^WARNING: Location" || true; }
+pip_q() { "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$@"; }
 
 if ! "$VENV/bin/python" -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '2.13.0')" 2>/dev/null; then
   pip_q torch==2.13.0
