@@ -18,7 +18,7 @@ import torch.multiprocessing as mp
 
 from lmm_r1_ascend.kernels import collectives as C
 
-WORLD = 2
+WORLD = 3  # 3, not 2: with two ranks 'next' and 'previous' coincide and a reversed ring would pass
 TIMEOUT_S = 20.0
 
 
@@ -38,7 +38,7 @@ def _spawn(fn, *args) -> None:
             for p in ctx.processes:
                 if p.is_alive():
                     p.kill()
-            pytest.fail("2-process run did not finish in time")
+            pytest.fail(f"{WORLD}-process run did not finish in time")
 
 
 def _worker(rank: int, tmp: str, bucket_bytes: int) -> None:
@@ -51,7 +51,7 @@ def _worker(rank: int, tmp: str, bucket_bytes: int) -> None:
         # The generator form, on the same data; and an empty dict.
         streamed = list(C.iter_broadcast_buckets(sent, src=0, bucket_bytes=bucket_bytes))
         empty = C.broadcast_named_tensors({} if rank == 0 else None, src=0)
-        if rank == 1:
+        if rank == WORLD - 1:
             torch.save({"dict": got, "order": list(got), "streamed": streamed, "empty": empty}, f"{tmp}/got.pt")
         mine = torch.load(f"{tmp}/ring{rank}.pt")
         torch.save({k: C.ring_exchange(v) for k, v in mine.items()}, f"{tmp}/ringout{rank}.pt")
