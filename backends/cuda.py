@@ -8,11 +8,11 @@ from typing import ClassVar
 import torch
 
 from lmm_r1_ascend.backends import common_kernels as ck
-from lmm_r1_ascend.backends.accelerator_memory import accelerator_memory_stats
-from lmm_r1_ascend.backends.base import Backend, KernelChoice, choose
+from lmm_r1_ascend.backends.accelerator import AcceleratorBackend
+from lmm_r1_ascend.backends.base import KernelChoice, choose
 
 
-class CudaBackend(Backend):
+class CudaBackend(AcceleratorBackend):
     name: ClassVar[str] = "cuda"
     device_type: ClassVar[str] = "cuda"
     dist_backend: ClassVar[str] = "nccl"
@@ -32,22 +32,6 @@ class CudaBackend(Backend):
         if not torch.cuda.is_available():
             return False, "no NVIDIA GPU visible (torch.cuda.is_available() is False)"
         return True, f"{torch.cuda.device_count()} GPU(s), {torch.cuda.get_device_name(0)}"
-
-    def device_count(self) -> int:
-        return torch.accelerator.device_count()
-
-    def memory_stats(self, device: torch.device | None = None) -> dict[str, int]:
-        return accelerator_memory_stats(device)
-
-    def empty_cache(self) -> None:
-        torch.accelerator.empty_cache() if hasattr(torch.accelerator, "empty_cache") else torch.cuda.empty_cache()
-
-    def synchronize(self, device: torch.device | None = None) -> None:
-        torch.accelerator.synchronize(device)
-
-    def seed_everything(self, seed: int) -> None:
-        super().seed_everything(seed)
-        torch.cuda.manual_seed_all(seed)
 
     def set_deterministic(self, enabled: bool = True) -> None:
         if enabled:

@@ -19,11 +19,12 @@ from typing import ClassVar
 import torch
 
 from lmm_r1_ascend.backends import common_kernels as ck
+from lmm_r1_ascend.backends.accelerator import AcceleratorBackend
 from lmm_r1_ascend.backends.base import Backend, KernelChoice, choose
 from lmm_r1_ascend.backends.cpu import CpuBackend
 
 
-class NpuBackend(Backend):
+class NpuBackend(AcceleratorBackend):
     name: ClassVar[str] = "npu"
     device_type: ClassVar[str] = "npu"
     dist_backend: ClassVar[str] = "hccl"
@@ -60,24 +61,6 @@ class NpuBackend(Backend):
     def ops(self) -> ModuleType:
         """The namespace holding npu_fusion_attention, npu_rms_norm, npu_rotary_mul, npu_swiglu."""
         return importlib.import_module("torch_npu")
-
-    def device_count(self) -> int:
-        return torch.accelerator.device_count()
-
-    def memory_stats(self, device: torch.device | None = None) -> dict[str, int]:
-        from lmm_r1_ascend.backends.accelerator_memory import accelerator_memory_stats
-
-        return accelerator_memory_stats(device)
-
-    def empty_cache(self) -> None:
-        torch.accelerator.empty_cache()
-
-    def synchronize(self, device: torch.device | None = None) -> None:
-        torch.accelerator.synchronize(device)
-
-    def seed_everything(self, seed: int) -> None:
-        super().seed_everything(seed)
-        torch.npu.manual_seed_all(seed)
 
     def set_deterministic(self, enabled: bool = True) -> None:
         # Reduction collectives and the matmul K-axis shift are the NPU's sources of run-to-run noise.
@@ -155,9 +138,6 @@ class EmulatedNpuBackend(NpuBackend):
 
     def synchronize(self, device: torch.device | None = None) -> None:
         pass
-
-    def seed_everything(self, seed: int) -> None:
-        Backend.seed_everything(self, seed)
 
     def set_deterministic(self, enabled: bool = True) -> None:
         Backend.set_deterministic(self, enabled)
