@@ -1,0 +1,215 @@
+"""Recipes (YAML) + `key=value` overrides -> a checked TrainConfig, with one-line errors.
+
+    cfg = load_config(recipe="fre_text", overrides=["train.actor_lr=1e-6"])
+
+Unknown keys (with a close-match suggestion), wrong types and bad values raise ConfigError
+whose message names the key and, for files, the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+from lmm_r1_ascend.config.schema import STAGES, TrainConfig
+
+RECIPE_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+
+class ConfigError(ValueError):
+    """A user-caused configuration problem; the message is one line meant for users."""
+
+
+def list_recipes() -> dict[str, str]:
+    """recipe name -> its first comment line (a one-line description)."""
+    out = {}
+    for path in sorted(RECIPE_DIR.glob("*.yaml")):
+        first = path.read_text().splitlines()[0] if path.stat().st_size else ""
+        out[path.stem] = first.lstrip("# ").strip()
+    return out
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config must be a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def recipe_path(name: str) -> Path:
+    path = RECIPE_DIR / f"{name}.yaml"
+    if not path.exists():
+        close = difflib.get_close_matches(name, list(list_recipes()), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ConfigError(f"unknown recipe '{name}'{hint}; recipes: {', '.join(list_recipes())}")
+    return path
+
+
+def deep_merge(base: dict, update: Mapping) -> dict:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_overrides(items: Sequence[str]) -> dict:
+    """["a.b=1", "c=[x, y]"] -> {"a": {"b": 1}, "c": ["x", "y"]} (values parsed as YAML)."""
+    tree: dict = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override '{item}' is not key=value (e.g. trainer.max_steps=10)")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        node = tree
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{item}' conflicts with another override of '{part}'")
+        node[parts[-1]] = value
+    return tree
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against annotation `tp`, converting only lossless YAML cases (int -> float, list -> tuple)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} keys, got {value!r}")
+        return build(tp, value, prefix=f"{key}.")
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            if origin is list and isinstance(value, str):  # a single path where a list is expected
+                value = [value]
+            else:
+                raise ConfigError(f"{key}: expected a list, got {value!r}")
+        args = typing.get_args(tp)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"{key}: expected {len(args)} values, got {list(value)!r}")
+            return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        item_tp = args[0] if args else Any
+        items = [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        _, vt = typing.get_args(tp) or (Any, Any)
+        return {str(k): _coerce(v, vt, f"{key}.{k}") for k, v in value.items()}
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):  # YAML reads "1e-6" as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if tp is bool and not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if tp is int and isinstance(value, bool):
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if isinstance(tp, type) and not isinstance(value, tp):
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def build(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
+    """Construct dataclass `cls` from a mapping, checking every key and type."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        key = unknown[0]
+        close = difflib.get_close_matches(key, list(fields), n=1)
+        hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+        raise ConfigError(f"unknown config key '{prefix}{key}'{hint}; valid keys here: {', '.join(fields)}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {name: _coerce(value, hints[name], f"{prefix}{name}") for name, value in data.items()}
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as exc:  # the dataclass's own validation (e.g. AlgorithmConfig)
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: {exc}") from None
+
+
+def to_dict(cfg: Any) -> dict:
+    """A plain, YAML-safe dict (tuples become lists)."""
+    def plain(x):
+        if isinstance(x, (list, tuple)):
+            return [plain(v) for v in x]
+        if isinstance(x, dict):
+            return {k: plain(v) for k, v in x.items()}
+        return x
+    return plain(dataclasses.asdict(cfg))
+
+
+def validate(cfg: TrainConfig) -> TrainConfig:
+    """Cross-field checks the dataclasses cannot do alone."""
+    if cfg.stage not in STAGES:
+        raise ConfigError(f"stage: must be one of {', '.join(STAGES)}, got '{cfg.stage}'")
+    n = cfg.algorithm.n_samples_per_prompt
+    samples = cfg.rollout.rollout_batch_size * n
+    if cfg.trainer.train_batch_size > samples or samples % cfg.trainer.train_batch_size:
+        raise ConfigError(
+            f"trainer.train_batch_size ({cfg.trainer.train_batch_size}) must divide the samples of one rollout "
+            f"(rollout.rollout_batch_size x algorithm.n_samples_per_prompt = {samples})")
+    if cfg.rollout.engine not in ("hf", "vllm"):
+        raise ConfigError(f"rollout.engine: must be hf or vllm, got '{cfg.rollout.engine}'")
+    if cfg.distributed.mode not in ("local", "ray"):
+        raise ConfigError(f"distributed.mode: must be local or ray, got '{cfg.distributed.mode}'")
+    if cfg.data.on_bad_line not in ("raise", "skip"):
+        raise ConfigError(f"data.on_bad_line: must be raise or skip, got '{cfg.data.on_bad_line}'")
+    for key in ("max_prompt_len",):
+        if getattr(cfg.data, key) < 1:
+            raise ConfigError(f"data.{key}: must be >= 1")
+    if cfg.rollout.max_new_tokens < 1 or cfg.rollout.temperature <= 0:
+        raise ConfigError("rollout.max_new_tokens must be >= 1 and rollout.temperature > 0")
+    return cfg
+
+
+def load_config(recipe: str | None = None, config_file: str | None = None,
+                overrides: Sequence[str] = (), base: Mapping | None = None) -> TrainConfig:
+    """Merge, in order: defaults, `base`, the recipe, the config file, the overrides."""
+    data: dict = dict(base or {})
+    if recipe:
+        data = deep_merge(data, _read_yaml(recipe_path(recipe)))
+        data["recipe"] = recipe
+    if config_file:
+        data = deep_merge(data, _read_yaml(Path(config_file)))
+    data = deep_merge(data, parse_overrides(overrides))
+    return validate(build(TrainConfig, data))

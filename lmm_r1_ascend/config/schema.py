@@ -1,0 +1,139 @@
+"""The training configuration: nested dataclasses whose keys mirror the code and RECIPE.md.
+
+A recipe YAML (lmm_r1_ascend/recipes/*.yaml) sets any subset of these keys; `key=value`
+overrides on the command line set dotted paths (`train.actor_lr=1e-6`,
+`algorithm.advantage_estimator=rloo`). Defaults are the recipe's common hyperparameters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from lmm_r1_ascend.algorithms.config import AlgorithmConfig
+
+STAGES = ("fre", "mgt")
+
+
+@dataclass
+class ModelConfig:
+    """pretrain: HF directory or a built-in tiny model name (tiny-qwen2, tiny-qwen2.5-vl, demo-fre).
+    critic_pretrain: backbone of the critic (defaults to pretrain) when the estimator needs one.
+    init_from: for stage mgt, the FRE run directory (or its hf/ export) the actor starts from.
+    dtype: auto (the backend's: fp32 on CPU, bf16 on accelerators) | float32 | bfloat16 | float16.
+    freeze_prefixes: parameter-name prefixes kept frozen in the actor (e.g. model.visual).
+    """
+
+    pretrain: str = "tiny-qwen2"
+    critic_pretrain: str | None = None
+    init_from: str | None = None
+    dtype: str = "auto"
+    gradient_checkpointing: bool = False
+    freeze_prefixes: list[str] = field(default_factory=list)
+    value_head_prefix: str = "value_head"
+
+
+@dataclass
+class DataConfig:
+    """prompt_data: jsonl / json files or a saved HF dataset directory (one or several).
+    system_prompt: text, "math" (the recipe's math system prompt), or null (rows' own).
+    """
+
+    prompt_data: list[str] = field(default_factory=list)
+    eval_data: list[str] = field(default_factory=list)
+    loader: str = "auto"
+    system_prompt: str | None = None
+    max_prompt_len: int = 4096
+    min_pixels: int = 4 * 28 * 28
+    max_pixels: int = 16384 * 28 * 28
+    on_bad_line: str = "raise"
+    shuffle: bool = True
+
+
+@dataclass
+class RolloutConfig:
+    """engine: hf (transformers generate; the default on CPU) | vllm (vLLM / vllm-ascend).
+    rollout_batch_size: prompts per rollout (each sampled n_samples_per_prompt times).
+    """
+
+    engine: str = "hf"
+    rollout_batch_size: int = 256
+    micro_rollout_batch_size: int = 2
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    max_new_tokens: int = 4096
+    vllm_tensor_parallel_size: int = 1
+    vllm_gpu_memory_utilization: float = 0.5
+    vllm_enable_sleep: bool = True
+
+
+@dataclass
+class RewardConfig:
+    """default: the reward for rows whose datasource no route matches: math | sokoban |
+    custom:PATH.py | http(s)://URL. routes: {datasource glob: spec}."""
+
+    default: str = "math"
+    routes: dict[str, str] = field(default_factory=dict)
+    format_weight: float = 0.5
+    use_format: bool = True
+    timeout_s: float = 10.0
+    workers: int = 2
+    on_error: str = "raise"
+
+
+@dataclass
+class OptimConfig:
+    actor_lr: float = 1e-6
+    critic_lr: float = 9e-6
+    adam_betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.0
+    max_norm: float = 1.0
+    lr_scheduler: str = "cosine_with_min_lr"
+    min_lr_ratio: float = 0.1
+    lr_warmup_ratio: float = 0.03
+
+
+@dataclass
+class TrainerConfig:
+    """train_batch_size: samples per optimizer step; a rollout of rollout_batch_size x n
+    samples gives (rollout_batch_size * n / train_batch_size) steps per epoch.
+    max_tokens_per_micro_batch: packed tokens per forward/backward (sequences are kept whole).
+    num_episodes: passes over the prompt data; max_steps: stop after this many rollouts (0: no cap).
+    """
+
+    train_batch_size: int = 256
+    max_epochs: int = 1
+    max_tokens_per_micro_batch: int = 16384
+    num_episodes: int = 1
+    max_steps: int = 0
+    save_steps: int = 20
+    eval_steps: int = 0
+    save_hf: bool = True
+    keep_checkpoints: int = 2
+    logging_steps: int = 1
+    tensorboard: bool = True
+    deterministic: bool = False
+
+
+@dataclass
+class DistributedConfig:
+    """mode: local (all workers in this process) | ray (issue 7)."""
+
+    mode: str = "local"
+
+
+@dataclass
+class TrainConfig:
+    stage: str = "fre"
+    recipe: str | None = None
+    device: str = "auto"
+    seed: int = 42
+    output_dir: str = "outputs/run"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)

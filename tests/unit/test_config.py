@@ -1,0 +1,92 @@
+"""Config: recipes load with the paper's numbers; overrides are typed; errors are one line."""
+
+from __future__ import annotations
+
+import pytest
+
+from lmm_r1_ascend.config import ConfigError, list_recipes, load_config, to_dict
+from lmm_r1_ascend.config.loader import parse_overrides
+
+PAPER = {  # RECIPE.md stage table: estimator, actor lr, critic lr, init_kl, train batch, gen max, episodes
+    "fre_text": ("reinforce_baseline", 4e-7, None, 0.001, 256, 4096, 2),
+    "fre_multi": ("reinforce_baseline", 1e-6, None, 0.001, 256, 4096, 2),
+    "mgt_geo": ("gae", 1e-6, 9e-6, 0.001, 256, 4096, 2),
+    "mgt_percereason": ("reinforce_baseline", 4e-7, None, 0.001, 256, 8192, 2),
+    "mgt_sokoban": ("gae", 1e-6, 5e-6, 0.0, 128, 8192, 4),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PAPER))
+def test_paper_recipes_match_the_stage_table(name):
+    cfg = load_config(name)
+    est, lr, critic_lr, kl, batch, gen, episodes = PAPER[name]
+    assert cfg.algorithm.advantage_estimator == est and cfg.optim.actor_lr == lr
+    if critic_lr is not None:
+        assert cfg.optim.critic_lr == critic_lr and cfg.algorithm.uses_critic
+    assert cfg.algorithm.init_kl_coef == kl and cfg.trainer.train_batch_size == batch
+    assert cfg.rollout.max_new_tokens == gen and cfg.trainer.num_episodes == episodes
+    # Common hyperparameters of every stage.
+    assert cfg.algorithm.n_samples_per_prompt == 16 and cfg.rollout.temperature == 1.0
+    assert cfg.algorithm.eps_clip == 0.2 and cfg.algorithm.reward_clip_range == (-10.0, 10.0)
+    assert cfg.optim.adam_betas == (0.9, 0.95) and cfg.optim.max_norm == 1.0 and cfg.seed == 42
+    assert cfg.stage == ("fre" if name.startswith("fre") else "mgt")
+    assert name in list_recipes() and list_recipes()[name]
+
+
+def test_sokoban_freezes_the_vision_tower_and_mgt_starts_from_fre():
+    assert load_config("mgt_sokoban").model.freeze_prefixes == ["model.visual"]
+    assert load_config("mgt_geo").model.init_from == "outputs/fre_text"
+
+
+def test_overrides_are_parsed_and_typed():
+    cfg = load_config("fre_text", overrides=["optim.actor_lr=1e-6", "trainer.max_steps=3", "data.prompt_data=a.jsonl",
+                                             "optim.adam_betas=[0.8, 0.9]", "reward.routes={geo: math}"])
+    assert cfg.optim.actor_lr == 1e-6 and cfg.trainer.max_steps == 3
+    assert cfg.data.prompt_data == ["a.jsonl"] and cfg.optim.adam_betas == (0.8, 0.9)
+    assert cfg.reward.routes == {"geo": "math"}
+    assert parse_overrides(["a.b.c=1", "a.d=x"]) == {"a": {"b": {"c": 1}, "d": "x"}}
+
+
+def test_config_file_and_round_trip(tmp_path):
+    f = tmp_path / "my.yaml"
+    f.write_text("trainer:\n  max_steps: 7\nalgorithm:\n  advantage_estimator: rloo\n")
+    cfg = load_config("fre_text", config_file=str(f), overrides=["trainer.max_steps=9"])
+    assert cfg.trainer.max_steps == 9 and cfg.algorithm.advantage_estimator == "rloo"
+    import yaml
+
+    again = load_config(config_file=str(_dump(tmp_path, yaml.safe_dump(to_dict(cfg)))))
+    assert again == cfg
+
+
+def _dump(tmp_path, text):
+    p = tmp_path / "resolved.yaml"
+    p.write_text(text)
+    return p
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (["trainer.max_step=3"], r"unknown config key 'trainer.max_step' \(did you mean 'trainer.max_steps'\?\)"),
+    (["optim.actor_lr=abc"], r"optim.actor_lr: expected float, got 'abc'"),
+    (["trainer.tensorboard=maybe"], r"trainer.tensorboard: expected true/false"),
+    (["trainer.max_steps=1.5"], r"trainer.max_steps: expected int"),
+    (["algorithm.n_samples_per_prompt=1"], r"needs n_samples_per_prompt >= 2"),
+    (["trainer.train_batch_size=100"], r"must divide the samples of one rollout"),
+    (["stage=sft"], r"stage: must be one of fre, mgt"),
+    (["rollout.engine=sglang"], r"rollout.engine: must be hf or vllm"),
+    (["noequals"], r"is not key=value"),
+])
+def test_bad_config_is_one_clear_line(overrides, match):
+    with pytest.raises(ConfigError, match=match) as err:
+        load_config("fre_text", overrides=overrides)
+    assert "\n" not in str(err.value)
+
+
+def test_bad_recipe_and_files(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown recipe 'fre_txt' \(did you mean 'fre_text'\?\)"):
+        load_config("fre_txt")
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(config_file=str(tmp_path / "nope.yaml"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("trainer:\n  max_steps: [1,\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml:\d+: invalid YAML"):
+        load_config(config_file=str(bad))
