@@ -1,0 +1,246 @@
+"""The rollout interface: sampling settings, one sample, the abstract engine and a registry.
+
+An engine turns prompts (`PromptItem`) into `RolloutSample`s: each prompt repeated `n`
+times, sampled with temperature / top-p / top-k, each response carrying the log-prob of
+every sampled token computed as the trainer computes it (RECIPE.md "The RL core"):
+fp32 logits divided by the temperature, log-softmax over the FULL vocabulary (top-p and
+top-k choose which tokens may be sampled; they do not renormalise the reported log-probs).
+
+    engine = build_engine("hf", model_path, device=torch.device("cpu"))
+    samples = engine.generate(prompts, SamplingConfig(n=4, temperature=1.0, max_new_tokens=256))
+    engine.update_weights(actor.named_parameters())
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from lmm_r1_ascend.data.types import PromptItem
+
+FINISH_REASONS = ("stop", "length")
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How to sample. Validated on construction (ValueError/TypeError naming the field).
+
+    n: samples per prompt (>= 1).
+    temperature: > 0. Greedy decoding (0) is not offered: log-probs are divided by it.
+    top_p: in (0, 1]; 1 disables nucleus sampling.
+    top_k: -1 disables, else >= 1.
+    max_new_tokens: >= 1, the longest response.
+    min_new_tokens: stop tokens are suppressed for this many first steps (the recipe uses 1:
+        a response is never just an EOS). The reported log-probs are NOT affected by this
+        suppression, like the trainer's.
+    stop_token_ids: extra tokens that end a response, on top of the model's EOS tokens;
+        kept in the response like EOS.
+    seed: makes generate() reproducible for the same prompts, batch layout and device;
+        None draws from the process-wide RNG.
+    """
+
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    max_new_tokens: int = 1024
+    min_new_tokens: int = 1
+    stop_token_ids: tuple[int, ...] = ()
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        def integer(name: str, lo: int) -> None:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise ValueError(f"SamplingConfig.{name} must be an int >= {lo}, got {v!r}")
+
+        integer("n", 1)
+        integer("max_new_tokens", 1)
+        integer("min_new_tokens", 0)
+        if self.min_new_tokens > self.max_new_tokens:
+            raise ValueError(
+                f"SamplingConfig.min_new_tokens ({self.min_new_tokens}) exceeds max_new_tokens ({self.max_new_tokens})"
+            )
+        t = self.temperature
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0:
+            raise ValueError(
+                f"SamplingConfig.temperature must be a number > 0, got {t!r} (greedy decoding is not supported: "
+                "log-probs are divided by the temperature; use a small value such as 1e-2 instead)"
+            )
+        p = self.top_p
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p <= 1:
+            raise ValueError(f"SamplingConfig.top_p must be in (0, 1], got {p!r}")
+        k = self.top_k
+        if isinstance(k, bool) or not isinstance(k, int) or not (k == -1 or k >= 1):
+            raise ValueError(f"SamplingConfig.top_k must be -1 (disabled) or an int >= 1, got {k!r}")
+        ids = self.stop_token_ids
+        if isinstance(ids, (str, bytes)) or not isinstance(ids, Sequence) or not all(
+            isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids
+        ):
+            raise TypeError(f"SamplingConfig.stop_token_ids must be a sequence of token ids (ints >= 0), got {ids!r}")
+        object.__setattr__(self, "stop_token_ids", tuple(ids))
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+            raise TypeError(f"SamplingConfig.seed must be an int or None, got {self.seed!r}")
+
+
+@dataclass
+class RolloutSample:
+    """One sampled response to one prompt.
+
+    prompt_index: index of the prompt in the list given to generate().
+    sample_index: 0..n-1 among that prompt's samples.
+    prompt_ids: (P,) int64, the prompt as the trainer feeds it (image pads expanded).
+    response_ids: (R,) int64, 1 <= R <= max_new_tokens, unpadded: it ends right after the
+        first stop token (kept) or at max_new_tokens.
+    logprobs: (R,) float32, log-prob of each sampled token under
+        log_softmax(fp32 logits / temperature) of the engine's model.
+    action_mask: (R,) bool, True on the tokens the policy chose up to and including the
+        first stop token. Responses are cut there, so it is all True; it is kept explicit
+        because the experience batch carries it.
+    finish_reason: "stop" (ended with a stop token) or "length" (hit max_new_tokens).
+    prompt: the PromptItem itself (images, label, datasource, meta pass through).
+    """
+
+    prompt_index: int
+    sample_index: int
+    prompt_ids: torch.Tensor
+    response_ids: torch.Tensor
+    logprobs: torch.Tensor
+    action_mask: torch.Tensor
+    finish_reason: str
+    prompt: PromptItem = field(repr=False)
+
+    @property
+    def multimodal(self) -> dict[str, torch.Tensor]:
+        """{"pixel_values", "image_grid_thw"} of the prompt's images, or {} for text."""
+        if self.prompt.pixel_values is None:
+            return {}
+        return {"pixel_values": self.prompt.pixel_values, "image_grid_thw": self.prompt.image_grid_thw}
+
+
+def make_sample(prompt_index: int, sample_index: int, prompt: PromptItem, response_ids: Sequence[int] | torch.Tensor,
+                logprobs: Sequence[float] | torch.Tensor, stop_ids: Iterable[int]) -> RolloutSample:
+    """Cut a raw response after its first stop token and build the sample (shared by engines).
+
+    response_ids / logprobs: (L,) as the engine produced them (possibly padded after the
+    stop). Returns tensors on the CPU.
+    """
+    ids = torch.as_tensor(response_ids, dtype=torch.int64).reshape(-1).cpu()
+    lp = torch.as_tensor(logprobs, dtype=torch.float32).reshape(-1).cpu()
+    if ids.numel() == 0 or ids.numel() != lp.numel():
+        raise RuntimeError(f"engine returned {ids.numel()} response tokens and {lp.numel()} log-probs for prompt "
+                           f"{prompt_index}; expected the same number, at least 1")
+    hits = torch.isin(ids, torch.tensor(sorted(set(stop_ids)), dtype=torch.int64)).nonzero()
+    if hits.numel():
+        end, reason = int(hits[0]) + 1, "stop"
+    else:
+        end, reason = ids.numel(), "length"
+    return RolloutSample(
+        prompt_index=prompt_index, sample_index=sample_index,
+        prompt_ids=torch.as_tensor(prompt.prompt_ids, dtype=torch.int64), response_ids=ids[:end].clone(),
+        logprobs=lp[:end].clone(), action_mask=torch.ones(end, dtype=torch.bool), finish_reason=reason, prompt=prompt,
+    )
+
+
+def eos_token_ids(config: Any, generation_config: Any = None, tokenizer: Any = None) -> list[int]:
+    """Every EOS id the checkpoint declares (generation_config, config, text_config, tokenizer), in that order."""
+    ids: list[int] = []
+    for source in (generation_config, config, getattr(config, "text_config", None), tokenizer):
+        value = getattr(source, "eos_token_id", None) if source is not None else None
+        for v in (value if isinstance(value, (list, tuple)) else [value]):
+            if v is not None and int(v) not in ids:
+                ids.append(int(v))
+    return ids
+
+
+def check_generate_args(prompts: Any, cfg: Any) -> None:
+    """Clear errors for what generate() is given."""
+    if not isinstance(cfg, SamplingConfig):
+        raise TypeError(f"cfg must be a SamplingConfig, got {type(cfg).__name__}")
+    if not isinstance(prompts, (list, tuple)) or not prompts:
+        raise ValueError("prompts must be a non-empty list of PromptItem")
+    for i, p in enumerate(prompts):
+        if not isinstance(p, PromptItem):
+            raise TypeError(f"prompts[{i}] must be a PromptItem, got {type(p).__name__}")
+        if len(p.prompt_ids) == 0:
+            raise ValueError(f"prompts[{i}] has no prompt_ids")
+
+
+class RolloutEngine(abc.ABC):
+    """Generates samples with log-probs and takes new weights. One engine owns one model.
+
+    Lifecycle: generate / update_weights while awake; sleep() frees accelerator memory
+    for training, wake_up() brings the model back; close() releases everything. Calling
+    generate or update_weights while asleep, or anything after close, is a RuntimeError.
+    """
+
+    @abc.abstractmethod
+    def generate(self, prompts: list[PromptItem], cfg: SamplingConfig) -> list[RolloutSample]:
+        """len(prompts) * cfg.n samples, prompt-major: samples of prompt i are at [i*n, (i+1)*n)."""
+
+    @abc.abstractmethod
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> int:
+        """Load (name, tensor) pairs, named as the model's own parameters; returns how many were loaded.
+
+        Unknown names and shape mismatches are ValueErrors raised before anything is loaded.
+        """
+
+    @abc.abstractmethod
+    def sleep(self) -> None:
+        """Free the accelerator memory the model holds (weights and caches)."""
+
+    @abc.abstractmethod
+    def wake_up(self) -> None:
+        """Undo sleep()."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the model; the engine is unusable afterwards."""
+
+    def __enter__(self) -> RolloutEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+_ENGINES: dict[str, Callable[..., RolloutEngine]] = {}
+
+
+def register_engine(name: str, factory: Callable[..., RolloutEngine]) -> None:
+    """Make `build_engine(name, ...)` call `factory(...)`. Re-registering a name replaces it."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"engine name must be a non-empty string, got {name!r}")
+    _ENGINES[name] = factory
+
+
+def _hf(*args: Any, **kwargs: Any) -> RolloutEngine:
+    from lmm_r1_ascend.rollout.hf_engine import HFRolloutEngine
+
+    return HFRolloutEngine(*args, **kwargs)
+
+
+def _vllm(*args: Any, **kwargs: Any) -> RolloutEngine:
+    from lmm_r1_ascend.rollout.vllm_engine import VLLMRolloutEngine
+
+    return VLLMRolloutEngine(*args, **kwargs)
+
+
+register_engine("hf", _hf)
+register_engine("vllm", _vllm)
+
+
+def available_engines() -> list[str]:
+    return sorted(_ENGINES)
+
+
+def build_engine(name: str, *args: Any, **kwargs: Any) -> RolloutEngine:
+    """The engine registered as `name` ("hf", "vllm", or a registered one), built with the given arguments."""
+    if name not in _ENGINES:
+        raise ValueError(f"unknown rollout engine {name!r}; choose one of {available_engines()} "
+                         "(or register one with lmm_r1_ascend.rollout.base.register_engine)")
+    return _ENGINES[name](*args, **kwargs)

@@ -1,0 +1,182 @@
+"""Weight updates inside vLLM workers: a worker extension class and the matching sender.
+
+vLLM mixes `WeightSyncExtension` into each of its worker classes when the LLM is built
+with `worker_extension_cls="lmm_r1_ascend.rollout.vllm_worker_ext.WeightSyncExtension"`;
+its methods run in every worker through `LLM.collective_rpc(name, args=...)`. Nothing
+here names a device: the same code runs in vLLM's CUDA, CPU and vllm-ascend (NPU)
+workers (on NPU set VLLM_ASCEND_ENABLE_NZ=0, see vllm_engine.py).
+
+Two transports:
+- by value (`lmm_stage_weights` per chunk, then `lmm_commit_weights`): the (name, tensor)
+  pairs travel inside RPC messages, packed as safetensors bytes (`pack_weights`).
+  Simple and always available; fine for small models and tests.
+- by broadcast (`lmm_init_weight_sync_group` + `lmm_receive_broadcast`): the trainer's
+  rank and the workers form their own process group (vLLM's stateless group helper, so
+  neither side's default group is touched); only names/shapes/dtypes go through the
+  RPC, the bytes go through the group in per-dtype flat buckets planned by
+  `kernels.collectives.plan_buckets` on both sides. The sender calls
+  `send_weights_broadcast` with the same bucket size while the workers receive.
+
+Weights are named as the Hugging Face checkpoint names them (the trainer's
+named_parameters); the model's own `load_weights` maps them (e.g. q/k/v into qkv_proj).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+import torch.distributed as dist
+
+from lmm_r1_ascend.kernels.collectives import plan_buckets
+
+Meta = list[tuple[str, tuple[int, ...], torch.dtype]]
+
+
+def make_weight_sync_group(host: str, port: int, rank: int, world_size: int, backend: str):
+    """A torch ProcessGroup over `world_size` processes that leaves the default group alone.
+
+    Rank 0 is conventionally the trainer (the sender); workers take 1..world_size-1.
+    `backend` is the device's collective backend, as the project's Backend reports it.
+    """
+    from vllm.distributed.utils import stateless_init_torch_distributed_process_group
+
+    return stateless_init_torch_distributed_process_group(host, port, rank, world_size, backend)
+
+
+def _broadcast(group, tensor: torch.Tensor, src: int) -> None:
+    """Broadcast on a ProcessGroup object directly: stateless groups are unknown to
+    torch.distributed's global rank tables, so dist.broadcast cannot address them."""
+    opts = dist.BroadcastOptions()
+    opts.rootRank = src
+    opts.rootTensor = 0
+    group.broadcast([tensor], opts).wait()
+
+
+def pack_weights(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> bytes:
+    """Tensors as one safetensors blob: bit-exact, any dtype, and plain bytes survive every
+    RPC serialiser (vLLM's msgpack-to-pickle hop cannot carry tensors themselves)."""
+    from safetensors.torch import save
+
+    # copy=True: tied or overlapping tensors must not share storage in the blob.
+    return save({name: t.detach().to("cpu", copy=True).contiguous() for name, t in named_tensors})
+
+
+def weights_meta(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> Meta:
+    """(name, shape, dtype) per tensor: what the receivers must be told before a broadcast."""
+    return [(name, tuple(t.shape), t.dtype) for name, t in named_tensors]
+
+
+def meta_to_wire(meta: Meta) -> list[tuple[str, list[int], str]]:
+    return [(name, list(shape), str(dtype).removeprefix("torch.")) for name, shape, dtype in meta]
+
+
+def meta_from_wire(wire: list) -> Meta:
+    meta = []
+    for name, shape, dtype in wire:
+        dt = getattr(torch, dtype, None)
+        if not isinstance(dt, torch.dtype):
+            raise ValueError(f"unknown dtype {dtype!r} for tensor {name!r}")
+        meta.append((name, tuple(int(d) for d in shape), dt))
+    return meta
+
+
+def send_weights_broadcast(group, named_tensors: Sequence[tuple[str, torch.Tensor]], *, bucket_bytes: int,
+                           src: int = 0) -> None:
+    """Sender side of `lmm_receive_broadcast`: the same buckets, in the same order.
+
+    named_tensors: on one device the group's backend communicates on; bit-exact transfer
+    (each bucket travels as bytes).
+    """
+    named_tensors = list(named_tensors)
+    for bucket in plan_buckets(weights_meta(named_tensors), bucket_bytes):
+        parts = [named_tensors[i][1].detach().reshape(-1) for i in bucket.indices]
+        flat = (parts[0] if len(parts) == 1 else torch.cat(parts)).contiguous()
+        if bucket.nbytes:
+            _broadcast(group, flat.view(torch.uint8), src)
+
+
+class WeightSyncExtension:
+    """Methods added to vLLM's worker (self is the worker). Prefixed `lmm_` so they never
+    shadow a worker attribute (vLLM refuses extensions that would).
+
+    Loading goes through the worker's `reload_weights` where vLLM has it: platforms repack
+    weights after loading (the CPU build into oneDNN / packed-GEMM layouts, dropping the
+    original parameter; NPU into NZ), so a plain `model.load_weights` would write into
+    stale or empty parameters. `reload_weights` restores the checkpoint layout, loads and
+    re-runs that processing, layer by layer. Every tensor of a layer must come in the same
+    update (the trainer sends all its parameters). Older vLLM without it (e.g. the ones
+    vllm-ascend 0.11 / 0.13 pair with) gets `model.load_weights`.
+    """
+
+    def _lmm_model(self) -> torch.nn.Module:
+        return self.get_model() if hasattr(self, "get_model") else self.model_runner.model
+
+    def _lmm_device(self) -> torch.device:
+        return next(p for p in self._lmm_model().parameters() if p.numel()).device
+
+    def _lmm_reload(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        if not hasattr(self, "reload_weights"):
+            self._lmm_model().load_weights(weights=weights)
+            return
+        self.reload_weights(weights_iterator=iter(weights), is_checkpoint_format=True)
+        # A tied output head shares the embedding's Parameter but receives no weights of
+        # its own, so the reload never re-runs its processing: on the CPU build it kept
+        # computing logits from a packed copy of the OLD embedding. Re-process every
+        # module of a tied group (for unquantized embeddings this only re-derives caches).
+        groups: dict[int, list[torch.nn.Module]] = {}
+        for module in self._lmm_model().modules():
+            weight = module._parameters.get("weight")
+            if weight is not None and hasattr(getattr(module, "quant_method", None), "process_weights_after_loading"):
+                groups.setdefault(id(weight), []).append(module)
+        for modules in groups.values():
+            if len(modules) > 1:
+                for module in modules:
+                    module.quant_method.process_weights_after_loading(module)
+
+    def lmm_stage_weights(self, payload: bytes) -> int:
+        """Keep one `pack_weights` blob (host memory) until `lmm_commit_weights`; returns the staged count."""
+        from safetensors.torch import load
+
+        staged = self.__dict__.setdefault("_lmm_staged", [])
+        staged.extend(load(payload).items())
+        return len(staged)
+
+    def lmm_commit_weights(self) -> int:
+        """Load everything staged as one update; returns the tensor count."""
+        staged, self._lmm_staged = getattr(self, "_lmm_staged", []), []
+        device = self._lmm_device()
+        self._lmm_reload((name, t.to(device)) for name, t in staged)
+        return len(staged)
+
+    def lmm_discard_staged(self) -> None:
+        self._lmm_staged = []
+
+    def lmm_init_weight_sync_group(self, host: str, port: int, rank_offset: int, world_size: int,
+                                   backend: str) -> None:
+        """Join the trainer's weight-sync group as rank rank_offset + this worker's rank."""
+        rank = rank_offset + (dist.get_rank() if dist.is_initialized() else 0)
+        self._lmm_sync_group = make_weight_sync_group(host, port, rank, world_size, backend)
+
+    def lmm_receive_broadcast(self, wire_meta: list, bucket_bytes: int, src: int = 0) -> int:
+        """Receive the buckets `send_weights_broadcast` sends and load them; returns the tensor count.
+
+        wire_meta: `meta_to_wire(weights_meta(...))` (plain types survive vLLM's RPC serialisers).
+        Buckets are received lazily, as the loader consumes the tensors.
+        """
+        meta = meta_from_wire(wire_meta)
+        group = getattr(self, "_lmm_sync_group", None)
+        if group is None:
+            raise RuntimeError("no weight-sync group: call lmm_init_weight_sync_group first")
+        device = self._lmm_device()
+
+        def received():
+            for bucket in plan_buckets(meta, bucket_bytes):
+                flat = torch.empty(sum(bucket.numels), dtype=bucket.dtype, device=device)
+                if bucket.nbytes:
+                    _broadcast(group, flat.view(torch.uint8), src)
+                for i, piece in zip(bucket.indices, flat.split(list(bucket.numels))):
+                    yield meta[i][0], piece.view(meta[i][1])
+
+        self._lmm_reload(received())
+        return len(meta)
