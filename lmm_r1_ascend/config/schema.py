@@ -113,6 +113,7 @@ class TrainerConfig:
     logging_steps: int = 1
     tensorboard: bool = True
     deterministic: bool = False
+    resume: bool = True   # continue from the newest checkpoint in output_dir when there is one
 
 
 @dataclass

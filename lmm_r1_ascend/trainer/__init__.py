@@ -1,0 +1,1 @@
+"""The controller loop and its run outputs (checkpoints, metrics)."""

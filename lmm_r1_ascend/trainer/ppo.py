@@ -1,0 +1,196 @@
+"""The PPO controller loop (DESIGN.md "One training step"), single process, any backend.
+
+Per step: rollout (n samples per prompt) -> rewards -> reference log-probs and critic
+values on packed micro-batches -> KL-shaped advantages -> critic update -> actor update ->
+new actor weights into the rollout engine -> metrics -> checkpoint. The controller only
+holds small CPU tensors; the workers own the models.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable
+
+import torch
+import yaml
+
+from lmm_r1_ascend.algorithms.kl import make_kl_controller
+from lmm_r1_ascend.backends import get_backend
+from lmm_r1_ascend.config import TrainConfig, to_dict
+from lmm_r1_ascend.experience import ExperienceBatch, minibatches
+from lmm_r1_ascend.rollout.base import RolloutSample, SamplingConfig
+from lmm_r1_ascend.trainer import checkpoint as ckpt
+from lmm_r1_ascend.trainer.metrics import MetricsWriter
+from lmm_r1_ascend.trainer.setup import build_components
+
+
+class PPOTrainer:
+    def __init__(self, cfg: TrainConfig, *, log: Callable[[str], None] = print):
+        self.cfg, self.log = cfg, log
+        self.backend = get_backend(cfg.device)
+        self.backend.seed_everything(cfg.seed)
+        if cfg.trainer.deterministic:
+            self.backend.set_deterministic(True)
+        self.out = Path(cfg.output_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        c = self.parts = build_components(cfg, self.backend, log=log)
+        alg = cfg.algorithm
+        self.kl_ctl = make_kl_controller(alg.init_kl_coef, alg.kl_target, alg.kl_horizon)
+        per_epoch = len(c.dataset)
+        self.total_steps = cfg.trainer.num_episodes * math.ceil(per_epoch / cfg.rollout.rollout_batch_size)
+        if cfg.trainer.max_steps:
+            self.total_steps = min(self.total_steps, cfg.trainer.max_steps)
+        self.step = 0
+        self.sampling = SamplingConfig(
+            n=alg.n_samples_per_prompt, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+            top_k=cfg.rollout.top_k, max_new_tokens=cfg.rollout.max_new_tokens)
+
+    # ------------------------------------------------------------------ resume
+    def maybe_resume(self) -> bool:
+        path = ckpt.latest_checkpoint(self.out) if self.cfg.trainer.resume else None
+        if path is None:
+            return False
+        c = self.parts
+        state = ckpt.load_checkpoint(path, c.trained_models())
+        c.actor.engine.load_state_dict(state["actor_engine"])
+        if c.critic is not None:
+            c.critic.engine.load_state_dict(state["critic_engine"])
+        c.dataset.load_state_dict(state["data"])
+        self.kl_ctl.value = float(state["kl_coef"])
+        self.step = int(state["step"])
+        ckpt.set_rng_state(state["rng"], self.backend.device_type)
+        c.rollout.update_weights(c.actor.named_weights())
+        self.log(f"resumed from {path} at step {self.step}")
+        return True
+
+    def save(self) -> Path:
+        c = self.parts
+        state = {"actor_engine": c.actor.engine.state_dict(), "data": c.dataset.state_dict(),
+                 "kl_coef": self.kl_ctl.value}
+        if c.critic is not None:
+            state["critic_engine"] = c.critic.engine.state_dict()
+        return ckpt.save_checkpoint(self.out, self.step, c.trained_models(), state,
+                                    keep=self.cfg.trainer.keep_checkpoints, device_type=self.backend.device_type)
+
+    # ------------------------------------------------------------------ one step
+    def _next_prompts(self) -> list:
+        c, want, out = self.parts, self.cfg.rollout.rollout_batch_size, []
+        while len(out) < want:
+            before = len(out)
+            for item in c.dataset:
+                out.append(item)
+                if len(out) == want:
+                    break
+            if len(out) == before:
+                raise RuntimeError("the prompt dataset yielded nothing (every row filtered or skipped?)")
+        return out
+
+    def _experience(self, samples: list[RolloutSample], rewards: torch.Tensor, info: dict) -> ExperienceBatch:
+        return ExperienceBatch(
+            prompt_ids=[s.prompt_ids for s in samples], response_ids=[s.response_ids for s in samples],
+            action_mask=[s.action_mask for s in samples], log_probs=[s.logprobs for s in samples],
+            rewards=rewards, group_ids=torch.tensor([s.prompt_index for s in samples]),
+            multimodal=[s.multimodal for s in samples] if any(s.multimodal for s in samples) else None,
+            info=info)
+
+    def train_step(self) -> dict[str, float]:
+        c, cfg, alg = self.parts, self.cfg, self.cfg.algorithm
+        timings: dict[str, float] = {}
+
+        @contextmanager
+        def timed(name: str):
+            start = time.perf_counter()
+            yield
+            self.backend.synchronize()
+            timings[f"timing/{name}"] = time.perf_counter() - start
+
+        with timed("step"):
+            with timed("rollout"):
+                prompts = self._next_prompts()
+                sampling = SamplingConfig(**{**vars(self.sampling), "seed": cfg.seed * 100003 + self.step})
+                samples = c.rollout.generate(prompts, sampling)
+            with timed("reward"):
+                rewards, reward_metrics, info = c.score(samples)
+            batch = self._experience(samples, rewards, info)
+            if c.reference is not None:
+                with timed("reference"):
+                    batch.ref_log_probs = c.reference.log_probs(batch)
+            if c.critic is not None:
+                with timed("critic_forward"):
+                    batch.values = c.critic.values(batch)
+            batch, adv = batch.with_advantages(alg, kl_coef=self.kl_ctl.value)
+            kl_coef = self.kl_ctl.value
+            self.kl_ctl.update(float(adv.mean_kl), n_steps=len(batch))
+            train_rows: list[dict[str, float]] = []
+            for epoch in range(cfg.trainer.max_epochs):
+                parts = minibatches(batch, cfg.trainer.train_batch_size, seed=cfg.seed + 7919 * self.step + epoch)
+                if c.critic is not None:
+                    with timed("train_critic"):
+                        train_rows += [c.critic.train_minibatch(mb, alg) for mb in parts]
+                with timed("train_actor"):
+                    train_rows += [c.actor.train_minibatch(mb, alg) for mb in parts]
+            with timed("weight_sync"):
+                c.rollout.update_weights(c.actor.named_weights())
+        self.step += 1
+        lengths = torch.tensor(batch.response_lengths, dtype=torch.float32)
+        gen_tokens = float(lengths.sum())
+        metrics = {
+            **reward_metrics,
+            "response_length/mean": float(lengths.mean()), "response_length/max": float(lengths.max()),
+            "response_length/clip_ratio": sum(s.finish_reason == "length" for s in samples) / len(samples),
+            "kl": float(adv.mean_kl), "kl_coef": kl_coef,
+            "advantages/mean": float(batch.packed("advantages").mean()),
+            **{k: sum(r[k] for r in train_rows if k in r) / max(1, sum(k in r for r in train_rows))
+               for k in {k for r in train_rows for k in r}},
+            **timings,
+            "throughput/rollout_tokens_per_s": gen_tokens / max(timings["timing/rollout"], 1e-9),
+            "throughput/tokens_per_s": (gen_tokens + sum(len(p) for p in batch.prompt_ids)) / timings["timing/step"],
+            "data/epoch": c.dataset.epoch,
+        }
+        if "policy/entropy" in metrics:
+            metrics["entropy"] = metrics["policy/entropy"]
+        if "critic/loss" in metrics:
+            metrics["loss/value"] = metrics["critic/loss"]
+        if "actor/grad_norm" in metrics:
+            metrics["grad_norm"] = metrics["actor/grad_norm"]
+        return metrics
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self, progress: bool = True, stop_after: int | None = None) -> list[dict]:
+        """Train to the planned step count (resuming when a checkpoint exists). stop_after: end this
+        process after that many steps with a checkpoint, as an interruption would (tests, preemption)."""
+        cfg = self.cfg
+        self.maybe_resume()
+        writer = MetricsWriter(self.out, tensorboard=cfg.trainer.tensorboard, truncate_after=self.step)
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=self.total_steps, initial=self.step, desc=f"{cfg.stage} {cfg.recipe or ''}".strip(),
+                       unit="step", dynamic_ncols=True)
+        history = []
+        try:
+            while self.step < self.total_steps:
+                if stop_after is not None and len(history) >= stop_after:
+                    self.save()
+                    return history
+                metrics = self.train_step()
+                history.append(writer.write(self.step, metrics))
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", acc=f"{metrics.get('reward/accuracy', 0):.3f}")
+                if cfg.trainer.save_steps and self.step % cfg.trainer.save_steps == 0 and self.step < self.total_steps:
+                    self.save()
+            self.save()
+            if cfg.trainer.save_hf:
+                self.parts.export_hf(self.out / "hf")
+        finally:
+            if bar is not None:
+                bar.close()
+            writer.close()
+            self.parts.close()
+        return history

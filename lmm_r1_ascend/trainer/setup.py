@@ -1,0 +1,211 @@
+"""Build a run's components from its config: data, actor, reference, critic, rollout engine, rewards.
+
+Every user-caused problem here (missing data, no FRE checkpoint for stage mgt, a model
+directory that does not exist) raises SetupError with one line saying what to do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from lmm_r1_ascend.backends import Backend
+from lmm_r1_ascend.config import TrainConfig
+from lmm_r1_ascend.engines.torch_engine import TorchEngine
+from lmm_r1_ascend.rollout.base import RolloutEngine, RolloutSample
+from lmm_r1_ascend.trainer.workers import ActorWorker, CriticWorker, ReferenceWorker
+
+BUILTIN_MODELS = {  # names that resolve to models the project ships or builds offline
+    "demo-fre": Path(__file__).resolve().parent.parent / "demo" / "assets" / "fre-warmup",
+}
+MATH_PROMPT_ALIASES = ("math",)
+
+
+class SetupError(RuntimeError):
+    """A run cannot start; the message is one line meant for users."""
+
+
+def resolve_actor_path(cfg: TrainConfig) -> str:
+    """The actor's starting checkpoint: model.pretrain for stage fre; the FRE result for mgt."""
+    if cfg.stage == "mgt" and cfg.model.init_from != "pretrain":
+        if not cfg.model.init_from:
+            raise SetupError("stage mgt continues from an FRE checkpoint: set model.init_from=<FRE output_dir> "
+                             "(or model.init_from=pretrain to start from model.pretrain)")
+        src = Path(cfg.model.init_from)
+        for candidate in (src / "hf", src):
+            if (candidate / "config.json").exists():
+                return str(candidate)
+        raise SetupError(f"no FRE checkpoint at '{src}' (looked for {src}/hf/config.json and {src}/config.json): "
+                         "run stage fre first, or point model.init_from at its output_dir")
+    return resolve_model_name(cfg.model.pretrain)
+
+
+def resolve_model_name(name: str) -> str:
+    if name in BUILTIN_MODELS:
+        path = BUILTIN_MODELS[name]
+        if not (path / "config.json").exists():
+            raise SetupError(f"built-in model '{name}' is missing at {path}: run `python scripts/build_demo_model.py`")
+        return str(path)
+    return name
+
+
+@dataclass
+class Components:
+    cfg: TrainConfig
+    backend: Backend
+    tokenizer: Any
+    image_processor: Any
+    dataset: Any
+    actor: ActorWorker
+    reference: ReferenceWorker | None
+    critic: CriticWorker | None
+    rollout: RolloutEngine
+    reward: Any
+
+    def trained_models(self) -> dict[str, torch.nn.Module]:
+        models = {"actor": self.actor.model}
+        if self.critic is not None:
+            models["critic"] = self.critic.model
+        return models
+
+    def score(self, samples: list[RolloutSample]) -> tuple[torch.Tensor, dict[str, float], dict[str, torch.Tensor]]:
+        """Scalar rewards (B,), their metrics (reward/mean, reward/<component>, reward/status/<s>) and per-sample info."""
+        from lmm_r1_ascend.rewards import RewardInput
+        from lmm_r1_ascend.rewards.extraction import extract_response
+
+        inputs = []
+        for s in samples:
+            prompt = self.tokenizer.decode(s.prompt_ids.tolist())
+            full = self.tokenizer.decode(torch.cat((s.prompt_ids, s.response_ids)).tolist())
+            inputs.append(RewardInput(response=extract_response(full, prompt=prompt), label=s.prompt.label,
+                                      query=full, prompt=prompt, datasource=s.prompt.datasource, meta=s.prompt.meta))
+        outs = self.reward(inputs)
+        totals = torch.tensor([o.total for o in outs], dtype=torch.float32)
+        metrics = {"reward/mean": float(totals.mean()), "reward/std": float(totals.std(unbiased=False))}
+        info: dict[str, torch.Tensor] = {}
+        for key in sorted({k for o in outs for k in o.components}):
+            values = torch.tensor([float(o.components.get(key, 0.0)) for o in outs])
+            info[f"reward_{key}"] = values
+            metrics[f"reward/{key}"] = float(values.mean())
+        for status in sorted({o.status for o in outs}):
+            metrics[f"reward/status/{status}"] = sum(o.status == status for o in outs) / len(outs)
+        sources = sorted({s.prompt.datasource for s in samples})
+        if len(sources) > 1:
+            for src in sources:
+                sel = [i for i, s in enumerate(samples) if s.prompt.datasource == src]
+                metrics[f"reward/{src}/mean"] = float(totals[sel].mean())
+        return totals, metrics, info
+
+    def export_hf(self, path: Path) -> Path:
+        """The actor in Hugging Face format (+ tokenizer, image processor, critic head if any)."""
+        save_hf_model(self.actor.model, path)
+        self.tokenizer.save_pretrained(path)
+        if self.image_processor is not None:
+            self.image_processor.save_pretrained(path)
+        if self.critic is not None:
+            self.critic.model.save_pretrained(path.parent / "critic")
+        return path
+
+    def close(self) -> None:
+        for part in (self.reward, self.rollout):
+            close = getattr(part, "close", None)
+            if close is not None:
+                close()
+
+
+def save_hf_model(model: torch.nn.Module, path: Path) -> None:
+    """save_pretrained with transformers' own attention recorded, so the export loads anywhere
+    (our packed-attention name is registered only inside this process)."""
+    config = model.config
+    saved = getattr(config, "_attn_implementation", None)
+    try:
+        if saved and saved.startswith("lmm_r1_"):
+            config._attn_implementation = "sdpa"
+        model.save_pretrained(path, safe_serialization=True)
+    finally:
+        if saved is not None:
+            config._attn_implementation = saved
+
+
+def _reward_router(cfg: TrainConfig):
+    from lmm_r1_ascend.rewards.registry import RewardRouter
+
+    math_opts = {"format_weight": cfg.reward.format_weight, "use_format": cfg.reward.use_format,
+                 "timeout_s": cfg.reward.timeout_s, "workers": cfg.reward.workers}
+    return RewardRouter(cfg.reward.default, routes=cfg.reward.routes,
+                        options={"math": math_opts, "custom": {"on_error": cfg.reward.on_error},
+                                 "http": {"on_error": cfg.reward.on_error}})
+
+
+def build_components(cfg: TrainConfig, backend: Backend, *, log: Callable[[str], None] = print) -> Components:
+    from lmm_r1_ascend.data import MATH_SYSTEM_PROMPT, PromptDataset, load_processors
+    from lmm_r1_ascend.models.loading import ModelSpec, load_critic, load_policy, load_reference
+    from lmm_r1_ascend.rollout.base import build_engine
+
+    if not cfg.data.prompt_data:
+        raise SetupError("data.prompt_data is empty: pass data.prompt_data=PATH.jsonl (or a list of paths)")
+    for path in cfg.data.prompt_data:
+        if not Path(path).exists():
+            raise SetupError(f"data file not found: {path} (data.prompt_data)")
+    actor_path = resolve_actor_path(cfg)
+    if not Path(actor_path).exists() and not actor_path.startswith("tiny-"):
+        raise SetupError(f"model not found: '{actor_path}' is not a local directory (hub downloads are not "
+                         "attempted: download it first and pass model.pretrain=/path/to/model)")
+    from lmm_r1_ascend.models.loading import resolve_model_path
+
+    actor_path = str(resolve_model_path(actor_path))
+    tokenizer, image_processor = load_processors(actor_path)
+    system_prompt = MATH_SYSTEM_PROMPT if cfg.data.system_prompt in MATH_PROMPT_ALIASES else cfg.data.system_prompt
+    dataset = PromptDataset(cfg.data.prompt_data, tokenizer, image_processor, loader=cfg.data.loader,
+                            system_prompt=system_prompt, min_pixels=cfg.data.min_pixels, max_pixels=cfg.data.max_pixels,
+                            max_prompt_len=cfg.data.max_prompt_len, on_bad_line=cfg.data.on_bad_line, seed=cfg.seed,
+                            shuffle=cfg.data.shuffle)
+    log(f"data: {len(dataset)} prompts ({dataset.counts})")
+    device = backend.device(0)
+    dtype = None if cfg.model.dtype == "auto" else cfg.model.dtype
+    alg, tr, opt = cfg.algorithm, cfg.trainer, cfg.optim
+    steps_per_rollout = cfg.rollout.rollout_batch_size * alg.n_samples_per_prompt // tr.train_batch_size
+    import math
+
+    rollouts = tr.num_episodes * math.ceil(len(dataset) / cfg.rollout.rollout_batch_size)
+    if tr.max_steps:
+        rollouts = min(rollouts, tr.max_steps)
+    total_updates = max(1, rollouts * steps_per_rollout * tr.max_epochs)
+
+    def engine(module, lr):
+        return TorchEngine(module, lr=lr, betas=opt.adam_betas, weight_decay=opt.weight_decay, max_norm=opt.max_norm,
+                           total_steps=total_updates, scheduler=opt.lr_scheduler, min_lr_ratio=opt.min_lr_ratio,
+                           warmup_ratio=opt.lr_warmup_ratio)
+
+    spec = ModelSpec(path=actor_path, dtype=dtype, gradient_checkpointing=cfg.model.gradient_checkpointing,
+                     freeze_prefixes=tuple(cfg.model.freeze_prefixes))
+    actor_model = load_policy(spec, backend).to(device)
+    max_tokens = tr.max_tokens_per_micro_batch
+    actor = ActorWorker(actor_model, engine(actor_model, opt.actor_lr), temperature=cfg.rollout.temperature,
+                        max_tokens=max_tokens)
+    reference = None
+    if alg.init_kl_coef > 0 or alg.use_kl_loss:
+        ref_model = load_reference(ModelSpec(path=actor_path, dtype=dtype), backend).to(device)
+        reference = ReferenceWorker(ref_model, temperature=cfg.rollout.temperature, max_tokens=max_tokens)
+    critic = None
+    if alg.uses_critic:
+        critic_path = resolve_model_name(cfg.model.critic_pretrain) if cfg.model.critic_pretrain else actor_path
+        critic_model = load_critic(ModelSpec(path=critic_path, dtype=dtype,
+                                             gradient_checkpointing=cfg.model.gradient_checkpointing),
+                                   backend).to(device)
+        critic = CriticWorker(critic_model, engine(critic_model, opt.critic_lr), max_tokens=max_tokens)
+    if cfg.rollout.engine == "hf":
+        rollout = build_engine("hf", actor_path, device=device, dtype=actor_model.dtype, tokenizer=tokenizer)
+    else:
+        rollout = build_engine("vllm", actor_path, seed=cfg.seed, tensor_parallel_size=cfg.rollout.vllm_tensor_parallel_size,
+                               gpu_memory_utilization=cfg.rollout.vllm_gpu_memory_utilization,
+                               enable_sleep_mode=cfg.rollout.vllm_enable_sleep)
+    kernels = backend.select_kernels()
+    log(f"backend {backend.name}: attention={kernels['attention'].name}, fused_ops={kernels['fused_ops'].name}; "
+        f"actor {actor_path} ({sum(p.numel() for p in actor_model.parameters()):,} params)"
+        + (", reference" if reference else "") + (", critic" if critic else ""))
+    return Components(cfg, backend, tokenizer, image_processor, dataset, actor, reference, critic, rollout,
+                      _reward_router(cfg))
