@@ -90,7 +90,9 @@ def varlen_attention_reference(q, k, v, cu_seqlens, max_seqlen, *, scale=None, c
     outs, lses = [], []
     for s, e in zip(bounds, bounds[1:]):
         qs, ks, vs = (x[s:e].transpose(0, 1) for x in (q, k, v))  # (heads, L, D)
-        out = F.scaled_dot_product_attention(qs, ks, vs, is_causal=causal, scale=scale, enable_gqa=gqa)
+        # 4-D (1, heads, L, D): the fused CPU SDPA kernel only takes batched inputs (3-D falls back to math).
+        out = F.scaled_dot_product_attention(qs[None], ks[None], vs[None], is_causal=causal, scale=scale,
+                                             enable_gqa=gqa)[0]
         outs.append(out.transpose(0, 1))
         if return_lse:
             with torch.no_grad():

@@ -1,0 +1,306 @@
+"""Packed forwards of actor, reference and critic: one row, no padding, no cross-sample attention.
+
+    enable_packed_forward(model, backend.attention())       # once (models.loading does it)
+    out = packed_log_probs(policy, samples, temperature=1.0, return_entropy=True)
+    values = packed_values(critic, samples)
+
+A ``Sample`` is prompt + response token ids with the response as the last R tokens. The
+samples are concatenated into one row (``pack_samples``): input_ids (1, T), positions that
+restart per sample ((1, T) for text; (4, 1, T) for Qwen2(.5)-VL: plain restarted positions
+then the three mRoPE rows, see kernels.mrope), cu_seqlens, and for VL models the images'
+pixel_values and image_grid_thw concatenated in sample order plus mm_token_type_ids.
+
+Alignment: response token j of a sample (absolute position p = L - R + j) is scored from
+the hidden state at p - 1, the position that predicts it; its log-prob and entropy come
+from there, and so does the critic's value of the state before emitting it (as in the
+original code). Only those positions reach the LM head, through the chunked kernel
+(kernels.logprobs): full (T, V) fp32 logits never exist.
+
+VL models run their vision tower here (outside the packed decoder call, so the packing
+kwargs never reach it) and scatter its output into the image-pad embeddings. A micro-batch
+without images still runs the tower on a tiny blank image and adds 0 x its sum to the
+embeddings (RECIPE.md): every rank then touches every vision parameter in forward and
+backward, which ZeRO-3 needs (its parameter all-gathers are collectives), and the vision
+parameters get zero gradients instead of none.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from lmm_r1_ascend.kernels.logprobs import token_logprobs
+from lmm_r1_ascend.kernels.mrope import mm_token_type_ids_from_input_ids, mrope_position_ids
+from lmm_r1_ascend.kernels.packing import cu_seqlens_from_lengths, position_ids_from_lengths
+from lmm_r1_ascend.models.packed_attention import packed_kwargs, use_packed_attention
+
+_PACKED_NAMES: set[str] = set()  # attention names registered through enable_packed_forward
+
+
+@dataclass
+class Sample:
+    """One sequence of a packed forward.
+
+    input_ids: int (L,) prompt + response tokens. response_length: R, 1 <= R < L; the last
+    R tokens are scored. pixel_values: float (N, C * temporal_patch * patch^2) rows of this
+    sample's images, in order; image_grid_thw: int (n_images, 3). Both None without images.
+    """
+
+    input_ids: torch.Tensor
+    response_length: int
+    pixel_values: torch.Tensor | None = None
+    image_grid_thw: torch.Tensor | None = None
+
+
+@dataclass
+class PackedInputs:
+    """A packed micro-batch (see the module docstring for the layout).
+
+    input_ids: int64 (1, T). position_ids: int64 (1, T) or (4, 1, T). cu_seqlens: int32 (B+1,).
+    cu_seqlens_host: the same as ints. lengths / response_lengths: per sample.
+    score_index: int64 (sum R,) hidden-state positions that predict the response tokens.
+    score_labels: int64 (sum R,) the response tokens. pixel_values (N, D), image_grid_thw
+    (n, 3) int64, mm_token_type_ids int32 (1, T): VL only, None otherwise.
+    """
+
+    input_ids: torch.Tensor
+    position_ids: torch.Tensor
+    cu_seqlens: torch.Tensor
+    cu_seqlens_host: list[int]
+    lengths: list[int]
+    response_lengths: list[int]
+    score_index: torch.Tensor
+    score_labels: torch.Tensor
+    pixel_values: torch.Tensor | None = None
+    image_grid_thw: torch.Tensor | None = None
+    mm_token_type_ids: torch.Tensor | None = None
+
+    @property
+    def num_tokens(self) -> int:
+        return self.cu_seqlens_host[-1]
+
+    def to(self, device: torch.device | str) -> PackedInputs:
+        moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in vars(self).items()}
+        return PackedInputs(**moved)
+
+
+@dataclass
+class LogProbOutput:
+    """Per-sample float32 (R_i,) log-probs of the response tokens, and entropies if asked."""
+
+    log_probs: list[torch.Tensor]
+    entropy: list[torch.Tensor] | None = None
+
+
+def enable_packed_forward(model: torch.nn.Module, attention_fn: Callable, name: str = "lmm_r1_varlen") -> str:
+    """Register ``attention_fn`` (kernels/attention contract) and select it for the text decoder."""
+    use_packed_attention(model, attention_fn, name)
+    _PACKED_NAMES.add(name)
+    return name
+
+
+def _text_config(config):
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+def _check_packed_attention(backbone: torch.nn.Module) -> None:
+    impl = getattr(_text_config(backbone.config), "_attn_implementation", None)
+    if impl not in _PACKED_NAMES:
+        raise ValueError(
+            f"the model's text attention is '{impl}', which ignores packing: packed samples would attend to each "
+            "other. Load it with models.loading (given a backend) or call enable_packed_forward(model, "
+            "backend.attention()) first"
+        )
+
+
+def _as_int(value, what: str) -> int:
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{what} must be an int, got {value!r}") from None
+
+
+def _image_rows(grid: torch.Tensor) -> int:
+    return int(grid.prod(-1).sum())
+
+
+def pack_samples(samples: Sequence[Sample], config, device: torch.device | str | None = None) -> PackedInputs:
+    """Validate ``samples`` against the model ``config`` and build one packed row on ``device``."""
+    if not samples:
+        raise ValueError("pack_samples got no samples: a packed micro-batch needs at least one")
+    text_cfg = _text_config(config)
+    vision = getattr(config, "vision_config", None)
+    max_pos = getattr(text_cfg, "max_position_embeddings", None)
+    vocab = int(text_cfg.vocab_size)
+    ids, lengths, resp, pixels, grids = [], [], [], [], []
+    for i, s in enumerate(samples):
+        if not isinstance(s, Sample):
+            raise TypeError(f"samples[{i}] is a {type(s).__name__}, expected models.forward.Sample")
+        t = s.input_ids
+        if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.is_floating_point() or t.dtype == torch.bool:
+            raise ValueError(f"samples[{i}].input_ids must be a 1-D integer tensor, got {getattr(t, 'shape', t)!r}")
+        n, r = int(t.numel()), _as_int(s.response_length, f"samples[{i}].response_length")
+        if not 1 <= r < n:
+            raise ValueError(f"samples[{i}]: response_length {r} must be in [1, {n - 1}] for {n} tokens "
+                             "(at least one prompt token precedes the response)")
+        if max_pos is not None and n > max_pos:
+            raise ValueError(f"samples[{i}] has {n} tokens, over the model's max_position_embeddings={max_pos}: "
+                             "lower the prompt / generation max length")
+        t = t.cpu().long()  # packing metadata is built on the host, then moved once
+        if bool(((t < 0) | (t >= vocab)).any()):
+            raise ValueError(f"samples[{i}] holds token ids outside the model's vocabulary [0, {vocab})")
+        if (s.pixel_values is None) != (s.image_grid_thw is None):
+            raise ValueError(f"samples[{i}]: pixel_values and image_grid_thw must be given together (or neither)")
+        if s.pixel_values is not None:
+            if vision is None:
+                raise ValueError(f"samples[{i}] has images but the model ({type(config).__name__}) has no vision tower")
+            pixels.append(_check_images(i, s, t, config))
+            grids.append(s.image_grid_thw.long().cpu())
+        elif vision is not None and bool((t == config.image_token_id).any()):
+            raise ValueError(f"samples[{i}] has {int((t == config.image_token_id).sum())} image pad tokens "
+                             "but no pixel_values / image_grid_thw")
+        ids.append(t)
+        lengths.append(n)
+        resp.append(r)
+
+    input_ids = torch.cat(ids)[None]
+    cu = cu_seqlens_from_lengths(lengths)
+    ends = cu[1:].tolist()
+    # Response token j of sample i sits at ends[i] - R_i + j and is predicted from one position earlier.
+    labels_at = torch.cat([torch.arange(e - r, e) for e, r in zip(ends, resp)])
+    packed = PackedInputs(
+        input_ids=input_ids, position_ids=position_ids_from_lengths(lengths)[None], cu_seqlens=cu,
+        cu_seqlens_host=cu.tolist(), lengths=lengths, response_lengths=resp,
+        score_index=labels_at - 1, score_labels=input_ids[0, labels_at],
+    )
+    if vision is not None:
+        types = mm_token_type_ids_from_input_ids(input_ids, config.image_token_id, config.video_token_id)
+        if bool((types == 2).any()):
+            raise ValueError("video pad tokens found: packed forwards take images only")
+        grid = torch.cat(grids) if grids else None
+        packed.mm_token_type_ids = types
+        packed.position_ids = mrope_position_ids(types, lengths, grid, spatial_merge_size=vision.spatial_merge_size,
+                                                 with_text_positions=True)
+        packed.image_grid_thw = grid
+        packed.pixel_values = torch.cat([p.to(pixels[0].device) for p in pixels]) if pixels else None
+    return packed if device is None else packed.to(device)
+
+
+def _check_images(i: int, s: Sample, ids: torch.Tensor, config) -> torch.Tensor:
+    vc = config.vision_config
+    grid, pix = s.image_grid_thw, s.pixel_values
+    if not isinstance(grid, torch.Tensor) or grid.dim() != 2 or grid.shape[1] != 3 or grid.is_floating_point():
+        raise ValueError(f"samples[{i}].image_grid_thw must be an integer (n_images, 3) tensor of (t, h, w), "
+                         f"got {getattr(grid, 'shape', grid)!r}")
+    width = vc.in_channels * vc.temporal_patch_size * vc.patch_size**2
+    if not isinstance(pix, torch.Tensor) or pix.dim() != 2 or not pix.is_floating_point() or pix.shape[1] != width:
+        raise ValueError(f"samples[{i}].pixel_values must be a float (patches, {width}) tensor, "
+                         f"got {getattr(pix, 'dtype', '')} {tuple(getattr(pix, 'shape', ()))}")
+    if pix.shape[0] != _image_rows(grid):
+        raise ValueError(f"samples[{i}]: pixel_values has {pix.shape[0]} patch rows but image_grid_thw "
+                         f"{grid.tolist()} needs sum(t*h*w) = {_image_rows(grid)}")
+    pads, need = int((ids == config.image_token_id).sum()), _image_rows(grid) // vc.spatial_merge_size**2
+    if pads != need:
+        raise ValueError(f"samples[{i}] has {pads} <|image_pad|> tokens but its image_grid_thw {grid.tolist()} needs "
+                         f"sum(t*h*w) / spatial_merge_size^2 = {need}; expand each image's pad to its patch count")
+    return pix
+
+
+def _image_features(backbone, pixel_values: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """(n_tokens, H) merged image embeddings of the images, in order."""
+    out = backbone.get_image_features(pixel_values, grid)
+    out = getattr(out, "pooler_output", out)  # an output object (transformers >= 5.2x) or per-image tensors
+    return torch.cat(list(out)) if isinstance(out, (list, tuple)) else out
+
+
+def _blank_image(config, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The smallest image the tower takes: one merge block, (m*m, D) zeros and grid (1, m, m)."""
+    vc = config.vision_config
+    m = vc.spatial_merge_size
+    width = vc.in_channels * vc.temporal_patch_size * vc.patch_size**2
+    return torch.zeros(m * m, width, device=device, dtype=dtype), torch.tensor([[1, m, m]], device=device)
+
+
+def packed_hidden_states(backbone: torch.nn.Module, packed: PackedInputs, *,
+                         keep_vision_in_graph: bool = True) -> torch.Tensor:
+    """Last hidden states (T, H) of the packed row, in the backbone's dtype.
+
+    backbone: the base model (``policy.base_model``, ``critic.model``) with packed attention selected.
+    keep_vision_in_graph: for VL models, run the tower on a blank image when there are no images.
+    """
+    _check_packed_attention(backbone)
+    config = backbone.config
+    # Precomputed (empty) masks: the packed kernel masks by cu_seqlens, and HF would otherwise
+    # build a (T, T) block mask from the restarted positions for nothing.
+    layer_types = getattr(_text_config(config), "layer_types", None) or ["full_attention"]
+    kwargs = dict(position_ids=packed.position_ids, attention_mask={t: None for t in layer_types},
+                  **packed_kwargs(packed.cu_seqlens, packed.cu_seqlens_host))
+    if getattr(config, "vision_config", None) is None:
+        return backbone(input_ids=packed.input_ids, **kwargs).last_hidden_state[0]
+    embeds = backbone.get_input_embeddings()(packed.input_ids)
+    vision_dtype = next(backbone.visual.parameters()).dtype
+    if packed.pixel_values is not None:
+        feats = _image_features(backbone, packed.pixel_values.to(vision_dtype), packed.image_grid_thw)
+        mask = (packed.input_ids == config.image_token_id).unsqueeze(-1)
+        embeds = embeds.masked_scatter(mask, feats.to(embeds.dtype))
+    elif keep_vision_in_graph:
+        blank = _image_features(backbone, *_blank_image(config, embeds.device, vision_dtype))
+        embeds = embeds + 0.0 * blank.sum().to(embeds.dtype)
+    return backbone(inputs_embeds=embeds, **kwargs).last_hidden_state[0]
+
+
+def _packed(model, samples: Sequence[Sample] | PackedInputs) -> PackedInputs:
+    if isinstance(samples, PackedInputs):
+        return samples
+    device = next(model.parameters()).device
+    return pack_samples(samples, model.config, device=device)
+
+
+def packed_log_probs(policy: torch.nn.Module, samples: Sequence[Sample] | PackedInputs, *,
+                     temperature: float = 1.0, return_entropy: bool = False, chunk_size: int = 1024,
+                     keep_vision_in_graph: bool = True) -> LogProbOutput:
+    """Log-probs (and entropies) of each sample's response tokens under ``policy``.
+
+    policy: a causal / image-text LM (actor or reference) with packed attention selected.
+    temperature: logits are divided by it in fp32 (RECIPE.md), as the rollout sampled.
+    Returns per-sample float32 (R_i,) tensors, differentiable when grad is enabled.
+    """
+    packed = _packed(policy, samples)
+    hidden = packed_hidden_states(policy.base_model, packed, keep_vision_in_graph=keep_vision_in_graph)
+    head = policy.get_output_embeddings()
+    index = packed.score_index.to(hidden.device)
+    labels = packed.score_labels.to(hidden.device)
+    out = token_logprobs(hidden[index], head.weight, labels, temperature=temperature,
+                         bias=getattr(head, "bias", None), chunk_size=chunk_size, return_entropy=return_entropy)
+    if return_entropy:
+        logp, ent = out
+        return LogProbOutput(list(logp.split(packed.response_lengths)), list(ent.split(packed.response_lengths)))
+    return LogProbOutput(list(out.split(packed.response_lengths)))
+
+
+def packed_values(critic: torch.nn.Module, samples: Sequence[Sample] | PackedInputs, *,
+                  keep_vision_in_graph: bool = True) -> list[torch.Tensor]:
+    """The critic's float32 (R_i,) values of the states before each response token, per sample."""
+    packed = _packed(critic, samples)
+    hidden = packed_hidden_states(critic.model, packed, keep_vision_in_graph=keep_vision_in_graph)
+    values = critic.values(hidden[packed.score_index.to(hidden.device)])
+    return list(values.split(packed.response_lengths))
+
+
+def samples_from_experience(batch) -> list[Sample]:
+    """``Sample``s (prompt + response) of an ``experience.ExperienceBatch``, images included."""
+    mm = batch.multimodal or [{}] * len(batch)
+    return [Sample(torch.cat((p, r)), int(r.numel()), m.get("pixel_values"), m.get("image_grid_thw"))
+            for p, r, m in zip(batch.prompt_ids, batch.response_ids, mm)]
+
+
+__all__ = [
+    "LogProbOutput", "PackedInputs", "Sample", "enable_packed_forward", "pack_samples", "packed_hidden_states",
+    "packed_log_probs", "packed_values", "samples_from_experience",
+]
