@@ -23,7 +23,7 @@ import torch
 
 TINY_MODELS = ("tiny-qwen2", "tiny-qwen2.5-vl")
 # Bump when anything below changes what is written, so stale caches are rebuilt.
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2
 
 SPECIAL_TOKENS = (
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
@@ -98,7 +98,8 @@ def build_tokenizer():
 def _text_config_kwargs(tokenizer) -> dict:
     return dict(
         vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+        # head_dim 32: vLLM's CPU attention needs head size >= 32; 2:1 grouped-query attention.
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=4096,
         rms_norm_eps=1e-6, tie_word_embeddings=True, bos_token_id=None,
         eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
         pad_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
@@ -115,8 +116,8 @@ def _build_model(name: str, tokenizer):
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     text = _text_config_kwargs(tokenizer)
-    # head_dim 16 -> 8 rotary frequencies, split temporal/height/width as mRoPE requires.
-    text["rope_parameters"] = {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [2, 3, 3]}
+    # head_dim 32 -> 16 rotary frequencies, split temporal/height/width as mRoPE requires.
+    text["rope_parameters"] = {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [4, 6, 6]}
     config = Qwen2_5_VLConfig(
         text_config=text,
         vision_config=dict(
