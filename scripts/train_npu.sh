@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Run one LMM-R1 stage on Ascend NPUs (CANN + torch_npu; see requirements-npu.txt / docker/Dockerfile.npu).
+#   scripts/train_npu.sh RECIPE [key=value ...]
+#   scripts/train_npu.sh fre_text model.pretrain=/models/Qwen2.5-VL-3B-Instruct data.prompt_data=/data/deepscaler_message.jsonl
+#   scripts/train_npu.sh mgt_geo model.init_from=outputs/fre_text data.prompt_data=/data/mathv_geo_message.jsonl
+# Environment: ASCEND_HOME (default /usr/local/Ascend), PYTHON (default python3).
+set -euo pipefail
+if [ $# -lt 1 ]; then sed -n '2,6p' "$0"; exit 2; fi
+recipe=$1; shift
+case "$recipe" in fre_*) stage=fre ;; mgt_*) stage=mgt ;; *) echo "unknown recipe '$recipe' (fre_* or mgt_*)" >&2; exit 2 ;; esac
+ascend_home=${ASCEND_HOME:-/usr/local/Ascend}
+for env_file in "$ascend_home/ascend-toolkit/set_env.sh" "$ascend_home/nnal/atb/set_env.sh"; do
+  # shellcheck disable=SC1090
+  [ -f "$env_file" ] && source "$env_file"
+done
+# HCCL: generous timeouts for colocated / multi-node start-up (pain point 1 in ASCEND.md).
+# Several jobs on one host: give each its own HCCL_IF_BASE_PORT (and, on CANN >= 8,
+# HCCL_HOST_SOCKET_PORT_RANGE / HCCL_NPU_SOCKET_PORT_RANGE) before calling this script.
+export HCCL_CONNECT_TIMEOUT=${HCCL_CONNECT_TIMEOUT:-1800}
+export HCCL_EXEC_TIMEOUT=${HCCL_EXEC_TIMEOUT:-1800}
+export PYTORCH_NPU_ALLOC_CONF=${PYTORCH_NPU_ALLOC_CONF:-expandable_segments:True}
+export VLLM_ASCEND_ENABLE_NZ=0   # weight updates fail on NZ-reshaped weights
+export DS_ACCELERATOR=npu
+"${PYTHON:-python3}" -m lmm_r1_ascend.doctor --device npu
+exec "${PYTHON:-python3}" -m lmm_r1_ascend.train --stage "$stage" --device npu --recipe "$recipe" "$@"
