@@ -157,13 +157,14 @@ def pack_samples(samples: Sequence[Sample], config, device: torch.device | str |
             raise ValueError(f"samples[{i}] holds token ids outside the model's vocabulary [0, {vocab})")
         if (s.pixel_values is None) != (s.image_grid_thw is None):
             raise ValueError(f"samples[{i}]: pixel_values and image_grid_thw must be given together (or neither)")
+        prompt = t[: n - r]  # images live in the prompt; a sampled pad token in a response is plain text
         if s.pixel_values is not None:
             if vision is None:
                 raise ValueError(f"samples[{i}] has images but the model ({type(config).__name__}) has no vision tower")
-            pixels.append(_check_images(i, s, t, config))
+            pixels.append(_check_images(i, s, prompt, config))
             grids.append(s.image_grid_thw.long().cpu())
-        elif vision is not None and bool((t == config.image_token_id).any()):
-            raise ValueError(f"samples[{i}] has {int((t == config.image_token_id).sum())} image pad tokens "
+        elif vision is not None and bool((prompt == config.image_token_id).any()):
+            raise ValueError(f"samples[{i}] has {int((prompt == config.image_token_id).sum())} image pad tokens "
                              "but no pixel_values / image_grid_thw")
         ids.append(t)
         lengths.append(n)
@@ -181,6 +182,7 @@ def pack_samples(samples: Sequence[Sample], config, device: torch.device | str |
     )
     if vision is not None:
         types = mm_token_type_ids_from_input_ids(input_ids, config.image_token_id, config.video_token_id)
+        types[0, labels_at] = 0  # response tokens are text, whatever ids were sampled
         if bool((types == 2).any()):
             raise ValueError("video pad tokens found: packed forwards take images only")
         grid = torch.cat(grids) if grids else None
@@ -247,7 +249,7 @@ def packed_hidden_states(backbone: torch.nn.Module, packed: PackedInputs, *,
     vision_dtype = next(backbone.visual.parameters()).dtype
     if packed.pixel_values is not None:
         feats = _image_features(backbone, packed.pixel_values.to(vision_dtype), packed.image_grid_thw)
-        mask = (packed.input_ids == config.image_token_id).unsqueeze(-1)
+        mask = (packed.mm_token_type_ids == 1).unsqueeze(-1)
         embeds = embeds.masked_scatter(mask, feats.to(embeds.dtype))
     elif keep_vision_in_graph:
         blank = _image_features(backbone, *_blank_image(config, embeds.device, vision_dtype))

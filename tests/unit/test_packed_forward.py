@@ -287,7 +287,7 @@ def test_bad_samples_are_clear_errors(cache):
         (cfg, vl(pixel_values=torch.randn(24, 100)), r"float \(patches, 1176\)"),
         (cfg, vl(image_grid_thw=None), "must be given together"),
         (cfg, vl(pixel_values=None, image_grid_thw=None), "6 image pad tokens but no pixel_values"),
-        (cfg, vl(input_ids=torch.cat([good.input_ids, torch.tensor([cfg.image_token_id, 11])])),
+        (cfg, vl(input_ids=torch.cat([torch.tensor([11, cfg.image_token_id]), good.input_ids])),
          r"7 <\|image_pad\|> tokens but its image_grid_thw .* needs .* = 6"),
     ]
     for config, samples, message in cases:
@@ -312,3 +312,19 @@ def test_benchmark_runs_both_paths_on_the_same_micro_batches(cache):
     assert all(v > 0 for v in res["tokens_per_s"].values()) and res["micro_batches"] >= 2
     a, b = res["loss_check"]
     assert a == pytest.approx(b, rel=1e-5)  # the two paths computed the same log-probs
+
+
+def test_image_pad_sampled_in_a_response_is_text(cache, rng_seed):
+    """An untrained VL policy can sample <|image_pad|>; that token is text, not an image slot."""
+    spec = ModelSpec(cache["tiny-qwen2.5-vl"])
+    policy = load_reference(spec, get_backend("cpu"))
+    cfg = policy.config
+    base = _vl_samples(cfg)[2]  # one image, 3 response tokens
+    response = torch.tensor([11, cfg.image_token_id, 12, cfg.image_token_id])
+    sample = Sample(torch.cat([base.input_ids, response]), 3 + 4, base.pixel_values, base.image_grid_thw)
+    packed = pack_samples([sample], cfg)
+    assert int((packed.mm_token_type_ids[0, -4:] != 0).sum()) == 0
+    full = packed_log_probs(policy, [sample]).log_probs[0]
+    # Causality: the scores up to and including the first sampled pad equal those of the sample cut there.
+    cut = Sample(sample.input_ids[:-2], 3 + 2, base.pixel_values, base.image_grid_thw)
+    torch.testing.assert_close(full[:5], packed_log_probs(policy, [cut]).log_probs[0], rtol=1e-5, atol=1e-5)
