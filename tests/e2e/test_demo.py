@@ -1,0 +1,44 @@
+"""The built-in demos: FRE visibly learns on CPU; MGT runs end to end on images."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lmm_r1_ascend.train", "--no-progress", *args],
+                          capture_output=True, text=True, timeout=1200)
+
+
+def _metrics(out) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_fre_demo_raises_accuracy(tmp_path):
+    """The default run (no recipe): 60 steps, about 2 minutes on 2 cores."""
+    proc = _run(f"output_dir={tmp_path}/fre")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = _metrics(tmp_path / "fre")
+    assert len(rows) == 60
+    acc = [r["reward/accuracy"] for r in rows]
+    start, end = sum(acc[:5]) / 5, sum(acc[-10:]) / 10
+    # Seeded run: measured 0.27 -> 0.59. Each step scores 128 samples (std of a step's mean
+    # ~0.04), so averaging 5 and 10 steps makes a +0.15 margin a clear, robust signal.
+    assert end - start >= 0.15, (start, end, acc)
+    assert all(r["reward/format"] > 0.4 for r in rows)  # the warm-up model keeps the format
+    assert (tmp_path / "fre" / "hf" / "model.safetensors").exists()
+    assert "reward/accuracy" in proc.stdout.splitlines()[-1]
+
+
+def test_mgt_demo_runs_on_images(tmp_path):
+    proc = _run("--stage", "mgt", f"output_dir={tmp_path}/mgt")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = _metrics(tmp_path / "mgt")
+    assert len(rows) == 3
+    for key in ("reward/mean", "loss/policy", "loss/value", "kl", "entropy", "grad_norm", "timing/rollout"):
+        assert all(r.get(key) is not None for r in rows), key
+    row = json.loads((tmp_path / "mgt" / "data" / "train_images.jsonl").read_text().splitlines()[0])
+    user = json.loads(row["message"])[-1]["content"]
+    assert any(part["type"] == "image" for part in user)  # the prompts really carried images
