@@ -176,7 +176,18 @@ class RolloutEngine(abc.ABC):
     Lifecycle: generate / update_weights while awake; sleep() frees accelerator memory
     for training, wake_up() brings the model back; close() releases everything. Calling
     generate or update_weights while asleep, or anything after close, is a RuntimeError.
+    Subclasses keep `_asleep` and `_closed` up to date and call `_check_state`.
     """
+
+    _asleep: bool = False
+    _closed: bool = False
+
+    def _check_state(self, awake: bool) -> None:
+        """awake=True: the operation needs the model awake; any operation needs the engine open."""
+        if self._closed:
+            raise RuntimeError("the rollout engine is closed; build a new one")
+        if awake and self._asleep:
+            raise RuntimeError("the rollout engine is asleep; call wake_up() first")
 
     @abc.abstractmethod
     def generate(self, prompts: list[PromptItem], cfg: SamplingConfig) -> list[RolloutSample]:

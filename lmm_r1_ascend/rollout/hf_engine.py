@@ -245,10 +245,4 @@ class HFRolloutEngine(RolloutEngine):
         self.model = None
         self._closed = True
 
-    def _check_state(self, awake: bool) -> None:
-        """awake=True: the operation needs the model awake; any operation needs the engine open."""
-        if self._closed:
-            raise RuntimeError("the rollout engine is closed; build a new one")
-        if awake and self._asleep:
-            raise RuntimeError("the rollout engine is asleep; call wake_up() first")
 

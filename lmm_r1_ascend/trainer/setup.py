@@ -140,10 +140,10 @@ def _reward_router(cfg: TrainConfig):
                                  "http": {"on_error": cfg.reward.on_error}})
 
 
-def build_components(cfg: TrainConfig, backend: Backend, *, log: Callable[[str], None] = print) -> Components:
+def prepare_data(cfg: TrainConfig, *, shuffle: bool | None = None) -> tuple[str, Any, Any, Any]:
+    """Check the data and model paths; return (actor path, tokenizer, image processor, PromptDataset)."""
     from lmm_r1_ascend.data import MATH_SYSTEM_PROMPT, PromptDataset, load_processors
-    from lmm_r1_ascend.models.loading import ModelSpec, load_critic, load_policy, load_reference
-    from lmm_r1_ascend.rollout.base import build_engine
+    from lmm_r1_ascend.models.loading import resolve_model_path
 
     if not cfg.data.prompt_data:
         raise SetupError("data.prompt_data is empty: pass data.prompt_data=PATH.jsonl (or a list of paths)")
@@ -154,15 +154,21 @@ def build_components(cfg: TrainConfig, backend: Backend, *, log: Callable[[str],
     if not Path(actor_path).exists() and not actor_path.startswith("tiny-"):
         raise SetupError(f"model not found: '{actor_path}' is not a local directory (hub downloads are not "
                          "attempted: download it first and pass model.pretrain=/path/to/model)")
-    from lmm_r1_ascend.models.loading import resolve_model_path
-
     actor_path = str(resolve_model_path(actor_path))
     tokenizer, image_processor = load_processors(actor_path)
     system_prompt = MATH_SYSTEM_PROMPT if cfg.data.system_prompt in MATH_PROMPT_ALIASES else cfg.data.system_prompt
     dataset = PromptDataset(cfg.data.prompt_data, tokenizer, image_processor, loader=cfg.data.loader,
                             system_prompt=system_prompt, min_pixels=cfg.data.min_pixels, max_pixels=cfg.data.max_pixels,
                             max_prompt_len=cfg.data.max_prompt_len, on_bad_line=cfg.data.on_bad_line, seed=cfg.seed,
-                            shuffle=cfg.data.shuffle)
+                            shuffle=cfg.data.shuffle if shuffle is None else shuffle)
+    return actor_path, tokenizer, image_processor, dataset
+
+
+def build_components(cfg: TrainConfig, backend: Backend, *, log: Callable[[str], None] = print) -> Components:
+    from lmm_r1_ascend.models.loading import ModelSpec, load_critic, load_policy, load_reference
+    from lmm_r1_ascend.rollout.base import build_engine
+
+    actor_path, tokenizer, image_processor, dataset = prepare_data(cfg)
     log(f"data: {len(dataset)} prompts ({dataset.counts})")
     device = backend.device(0)
     dtype = None if cfg.model.dtype == "auto" else cfg.model.dtype
