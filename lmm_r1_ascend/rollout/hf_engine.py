@@ -98,8 +98,6 @@ class HFRolloutEngine(RolloutEngine):
         vision = getattr(config, "vision_config", None)
         self.merge_size = getattr(vision, "spatial_merge_size", 2) if vision is not None else None
         self.max_batch_rows = max_batch_rows
-        self._asleep = False
-        self._closed = False
 
     # ----------------------------------------------------------------------------- generate
     def generate(self, prompts: list[PromptItem], cfg: SamplingConfig) -> list[RolloutSample]:

@@ -124,8 +124,6 @@ class VLLMRolloutEngine(RolloutEngine):
             **llm_kwargs,
         )
         self.logprobs_mode = logprobs_mode
-        self._asleep = False
-        self._closed = False
 
     # ----------------------------------------------------------------------------- generate
     def generate(self, prompts: list[PromptItem], cfg: SamplingConfig) -> list[RolloutSample]:

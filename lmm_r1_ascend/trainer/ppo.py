@@ -8,7 +8,7 @@ holds small CPU tensors; the workers own the models.
 
 from __future__ import annotations
 
-import math
+import dataclasses
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,7 +24,8 @@ from lmm_r1_ascend.experience import ExperienceBatch, minibatches
 from lmm_r1_ascend.rollout.base import RolloutSample, SamplingConfig
 from lmm_r1_ascend.trainer import checkpoint as ckpt
 from lmm_r1_ascend.trainer.metrics import MetricsWriter
-from lmm_r1_ascend.trainer.setup import build_components
+from lmm_r1_ascend.trainer.setup import build_components, planned_rollouts
+from lmm_r1_ascend.trainer.workers import average_metrics
 
 
 class PPOTrainer:
@@ -40,10 +41,7 @@ class PPOTrainer:
         c = self.parts = build_components(cfg, self.backend, log=log)
         alg = cfg.algorithm
         self.kl_ctl = make_kl_controller(alg.init_kl_coef, alg.kl_target, alg.kl_horizon)
-        per_epoch = len(c.dataset)
-        self.total_steps = cfg.trainer.num_episodes * math.ceil(per_epoch / cfg.rollout.rollout_batch_size)
-        if cfg.trainer.max_steps:
-            self.total_steps = min(self.total_steps, cfg.trainer.max_steps)
+        self.total_steps = planned_rollouts(cfg, len(c.dataset))
         self.step = 0
         self.sampling = SamplingConfig(
             n=alg.n_samples_per_prompt, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
@@ -111,7 +109,7 @@ class PPOTrainer:
         with timed("step"):
             with timed("rollout"):
                 prompts = self._next_prompts()
-                sampling = SamplingConfig(**{**vars(self.sampling), "seed": cfg.seed * 100003 + self.step})
+                sampling = dataclasses.replace(self.sampling, seed=cfg.seed * 100003 + self.step)
                 samples = c.rollout.generate(prompts, sampling)
             with timed("reward"):
                 rewards, reward_metrics, info = c.score(samples)
@@ -144,8 +142,7 @@ class PPOTrainer:
             "response_length/clip_ratio": sum(s.finish_reason == "length" for s in samples) / len(samples),
             "kl": float(adv.mean_kl), "kl_coef": kl_coef,
             "advantages/mean": float(batch.packed("advantages").mean()),
-            **{k: sum(r[k] for r in train_rows if k in r) / max(1, sum(k in r for r in train_rows))
-               for k in {k for r in train_rows for k in r}},
+            **average_metrics(train_rows),
             **timings,
             "throughput/rollout_tokens_per_s": gen_tokens / max(timings["timing/rollout"], 1e-9),
             "throughput/tokens_per_s": (gen_tokens + sum(len(p) for p in batch.prompt_ids)) / timings["timing/step"],

@@ -6,6 +6,7 @@ directory that does not exist) raises SetupError with one line saying what to do
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -76,9 +77,11 @@ class Components:
         from lmm_r1_ascend.rewards import RewardInput
         from lmm_r1_ascend.rewards.extraction import extract_response
 
-        inputs = []
-        for s in samples:
-            prompt = self.tokenizer.decode(s.prompt_ids.tolist())
+        inputs, prompts = [], {}
+        for s in samples:  # n samples share a prompt: decode it once
+            if s.prompt_index not in prompts:
+                prompts[s.prompt_index] = self.tokenizer.decode(s.prompt_ids.tolist())
+            prompt = prompts[s.prompt_index]
             full = self.tokenizer.decode(torch.cat((s.prompt_ids, s.response_ids)).tolist())
             inputs.append(RewardInput(response=extract_response(full, prompt=prompt), label=s.prompt.label,
                                       query=full, prompt=prompt, datasource=s.prompt.datasource, meta=s.prompt.meta))
@@ -140,6 +143,12 @@ def _reward_router(cfg: TrainConfig):
                                  "http": {"on_error": cfg.reward.on_error}})
 
 
+def planned_rollouts(cfg: TrainConfig, num_prompts: int) -> int:
+    """Rollouts (trainer steps) of the run: every episode covers the prompts once, capped by max_steps."""
+    rollouts = cfg.trainer.num_episodes * math.ceil(num_prompts / cfg.rollout.rollout_batch_size)
+    return min(rollouts, cfg.trainer.max_steps) if cfg.trainer.max_steps else rollouts
+
+
 def prepare_data(cfg: TrainConfig, *, shuffle: bool | None = None) -> tuple[str, Any, Any, Any]:
     """Check the data and model paths; return (actor path, tokenizer, image processor, PromptDataset)."""
     from lmm_r1_ascend.data import MATH_SYSTEM_PROMPT, PromptDataset, load_processors
@@ -174,11 +183,7 @@ def build_components(cfg: TrainConfig, backend: Backend, *, log: Callable[[str],
     dtype = None if cfg.model.dtype == "auto" else cfg.model.dtype
     alg, tr, opt = cfg.algorithm, cfg.trainer, cfg.optim
     steps_per_rollout = cfg.rollout.rollout_batch_size * alg.n_samples_per_prompt // tr.train_batch_size
-    import math
-
-    rollouts = tr.num_episodes * math.ceil(len(dataset) / cfg.rollout.rollout_batch_size)
-    if tr.max_steps:
-        rollouts = min(rollouts, tr.max_steps)
+    rollouts = planned_rollouts(cfg, len(dataset))
     total_updates = max(1, rollouts * steps_per_rollout * tr.max_epochs)
 
     def engine(module, lr):

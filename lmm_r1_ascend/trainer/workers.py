@@ -27,7 +27,8 @@ def _infer_chunks(batch: ExperienceBatch, max_tokens: int) -> list[list[int]]:
     return split_by_token_budget(batch.sequence_lengths, max_tokens)
 
 
-def _average(rows: list[dict[str, float]]) -> dict[str, float]:
+def average_metrics(rows: list[dict[str, float]]) -> dict[str, float]:
+    """Per key, the mean over the rows that have it (micro-batches, mini-batches)."""
     keys = {k for r in rows for k in r}
     return {k: sum(r[k] for r in rows if k in r) / sum(1 for r in rows if k in r) for k in sorted(keys)}
 
@@ -68,10 +69,10 @@ class CriticWorker:
     def train_minibatch(self, minibatch: ExperienceBatch, cfg: AlgorithmConfig) -> dict[str, float]:
         """One optimizer step over a mini-batch, accumulated over packed micro-batches."""
         rows = []
+        device = next(self.model.parameters()).device
         for micro in micro_batches(minibatch, self.max_tokens, agg_mode=cfg.loss_agg_mode,
                                    constant=cfg.loss_agg_constant):
             mb = micro.batch
-            device = next(self.model.parameters()).device
             values = _cat(packed_values(self.model, samples_from_experience(mb)))
             out = critic_loss(cfg, values.float(), mb.packed("values").to(device), mb.packed("returns").to(device),
                               mb.packed("action_mask").to(device), normaliser=micro.normaliser,
@@ -79,7 +80,7 @@ class CriticWorker:
             self.engine.backward(out.loss)
             rows.append(out.metrics())
         grad_norm = self.engine.step()
-        return {**_average(rows), "critic/grad_norm": grad_norm, "critic/lr": self.engine.lr}
+        return {**average_metrics(rows), "critic/grad_norm": grad_norm, "critic/lr": self.engine.lr}
 
 
 class ActorWorker:
@@ -105,7 +106,7 @@ class ActorWorker:
             self.engine.backward(out.loss)
             rows.append(out.metrics())
         grad_norm = self.engine.step()
-        return {**_average(rows), "actor/grad_norm": grad_norm, "actor/lr": self.engine.lr}
+        return {**average_metrics(rows), "actor/grad_norm": grad_norm, "actor/lr": self.engine.lr}
 
     def named_weights(self) -> Iterable[tuple[str, torch.Tensor]]:
         """The weights the rollout engine needs (every parameter and buffer of the policy)."""
