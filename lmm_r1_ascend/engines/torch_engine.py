@@ -1,43 +1,62 @@
 """The single-process training engine: AdamW on the trainable parameters, an LR schedule,
-gradient clipping, and a state dict that resumes exactly.
+gradient clipping, and a state that resumes exactly.
 
 One engine per trained model (actor, critic). The trainer calls
 `backward(loss)` once per micro-batch (losses already carry the mini-batch normaliser,
-see algorithms/aggregation.py), then `step()` once per mini-batch.
+see algorithms/aggregation.py), then `step()` once per mini-batch. The interface is the
+one of engines/base.py, shared with the DeepSpeed engine.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 from transformers import get_scheduler
 
+ENGINE_FILE = "engine.pt"
+
+
+def build_optimizer(params: list[torch.nn.Parameter], *, lr: float, betas: tuple[float, float],
+                    weight_decay: float, total_steps: int, scheduler: str, min_lr_ratio: float,
+                    warmup_ratio: float) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """AdamW(foreach=False) over ``params`` and its transformers LR schedule (both engines use this).
+
+    total_steps: optimizer steps planned; warmup is ceil(warmup_ratio * total_steps) steps.
+    scheduler: a transformers scheduler name ("cosine_with_min_lr", "constant", ...).
+    """
+    if not params:
+        raise ValueError("the model has no trainable parameters (all frozen?)")
+    if lr <= 0 or total_steps < 1:
+        raise ValueError(f"need lr > 0 and total_steps >= 1, got lr={lr}, total_steps={total_steps}")
+    # foreach=False keeps the update a plain per-tensor loop: identical on every device.
+    optimizer = torch.optim.AdamW(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay, foreach=False)
+    kwargs = {"min_lr_rate": min_lr_ratio} if scheduler == "cosine_with_min_lr" else {}
+    schedule = get_scheduler(scheduler, optimizer, num_warmup_steps=math.ceil(warmup_ratio * total_steps),
+                             num_training_steps=total_steps, scheduler_specific_kwargs=kwargs)
+    return optimizer, schedule
+
 
 class TorchEngine:
     """module: the model; lr, betas, weight_decay: AdamW; total_steps: optimizer steps planned
-    (for the schedule); scheduler: a transformers scheduler name ("cosine_with_min_lr", "constant", ...)."""
+    (for the schedule); scheduler: a transformers scheduler name ("cosine_with_min_lr", "constant", ...);
+    max_norm: clip the global grad norm to it (<= 0: no clipping)."""
 
     def __init__(self, module: torch.nn.Module, *, lr: float, betas: tuple[float, float] = (0.9, 0.95),
                  weight_decay: float = 0.0, max_norm: float = 1.0, total_steps: int = 1,
                  scheduler: str = "cosine_with_min_lr", min_lr_ratio: float = 0.1, warmup_ratio: float = 0.03):
         self.module = module
         self.params = [p for p in module.parameters() if p.requires_grad]
-        if not self.params:
-            raise ValueError("the model has no trainable parameters (all frozen?)")
-        if lr <= 0 or total_steps < 1:
-            raise ValueError(f"need lr > 0 and total_steps >= 1, got lr={lr}, total_steps={total_steps}")
-        # foreach=False keeps the update a plain per-tensor loop: identical on every device.
-        self.optimizer = torch.optim.AdamW(self.params, lr=lr, betas=tuple(betas), weight_decay=weight_decay,
-                                           foreach=False)
-        kwargs = {"min_lr_rate": min_lr_ratio} if scheduler == "cosine_with_min_lr" else {}
-        self.scheduler = get_scheduler(scheduler, self.optimizer,
-                                       num_warmup_steps=math.ceil(warmup_ratio * total_steps),
-                                       num_training_steps=total_steps, scheduler_specific_kwargs=kwargs)
+        self.optimizer, self.scheduler = build_optimizer(
+            self.params, lr=lr, betas=betas, weight_decay=weight_decay, total_steps=total_steps,
+            scheduler=scheduler, min_lr_ratio=min_lr_ratio, warmup_ratio=warmup_ratio)
         self.max_norm = max_norm
         self.steps = 0
 
-    def backward(self, loss: torch.Tensor) -> None:
+    def backward(self, loss: torch.Tensor, *, last: bool = True) -> None:
+        """Accumulate the gradient of ``loss`` (a scalar). ``last`` is accepted for the shared interface."""
         loss.backward()
 
     def step(self) -> float:
@@ -61,3 +80,28 @@ class TorchEngine:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.steps = int(state["steps"])
+
+    def save(self, directory: str | Path) -> None:
+        """Write ``state_dict()`` to ``directory/engine.pt`` (the directory is created)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        torch.save(self.state_dict(), directory / ENGINE_FILE)
+
+    def load(self, directory: str | Path) -> None:
+        path = Path(directory) / ENGINE_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"no engine state at {path}: was it saved by TorchEngine.save()?")
+        self.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """The model's state dict as CPU copies, in the dtype it trains in."""
+        return {k: v.detach().to("cpu", copy=True) for k, v in self.module.state_dict().items()}
+
+    def load_full_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.module.load_state_dict(state)
+
+    def iter_full_weights(self, bucket_bytes: int = 256 << 20) -> Iterator[tuple[str, torch.Tensor]]:
+        """(name, tensor) for every entry of the model's state dict, detached, on the model's device.
+        ``bucket_bytes`` is accepted for the shared interface (nothing to gather here)."""
+        for name, tensor in self.module.state_dict().items():
+            yield name, tensor.detach()

@@ -1,0 +1,256 @@
+"""The DeepSpeed training engine: ZeRO stages 0-3 under data parallelism, behind the
+interface of engines/base.py.
+
+Before constructing it the caller sets DS_ACCELERATOR from its backend (before anything
+imports deepspeed) and creates the process group with the backend's string: this module
+never picks a device. The optimizer is TorchEngine's torch AdamW(foreach=False) and
+transformers schedule, handed to DeepSpeed, so no fused optimizer is JIT-built.
+
+Gradients (DeepSpeed 0.19.8): every stage AVERAGES gradients over the data-parallel ranks
+(the reduction divides by the world size), and with gradient_accumulation_steps=1 nothing
+else scales them. With ``loss_scale_world=True`` ``backward`` multiplies each loss by the
+data-parallel world size, so micro-batch losses normalised by the GLOBAL mini-batch
+normaliser give exactly the single-process mini-batch gradient. Accumulation boundaries
+come from ``backward(..., last=True)`` (DeepSpeed's set_gradient_accumulation_boundary).
+
+Forwards must call ``engine.module`` (DeepSpeed's engine object, which runs the model's
+forward) with the WHOLE loss computation inside that one forward: DeepSpeed's micro-step
+count (ZeRO-3 otherwise overwrites instead of accumulating gradients) hangs on that call,
+and ZeRO-3 only gathers a parameter touched outside a submodule's own forward (a tied LM
+head's weight) while the top-level forward runs. Wrap a computation such as
+models.forward.packed_log_probs in a small nn.Module and hand that module to the engine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from lmm_r1_ascend.engines.torch_engine import build_optimizer
+
+TAG = "engine"  # the DeepSpeed checkpoint tag (sub-folder) inside the save directory
+META_FILE = "engine_meta.json"
+
+
+def deepspeed_config(*, zero_stage: int, bf16: bool, max_norm: float, offload_optimizer: bool,
+                     offload_params: bool) -> dict:
+    """The DeepSpeed config dict; ValueError for what the engine does not support."""
+    if isinstance(zero_stage, bool) or zero_stage not in (0, 1, 2, 3):
+        raise ValueError(f"zero_stage must be 0, 1, 2 or 3, got {zero_stage!r}")
+    if offload_params and zero_stage != 3:
+        raise ValueError(f"offload_params needs zero_stage=3 (got {zero_stage}): only ZeRO-3 partitions parameters")
+    if offload_optimizer and zero_stage == 0:
+        raise ValueError("offload_optimizer needs zero_stage 1, 2 or 3: ZeRO-0 does not manage the optimizer state")
+    zero: dict = {"stage": zero_stage}
+    if offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": False}
+    if offload_params:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": False}
+    return {
+        # The engine marks boundaries itself: DeepSpeed must not divide losses by a step count.
+        "train_micro_batch_size_per_gpu": 1,
+        "gradient_accumulation_steps": 1,
+        "gradient_clipping": float(max_norm) if max_norm > 0 else 0.0,
+        "zero_optimization": zero,
+        "bf16": {"enabled": bool(bf16)},
+        # Keep the torch optimizer under ZeRO and under offload (no DeepSpeedCPUAdam JIT build).
+        "zero_allow_untested_optimizer": True,
+        "zero_force_ds_cpu_optimizer": False,
+        "steps_per_print": 2**62,
+        "wall_clock_breakdown": False,
+    }
+
+
+def disable_shm_comm_build() -> None:
+    """Keep DeepSpeed from JIT-building its shared-memory all-reduce op (about 1.5 min on 2 CPU cores).
+
+    DeepSpeed builds that op when it sets up its communication backend on the CPU accelerator,
+    but only tensor-parallel inference (inference_all_reduce) uses it; training goes through
+    torch.distributed. The op is looked up in ``deepspeed.ops.__compatible_ops__`` (deepspeed/comm/
+    torch.py, build_shm_op), which nothing else reads; pre-setting that dict also skips probing
+    every op's compiler. Call it before ``deepspeed.init_distributed`` if you call that yourself;
+    the engine calls it before ``deepspeed.initialize``.
+    """
+    import deepspeed.ops
+
+    if "__compatible_ops__" not in vars(deepspeed.ops):
+        deepspeed.ops.__compatible_ops__ = {}
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
+class DeepSpeedEngine:
+    """One model trained with DeepSpeed on every data-parallel rank (construction is collective).
+
+    module: the model; its forward holds the whole loss computation (see the module docstring).
+    lr, betas, weight_decay, max_norm, total_steps, scheduler, min_lr_ratio, warmup_ratio: as TorchEngine.
+    zero_stage: 0-3. bf16: bf16 weights and compute, fp32 master weights. offload_optimizer:
+    optimizer state and master weights on CPU (stages 1-3). offload_params: parameters on CPU (stage 3).
+    loss_scale_world: multiply each loss by the data-parallel world size (see the module docstring).
+    """
+
+    def __init__(self, module: torch.nn.Module, *, lr: float, betas: tuple[float, float] = (0.9, 0.95),
+                 weight_decay: float = 0.0, max_norm: float = 1.0, total_steps: int = 1,
+                 scheduler: str = "cosine_with_min_lr", min_lr_ratio: float = 0.1, warmup_ratio: float = 0.03,
+                 zero_stage: int = 2, bf16: bool = False, offload_optimizer: bool = False,
+                 offload_params: bool = False, loss_scale_world: bool = True):
+        config = deepspeed_config(zero_stage=zero_stage, bf16=bf16, max_norm=max_norm,
+                                  offload_optimizer=offload_optimizer, offload_params=offload_params)
+        if not os.environ.get("DS_ACCELERATOR"):
+            raise RuntimeError("DS_ACCELERATOR is not set: set it from the backend (Backend.ds_accelerator) "
+                               "before deepspeed is imported, or DeepSpeed guesses the device")
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            raise RuntimeError("no process group: create it first with the backend's distributed string "
+                               "(world size 1 included); DeepSpeedEngine does not choose a backend")
+        params = [p for p in module.parameters() if p.requires_grad]
+        optimizer, schedule = build_optimizer(params, lr=lr, betas=betas, weight_decay=weight_decay,
+                                              total_steps=total_steps, scheduler=scheduler,
+                                              min_lr_ratio=min_lr_ratio, warmup_ratio=warmup_ratio)
+        disable_shm_comm_build()
+        import deepspeed
+
+        self.ds, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=module, optimizer=optimizer, lr_scheduler=schedule, config=config)
+        self.zero_stage, self.bf16, self.max_norm = zero_stage, bool(bf16), max_norm
+        self.loss_scale_world = loss_scale_world
+        self.world_size = int(self.ds.dp_world_size)
+        self._pending = False  # a backward since the last step
+        self._closed = False  # the latest backward had last=True
+
+    @property
+    def module(self) -> torch.nn.Module:
+        """Call this for forwards: DeepSpeed's engine (an nn.Module running the model's forward).
+        Attributes it lacks come from the model; ``unwrapped`` is the model itself."""
+        return self.ds
+
+    @property
+    def unwrapped(self) -> torch.nn.Module:
+        return self.ds.module
+
+    def backward(self, loss: torch.Tensor, *, last: bool = True) -> None:
+        """Accumulate the gradient of ``loss`` (a scalar from a forward through ``module``).
+
+        last: the mini-batch's final micro-batch; ``step()`` comes next. Every rank runs the same
+        number of forwards and backwards per mini-batch: ZeRO's reductions are collective.
+        """
+        if self._closed:
+            raise RuntimeError("backward() after the mini-batch's last=True backward: call step() first")
+        if self._pending and getattr(self.optimizer, "_epilogue_ran_this_backward", False):
+            # DeepSpeed's forward clears this flag; still set means the forward bypassed it.
+            raise RuntimeError("this loss did not come from a forward through engine.module (the DeepSpeed "
+                               "engine): ZeRO would mis-accumulate gradients. Call engine.module(...), with the "
+                               "whole loss computation inside the wrapped model's forward")
+        self.ds.set_gradient_accumulation_boundary(bool(last))
+        self.ds.backward(loss * self.world_size if self.loss_scale_world else loss)
+        self._pending, self._closed = True, bool(last)
+
+    def step(self) -> float:
+        """Clip, update, schedule, zero the gradients (collective). Returns the global pre-clip grad norm."""
+        if not self._closed:
+            raise RuntimeError("step() needs a mini-batch whose final backward() had last=True")
+        norm = self._plain_grad_norm() if self.zero_stage == 0 and not self.bf16 else None
+        self.ds.step()
+        if norm is None:
+            norm = self.ds.get_global_grad_norm()
+        self._pending = self._closed = False
+        return float(norm)
+
+    def _plain_grad_norm(self) -> float:
+        # ZeRO-0 in fp32 steps the torch optimizer directly and keeps no norm. The boundary
+        # backward has already all-reduced the gradients, so every rank computes the same value.
+        grads = [p.grad for p in self.ds.module.parameters() if p.grad is not None]
+        return float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
+
+    @property
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    @property
+    def steps(self) -> int:
+        return int(self.ds.global_steps)
+
+    def _meta(self) -> dict:
+        return {"world_size": self.world_size, "zero_stage": self.zero_stage, "bf16": self.bf16}
+
+    def save(self, directory: str | Path) -> None:
+        """Optimizer, schedule and step state as a DeepSpeed checkpoint in ``directory`` (collective;
+        a directory every rank sees). DeepSpeed stores its copy of the weights with it."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.ds.save_checkpoint(str(directory), tag=TAG, save_latest=False)
+        if self.ds.global_rank == 0:
+            (directory / META_FILE).write_text(json.dumps(self._meta()))
+        torch.distributed.barrier()
+
+    def load(self, directory: str | Path) -> None:
+        """Restore what ``save`` wrote, weights included (collective). Same world size, stage, precision."""
+        directory = Path(directory)
+        meta_path = directory / META_FILE
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"no DeepSpeed engine state in {directory} ({META_FILE} is missing)")
+        saved = json.loads(meta_path.read_text())
+        if saved != self._meta():
+            raise ValueError(f"the engine state in {directory} was saved with {saved} but this engine runs "
+                             f"{self._meta()}: ZeRO checkpoints resume only with the same world size, stage and "
+                             "precision")
+        path, _ = self.ds.load_checkpoint(str(directory), tag=TAG)
+        if path is None:
+            raise FileNotFoundError(f"DeepSpeed found no checkpoint '{TAG}' in {directory}")
+
+    def _entries(self) -> list[tuple[str, torch.Tensor]]:
+        return list(self.ds.module.state_dict(keep_vars=True).items())
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """Every state-dict entry, unpartitioned, as CPU copies in the training dtype (collective)."""
+        return {k: v.to("cpu", copy=True) for k, v in self.iter_full_weights(bucket_bytes=1 << 62)}
+
+    def load_full_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Load full weights (the keys of ``full_state_dict``) into the model and the master weights
+        (collective under ZeRO-3)."""
+        own = dict(self._entries())
+        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise ValueError(f"state dict keys differ from the model's: missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]}")
+        if self.zero_stage == 3:
+            import deepspeed
+
+            params = [t for t in dict.fromkeys(own.values()) if hasattr(t, "ds_id")]
+            with deepspeed.zero.GatheredParameters(params, modifier_rank=0), torch.no_grad():
+                for name, tensor in own.items():
+                    tensor.data.copy_(state[name])  # rank 0's copy is re-partitioned on exit
+        else:
+            self.ds.module.load_state_dict(state)
+        if hasattr(self.optimizer, "refresh_fp32_params"):  # master weights follow (ZeRO, bf16)
+            self.optimizer.refresh_fp32_params()
+
+    def iter_full_weights(self, bucket_bytes: int = 256 << 20) -> Iterator[tuple[str, torch.Tensor]]:
+        """(name, tensor) per state-dict entry, full and detached, on the training device.
+
+        Under ZeRO-3 parameters are all-gathered about ``bucket_bytes`` at a time and yielded as
+        copies after the bucket is released: collective, every rank must iterate to the end.
+        Elsewhere the tensors are the live (detached) weights.
+        """
+        if isinstance(bucket_bytes, bool) or not isinstance(bucket_bytes, int) or bucket_bytes < 1:
+            raise ValueError(f"bucket_bytes must be a positive int, got {bucket_bytes!r}")
+        entries = self._entries()
+        if self.zero_stage != 3:
+            for name, tensor in entries:
+                yield name, tensor.detach()
+            return
+        import deepspeed
+
+        bucket: list[tuple[str, torch.Tensor]] = []
+        size = 0
+        for i, (name, tensor) in enumerate(entries):
+            bucket.append((name, tensor))
+            size += int(getattr(tensor, "ds_numel", tensor.numel())) * tensor.element_size()
+            if size >= bucket_bytes or i == len(entries) - 1:
+                params = [t for t in dict.fromkeys(t for _, t in bucket) if hasattr(t, "ds_id")]
+                with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+                    copies = [(n, t.detach().clone()) for n, t in bucket]
+                yield from copies
+                bucket, size = [], 0
