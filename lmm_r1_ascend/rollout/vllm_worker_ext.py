@@ -28,9 +28,8 @@ from collections.abc import Iterable, Sequence
 import torch
 import torch.distributed as dist
 
-from lmm_r1_ascend.kernels.collectives import plan_buckets
-
-Meta = list[tuple[str, tuple[int, ...], torch.dtype]]
+from lmm_r1_ascend.kernels.collectives import Meta
+from lmm_r1_ascend.kernels.weight_sync import receive_buckets, send_buckets
 
 
 def make_weight_sync_group(host: str, port: int, rank: int, world_size: int, backend: str):
@@ -42,15 +41,6 @@ def make_weight_sync_group(host: str, port: int, rank: int, world_size: int, bac
     from vllm.distributed.utils import stateless_init_torch_distributed_process_group
 
     return stateless_init_torch_distributed_process_group(host, port, rank, world_size, backend)
-
-
-def _broadcast(group, tensor: torch.Tensor, src: int) -> None:
-    """Broadcast on a ProcessGroup object directly: stateless groups are unknown to
-    torch.distributed's global rank tables, so dist.broadcast cannot address them."""
-    opts = dist.BroadcastOptions()
-    opts.rootRank = src
-    opts.rootTensor = 0
-    group.broadcast([tensor], opts).wait()
 
 
 def pack_weights(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> bytes:
@@ -89,11 +79,7 @@ def send_weights_broadcast(group, named_tensors: Sequence[tuple[str, torch.Tenso
     (each bucket travels as bytes).
     """
     named_tensors = list(named_tensors)
-    for bucket in plan_buckets(weights_meta(named_tensors), bucket_bytes):
-        parts = [named_tensors[i][1].detach().reshape(-1) for i in bucket.indices]
-        flat = (parts[0] if len(parts) == 1 else torch.cat(parts)).contiguous()
-        if bucket.nbytes:
-            _broadcast(group, flat.view(torch.uint8), src)
+    send_buckets(group, weights_meta(named_tensors), named_tensors, bucket_bytes=bucket_bytes, src=src)
 
 
 class WeightSyncExtension:
@@ -168,15 +154,5 @@ class WeightSyncExtension:
         group = getattr(self, "_lmm_sync_group", None)
         if group is None:
             raise RuntimeError("no weight-sync group: call lmm_init_weight_sync_group first")
-        device = self._lmm_device()
-
-        def received():
-            for bucket in plan_buckets(meta, bucket_bytes):
-                flat = torch.empty(sum(bucket.numels), dtype=bucket.dtype, device=device)
-                if bucket.nbytes:
-                    _broadcast(group, flat.view(torch.uint8), src)
-                for i, piece in zip(bucket.indices, flat.split(list(bucket.numels))):
-                    yield meta[i][0], piece.view(meta[i][1])
-
-        self._lmm_reload(received())
+        self._lmm_reload(receive_buckets(group, meta, bucket_bytes=bucket_bytes, src=src, device=self._lmm_device()))
         return len(meta)
