@@ -54,13 +54,12 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from lmm_r1_ascend.backends import BackendUnavailable
     from lmm_r1_ascend.data import DataError
+    from lmm_r1_ascend.distributed.worker_group import WorkerDiedError
     from lmm_r1_ascend.trainer.setup import SetupError
 
     try:
         cfg = resolve_config(args)
         print("resolved config:\n" + json.dumps(to_dict(cfg), indent=2), flush=True)
-        if cfg.distributed.mode != "local":
-            raise ConfigError("distributed.mode=ray is not available yet: use distributed.mode=local")
         from lmm_r1_ascend.demo.data import prepare_demo_data
 
         cfg = prepare_demo_data(cfg)
@@ -76,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, SetupError, BackendUnavailable, DataError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except WorkerDiedError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
     if history:
         first, last = history[0], history[-1]
         acc = "reward/accuracy"

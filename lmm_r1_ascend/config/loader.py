@@ -190,8 +190,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
             f"(rollout.rollout_batch_size x algorithm.n_samples_per_prompt = {samples})")
     if cfg.rollout.engine not in ("hf", "vllm"):
         raise ConfigError(f"rollout.engine: must be hf or vllm, got '{cfg.rollout.engine}'")
-    if cfg.distributed.mode not in ("local", "ray"):
-        raise ConfigError(f"distributed.mode: must be local or ray, got '{cfg.distributed.mode}'")
+    _validate_distributed(cfg)
     if cfg.data.on_bad_line not in ("raise", "skip"):
         raise ConfigError(f"data.on_bad_line: must be raise or skip, got '{cfg.data.on_bad_line}'")
     for key in ("max_prompt_len",):
@@ -200,6 +199,38 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if cfg.rollout.max_new_tokens < 1 or cfg.rollout.temperature <= 0:
         raise ConfigError("rollout.max_new_tokens must be >= 1 and rollout.temperature > 0")
     return cfg
+
+
+def _validate_distributed(cfg: TrainConfig) -> None:
+    d = cfg.distributed
+    if d.mode not in ("local", "ray"):
+        raise ConfigError(f"distributed.mode: must be local or ray, got '{d.mode}'")
+    if d.train_engine not in ("torch", "deepspeed"):
+        raise ConfigError(f"distributed.train_engine: must be torch or deepspeed, got '{d.train_engine}'")
+    if d.world_size < 1:
+        raise ConfigError(f"distributed.world_size: must be >= 1, got {d.world_size}")
+    if d.mode == "local" and d.world_size != 1:
+        raise ConfigError(f"distributed.world_size={d.world_size} needs distributed.mode=ray (local mode is one rank)")
+    if d.world_size > 1 and d.train_engine != "deepspeed":
+        raise ConfigError(f"distributed.world_size={d.world_size} trains data-parallel through DeepSpeed: "
+                          "set distributed.train_engine=deepspeed")
+    if d.zero_stage not in (0, 1, 2, 3):
+        raise ConfigError(f"distributed.zero_stage: must be 0, 1, 2 or 3, got {d.zero_stage}")
+    if d.offload_params and d.zero_stage != 3:
+        raise ConfigError("distributed.offload_params needs distributed.zero_stage=3")
+    if d.rollout_engines < 0:
+        raise ConfigError(f"distributed.rollout_engines: must be >= 0, got {d.rollout_engines}")
+    if d.mode == "local" and d.rollout_engines > 1:
+        raise ConfigError("distributed.rollout_engines > 1 needs distributed.mode=ray")
+    if d.placement_strategy not in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"):
+        raise ConfigError(f"distributed.placement_strategy: must be PACK, SPREAD, STRICT_PACK or STRICT_SPREAD, "
+                          f"got '{d.placement_strategy}'")
+    if d.weight_sync_bucket_mb < 1 or d.cpus_per_rank < 1 or d.timeout_s <= 0:
+        raise ConfigError("distributed.weight_sync_bucket_mb and cpus_per_rank must be >= 1, timeout_s > 0")
+    per_rank = cfg.trainer.train_batch_size // d.world_size
+    if per_rank < 1:
+        raise ConfigError(f"trainer.train_batch_size ({cfg.trainer.train_batch_size}) must be >= "
+                          f"distributed.world_size ({d.world_size}): every rank needs samples")
 
 
 def load_config(recipe: str | None = None, config_file: str | None = None,

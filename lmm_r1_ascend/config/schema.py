@@ -118,9 +118,36 @@ class TrainerConfig:
 
 @dataclass
 class DistributedConfig:
-    """mode: local (all workers in this process) | ray (issue 7)."""
+    """How the workers are placed (docs/distributed.md).
+
+    mode: local (every worker in this process, one rank) | ray (one Ray actor per rank).
+    world_size: training ranks (data parallel); each hosts the actor and, when used, the
+      critic and reference (colocated: they share the rank's device).
+    train_engine: torch (single process) | deepspeed (ZeRO; needed for world_size > 1).
+    zero_stage, offload_optimizer, offload_params: DeepSpeed ZeRO options.
+    rollout_engines: rollout engine actors (ray mode); 0 places one engine inside rank 0's
+      process, updated in place. Each engine uses rollout.vllm_tensor_parallel_size devices.
+    Weight sync follows the placement: in place for the engine in rank 0's process, a
+      bucketed broadcast (a side group from trainer rank 0 to the engine actors over the
+      backend's collective library) otherwise; weight_sync_bucket_mb sizes its buckets.
+    ray_address: "" starts a local Ray instance; "auto" joins the cluster `ray start` made.
+    cpus_per_rank: CPU cores reserved per rank in the placement group.
+    placement_strategy: PACK (fill nodes first) | SPREAD | STRICT_PACK | STRICT_SPREAD.
+    timeout_s: collective and rendezvous timeout.
+    """
 
     mode: str = "local"
+    world_size: int = 1
+    train_engine: str = "torch"
+    zero_stage: int = 2
+    offload_optimizer: bool = False
+    offload_params: bool = False
+    rollout_engines: int = 1
+    weight_sync_bucket_mb: int = 256
+    ray_address: str = ""
+    cpus_per_rank: int = 1
+    placement_strategy: str = "PACK"
+    timeout_s: float = 1800.0
 
 
 @dataclass

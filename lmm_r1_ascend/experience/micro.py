@@ -74,14 +74,18 @@ def micro_batches(
     agg_mode: str,
     constant: float | None = None,
     hard_max_tokens: int | None = None,
+    normaliser: float | None = None,
 ) -> list[MicroBatch]:
     """Split a mini-batch into micro-batches of at most ``max_tokens`` prompt+response tokens.
 
     Sequences stay whole and in order; one longer than ``max_tokens`` gets a micro-batch
     of its own, one longer than ``hard_max_tokens`` is a ValueError. ``constant`` is the
-    Dr. GRPO constant for ``seq-mean-token-sum-norm``.
+    Dr. GRPO constant for ``seq-mean-token-sum-norm``. ``normaliser`` overrides the one
+    computed from ``minibatch``: pass the whole mini-batch's when ``minibatch`` is only one
+    data-parallel rank's shard of it.
     """
-    normaliser = loss_normaliser(agg_mode, minibatch.action_counts, constant)
+    if normaliser is None:
+        normaliser = loss_normaliser(agg_mode, minibatch.action_counts, constant)
     groups = split_by_token_budget(minibatch.sequence_lengths, max_tokens, hard_max_tokens=hard_max_tokens)
     return [MicroBatch(minibatch.select(g), list(g), normaliser, agg_mode) for g in groups]
 

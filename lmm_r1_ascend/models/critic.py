@@ -94,14 +94,23 @@ class Critic(nn.Module):
         with torch.no_grad():
             self.value_head.weight.copy_(weight)
 
-    def save_pretrained(self, out_dir: str | os.PathLike) -> Path:
-        """Write the backbone (HF format), the value head and a marker into ``out_dir``."""
+    def save_pretrained(self, out_dir: str | os.PathLike, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+        """Write the backbone (HF format), the value head and a marker into ``out_dir``.
+
+        state_dict: this module's full state (keys ``model.*`` and ``value_head.weight``) when
+        the parameters themselves are partitioned (ZeRO-3); None reads the parameters."""
         from safetensors.torch import save_file
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(out, safe_serialization=True)
-        save_file({"weight": self.value_head.weight.detach().cpu().contiguous()}, str(out / VALUE_HEAD_FILE))
+        if state_dict is None:
+            self.model.save_pretrained(out, safe_serialization=True)
+            head = self.value_head.weight.detach()
+        else:
+            backbone = {k.removeprefix("model."): v for k, v in state_dict.items() if k.startswith("model.")}
+            self.model.save_pretrained(out, safe_serialization=True, state_dict=backbone)
+            head = state_dict["value_head.weight"]
+        save_file({"weight": head.cpu().contiguous()}, str(out / VALUE_HEAD_FILE))
         (out / CRITIC_MARKER_FILE).write_text(json.dumps({"value_head": VALUE_HEAD_FILE,
                                                           "hidden_size": self.value_head.in_features}))
         return out

@@ -1,8 +1,10 @@
 """Atomic, exactly-resumable checkpoints.
 
-Layout: <output_dir>/checkpoints/step_<N>/ with one `<name>.pt` per trained model
-(weights) plus `state.pt` (engine states, RNG states, data position, step, controller
-states). A checkpoint is written into a hidden sibling directory and renamed into place,
+Layout: <output_dir>/checkpoints/step_<N>/ with one `<name>.pt` per trained model (full
+weights, written by rank 0), `<name>_engine/` (optimizer and schedule state, written by
+every rank: one file for the torch engine, DeepSpeed's per-rank shards for ZeRO) and
+`state.pt` (controller: RNG states, data position, step, KL controller). With Ray on
+several nodes, output_dir must be on a filesystem every node sees. A checkpoint is written into a hidden sibling directory and renamed into place,
 so a crash mid-write never leaves a half checkpoint that resume would pick up.
 """
 
@@ -13,7 +15,7 @@ import random
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -41,18 +43,19 @@ def checkpoint_dir(output_dir: str | os.PathLike) -> Path:
     return Path(output_dir) / "checkpoints"
 
 
-def save_checkpoint(output_dir: str | os.PathLike, step: int, models: dict[str, torch.nn.Module],
-                    state: dict[str, Any], keep: int = 2, device_type: str = "cpu") -> Path:
-    """Write step `step` atomically; keep the newest `keep` checkpoints (0 = all)."""
+def save_checkpoint(output_dir: str | os.PathLike, step: int, state: dict[str, Any],
+                    write_parts: Callable[[Path], None], keep: int = 2, device_type: str = "cpu") -> Path:
+    """Write step `step` atomically; keep the newest `keep` checkpoints (0 = all).
+
+    write_parts(directory) writes the models' weights and engine states into the
+    not-yet-visible directory (the training ranks do it); `state` goes to state.pt."""
     root = checkpoint_dir(output_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step}"
     tmp = root / f".step_{step}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    for name, module in models.items():
-        weights = {k: v.detach().cpu() for k, v in module.state_dict().items()}
-        torch.save(weights, tmp / f"{name}.pt")
+    write_parts(tmp)
     torch.save({**state, "step": step, "rng": rng_state(device_type)}, tmp / "state.pt")
     if final.exists():
         shutil.rmtree(final)
@@ -77,14 +80,10 @@ def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
     return found[-1] if found else None
 
 
-def load_checkpoint(path: str | os.PathLike, models: dict[str, torch.nn.Module]) -> dict[str, Any]:
-    """Load weights into `models` (strict) and return the saved state (RNG restored by the caller)."""
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """The controller's saved state (RNG restored by the caller; weights and engine states
+    are loaded by the training ranks from the same directory)."""
     path = Path(path)
     if not (path / "state.pt").exists():
         raise FileNotFoundError(f"{path} is not a complete checkpoint (no state.pt)")
-    for name, module in models.items():
-        file = path / f"{name}.pt"
-        if not file.exists():
-            raise FileNotFoundError(f"checkpoint {path} has no weights for '{name}' ({file.name})")
-        module.load_state_dict(torch.load(file, map_location="cpu", weights_only=True))
     return torch.load(path / "state.pt", map_location="cpu", weights_only=False)

@@ -1,4 +1,5 @@
-"""The PPO controller loop (DESIGN.md "One training step"), single process, any backend.
+"""The PPO controller loop (DESIGN.md "One training step"): one loop for every backend and
+every placement (local: one process; ray: one actor per rank, see lmm_r1_ascend/distributed).
 
 Per step: rollout (n samples per prompt) -> rewards -> reference log-probs and critic
 values on packed micro-batches -> KL-shaped advantages -> critic update -> actor update ->
@@ -20,11 +21,12 @@ import yaml
 from lmm_r1_ascend.algorithms.kl import make_kl_controller
 from lmm_r1_ascend.backends import get_backend
 from lmm_r1_ascend.config import TrainConfig, to_dict
+from lmm_r1_ascend.distributed.worker_group import WorkerDiedError
 from lmm_r1_ascend.experience import ExperienceBatch, minibatches
 from lmm_r1_ascend.rollout.base import RolloutSample, SamplingConfig
 from lmm_r1_ascend.trainer import checkpoint as ckpt
 from lmm_r1_ascend.trainer.metrics import MetricsWriter
-from lmm_r1_ascend.trainer.setup import build_components, planned_rollouts
+from lmm_r1_ascend.trainer.setup import SetupError, build_components, planned_rollouts
 from lmm_r1_ascend.trainer.workers import average_metrics
 
 
@@ -42,6 +44,8 @@ class PPOTrainer:
         alg = cfg.algorithm
         self.kl_ctl = make_kl_controller(alg.init_kl_coef, alg.kl_target, alg.kl_horizon)
         self.total_steps = planned_rollouts(cfg, len(c.dataset))
+        self.uses_reference = alg.init_kl_coef > 0 or alg.use_kl_loss
+        self.uses_critic = alg.uses_critic
         self.step = 0
         self.sampling = SamplingConfig(
             n=alg.n_samples_per_prompt, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
@@ -53,25 +57,26 @@ class PPOTrainer:
         if path is None:
             return False
         c = self.parts
-        state = ckpt.load_checkpoint(path, c.trained_models())
-        c.actor.engine.load_state_dict(state["actor_engine"])
-        if c.critic is not None:
-            c.critic.engine.load_state_dict(state["critic_engine"])
+        state = ckpt.load_checkpoint(path)
+        saved_world = int(state.get("world_size", 1))
+        if saved_world != c.cluster.world_size and self.cfg.distributed.train_engine == "deepspeed":
+            raise SetupError(f"checkpoint {path} was written by {saved_world} rank(s) and DeepSpeed shards its "
+                             f"optimizer state per rank: resume with distributed.world_size={saved_world}, or "
+                             "start a new output_dir from its weights (model.pretrain=<output_dir>/hf)")
+        c.cluster.load(path)
         c.dataset.load_state_dict(state["data"])
         self.kl_ctl.value = float(state["kl_coef"])
         self.step = int(state["step"])
         ckpt.set_rng_state(state["rng"], self.backend.device_type)
-        c.rollout.update_weights(c.actor.named_weights())
+        c.rollout.sync_weights()
         self.log(f"resumed from {path} at step {self.step}")
         return True
 
     def save(self) -> Path:
         c = self.parts
-        state = {"actor_engine": c.actor.engine.state_dict(), "data": c.dataset.state_dict(),
-                 "kl_coef": self.kl_ctl.value}
-        if c.critic is not None:
-            state["critic_engine"] = c.critic.engine.state_dict()
-        return ckpt.save_checkpoint(self.out, self.step, c.trained_models(), state,
+        state = {"data": c.dataset.state_dict(), "kl_coef": self.kl_ctl.value,
+                 "world_size": c.cluster.world_size}
+        return ckpt.save_checkpoint(self.out, self.step, state, c.cluster.save,
                                     keep=self.cfg.trainer.keep_checkpoints, device_type=self.backend.device_type)
 
     # ------------------------------------------------------------------ one step
@@ -114,25 +119,25 @@ class PPOTrainer:
             with timed("reward"):
                 rewards, reward_metrics, info = c.score(samples)
             batch = self._experience(samples, rewards, info)
-            if c.reference is not None:
+            if self.uses_reference:
                 with timed("reference"):
-                    batch.ref_log_probs = c.reference.log_probs(batch)
-            if c.critic is not None:
+                    batch.ref_log_probs = c.cluster.ref_log_probs(batch)
+            if self.uses_critic:
                 with timed("critic_forward"):
-                    batch.values = c.critic.values(batch)
+                    batch.values = c.cluster.critic_values(batch)
             batch, adv = batch.with_advantages(alg, kl_coef=self.kl_ctl.value)
             kl_coef = self.kl_ctl.value
             self.kl_ctl.update(float(adv.mean_kl), n_steps=len(batch))
             train_rows: list[dict[str, float]] = []
             for epoch in range(cfg.trainer.max_epochs):
                 parts = minibatches(batch, cfg.trainer.train_batch_size, seed=cfg.seed + 7919 * self.step + epoch)
-                if c.critic is not None:
+                if self.uses_critic:
                     with timed("train_critic"):
-                        train_rows += [c.critic.train_minibatch(mb, alg) for mb in parts]
+                        train_rows += [c.cluster.train_critic(mb, alg) for mb in parts]
                 with timed("train_actor"):
-                    train_rows += [c.actor.train_minibatch(mb, alg) for mb in parts]
+                    train_rows += [c.cluster.train_actor(mb, alg) for mb in parts]
             with timed("weight_sync"):
-                c.rollout.update_weights(c.actor.named_weights())
+                c.rollout.sync_weights()
         self.step += 1
         lengths = torch.tensor(batch.response_lengths, dtype=torch.float32)
         gen_tokens = float(lengths.sum())
@@ -171,23 +176,33 @@ class PPOTrainer:
                        unit="step", dynamic_ncols=True)
         history = []
         try:
-            while self.step < self.total_steps:
-                if stop_after is not None and len(history) >= stop_after:
-                    self.save()
-                    return history
-                metrics = self.train_step()
-                history.append(writer.write(self.step, metrics))
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", acc=f"{metrics.get('reward/accuracy', 0):.3f}")
-                if cfg.trainer.save_steps and self.step % cfg.trainer.save_steps == 0 and self.step < self.total_steps:
-                    self.save()
-            self.save()
-            if cfg.trainer.save_hf:
-                self.parts.export_hf(self.out / "hf")
+            self._loop(history, writer, bar, stop_after)
+        except WorkerDiedError as err:
+            last = ckpt.latest_checkpoint(self.out)
+            hint = (f"last good checkpoint: {last} (step {last.name.removeprefix('step_')}); run the same command "
+                    "again to resume from it" if last is not None else
+                    "no checkpoint was written yet (trainer.save_steps); the run must start over")
+            raise err.with_hint(hint) from None
         finally:
             if bar is not None:
                 bar.close()
             writer.close()
             self.parts.close()
         return history
+
+    def _loop(self, history: list, writer: MetricsWriter, bar, stop_after: int | None) -> None:
+        cfg = self.cfg
+        while self.step < self.total_steps:
+            if stop_after is not None and len(history) >= stop_after:
+                self.save()
+                return
+            metrics = self.train_step()
+            history.append(writer.write(self.step, metrics))
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", acc=f"{metrics.get('reward/accuracy', 0):.3f}")
+            if cfg.trainer.save_steps and self.step % cfg.trainer.save_steps == 0 and self.step < self.total_steps:
+                self.save()
+        self.save()
+        if cfg.trainer.save_hf:
+            self.parts.export_hf(self.out / "hf")

@@ -55,22 +55,17 @@ def resolve_model_name(name: str) -> str:
 
 @dataclass
 class Components:
+    """What the controller holds: data, processors, rewards, and handles to the workers
+    (a TrainingCluster of ranks and a RolloutClient), never the models themselves."""
+
     cfg: TrainConfig
     backend: Backend
     tokenizer: Any
     image_processor: Any
     dataset: Any
-    actor: ActorWorker
-    reference: ReferenceWorker | None
-    critic: CriticWorker | None
-    rollout: RolloutEngine
+    cluster: Any   # lmm_r1_ascend.distributed.cluster.TrainingCluster
+    rollout: Any   # lmm_r1_ascend.distributed.rollout_client.RolloutClient
     reward: Any
-
-    def trained_models(self) -> dict[str, torch.nn.Module]:
-        models = {"actor": self.actor.model}
-        if self.critic is not None:
-            models["critic"] = self.critic.model
-        return models
 
     def score(self, samples: list[RolloutSample]) -> tuple[torch.Tensor, dict[str, float], dict[str, torch.Tensor]]:
         """Scalar rewards (B,), their metrics (reward/mean, reward/<component>, reward/status/<s>) and per-sample info."""
@@ -103,31 +98,35 @@ class Components:
         return totals, metrics, info
 
     def export_hf(self, path: Path) -> Path:
-        """The actor in Hugging Face format (+ tokenizer, image processor, critic head if any)."""
-        save_hf_model(self.actor.model, path)
+        """The actor in Hugging Face format (+ tokenizer, image processor, critic next to it if any)."""
+        self.cluster.export_hf(path)
         self.tokenizer.save_pretrained(path)
         if self.image_processor is not None:
             self.image_processor.save_pretrained(path)
-        if self.critic is not None:
-            self.critic.model.save_pretrained(path.parent / "critic")
         return path
 
     def close(self) -> None:
-        for part in (self.reward, self.rollout):
+        for part in (self.reward, self.rollout, self.cluster):
             close = getattr(part, "close", None)
             if close is not None:
                 close()
 
 
-def save_hf_model(model: torch.nn.Module, path: Path) -> None:
+def save_hf_model(model: torch.nn.Module, path: Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
     """save_pretrained with transformers' own attention recorded, so the export loads anywhere
-    (our packed-attention name is registered only inside this process)."""
+    (our packed-attention name is registered only inside this process). state_dict: the full
+    weights when the module's own parameters are partitioned (ZeRO-3)."""
+    from lmm_r1_ascend.models.critic import Critic
+
     config = model.config
     saved = getattr(config, "_attn_implementation", None)
     try:
         if saved and saved.startswith("lmm_r1_"):
             config._attn_implementation = "sdpa"
-        model.save_pretrained(path, safe_serialization=True)
+        if isinstance(model, Critic):
+            model.save_pretrained(path, state_dict=state_dict)
+        else:
+            model.save_pretrained(path, safe_serialization=True, state_dict=state_dict)
     finally:
         if saved is not None:
             config._attn_implementation = saved
@@ -173,30 +172,46 @@ def prepare_data(cfg: TrainConfig, *, shuffle: bool | None = None) -> tuple[str,
     return actor_path, tokenizer, image_processor, dataset
 
 
-def build_components(cfg: TrainConfig, backend: Backend, *, log: Callable[[str], None] = print) -> Components:
-    from lmm_r1_ascend.models.loading import ModelSpec, load_critic, load_policy, load_reference
-    from lmm_r1_ascend.rollout.base import build_engine
+def total_updates(cfg: TrainConfig, num_prompts: int) -> int:
+    """Optimizer steps of the run (for the LR schedule)."""
+    alg, tr = cfg.algorithm, cfg.trainer
+    per_rollout = cfg.rollout.rollout_batch_size * alg.n_samples_per_prompt // tr.train_batch_size
+    return max(1, planned_rollouts(cfg, num_prompts) * per_rollout * tr.max_epochs)
 
-    actor_path, tokenizer, image_processor, dataset = prepare_data(cfg)
-    log(f"data: {len(dataset)} prompts ({dataset.counts})")
+
+def make_engine(cfg: TrainConfig, module: torch.nn.Module, lr: float, total_steps: int):
+    """The training engine distributed.train_engine names, with the optim section's settings."""
+    opt, dist_cfg = cfg.optim, cfg.distributed
+    kwargs = dict(lr=lr, betas=opt.adam_betas, weight_decay=opt.weight_decay, max_norm=opt.max_norm,
+                  total_steps=total_steps, scheduler=opt.lr_scheduler, min_lr_ratio=opt.min_lr_ratio,
+                  warmup_ratio=opt.lr_warmup_ratio)
+    if dist_cfg.train_engine == "torch":
+        return TorchEngine(module, **kwargs)
+    try:
+        from lmm_r1_ascend.engines.deepspeed_engine import DeepSpeedEngine
+    except ImportError as err:
+        raise SetupError(f"distributed.train_engine=deepspeed needs DeepSpeed ({err}): pip install "
+                         "'lmm-r1-ascend[dist]' (or the requirements file of your device)") from err
+    return DeepSpeedEngine(module, zero_stage=dist_cfg.zero_stage, bf16=next(module.parameters()).dtype == torch.bfloat16,
+                           offload_optimizer=dist_cfg.offload_optimizer, offload_params=dist_cfg.offload_params, **kwargs)
+
+
+def build_rank_workers(cfg: TrainConfig, backend: Backend, actor_path: str, updates: int
+                       ) -> tuple[ActorWorker, ReferenceWorker | None, CriticWorker | None]:
+    """The models of one rank on backend.device(0): actor (+ reference, critic when the algorithm uses them)."""
+    from lmm_r1_ascend.models.loading import ModelSpec, load_critic, load_policy, load_reference
+    from lmm_r1_ascend.models.train_modules import CriticValues, PolicyLogProbs
+
     device = backend.device(0)
     dtype = None if cfg.model.dtype == "auto" else cfg.model.dtype
-    alg, tr, opt = cfg.algorithm, cfg.trainer, cfg.optim
-    steps_per_rollout = cfg.rollout.rollout_batch_size * alg.n_samples_per_prompt // tr.train_batch_size
-    rollouts = planned_rollouts(cfg, len(dataset))
-    total_updates = max(1, rollouts * steps_per_rollout * tr.max_epochs)
-
-    def engine(module, lr):
-        return TorchEngine(module, lr=lr, betas=opt.adam_betas, weight_decay=opt.weight_decay, max_norm=opt.max_norm,
-                           total_steps=total_updates, scheduler=opt.lr_scheduler, min_lr_ratio=opt.min_lr_ratio,
-                           warmup_ratio=opt.lr_warmup_ratio)
-
+    alg, opt = cfg.algorithm, cfg.optim
+    max_tokens = cfg.trainer.max_tokens_per_micro_batch
     spec = ModelSpec(path=actor_path, dtype=dtype, gradient_checkpointing=cfg.model.gradient_checkpointing,
                      freeze_prefixes=tuple(cfg.model.freeze_prefixes))
     actor_model = load_policy(spec, backend).to(device)
-    max_tokens = tr.max_tokens_per_micro_batch
-    actor = ActorWorker(actor_model, engine(actor_model, opt.actor_lr), temperature=cfg.rollout.temperature,
-                        max_tokens=max_tokens)
+    actor_fwd = PolicyLogProbs(actor_model, cfg.rollout.temperature)
+    actor = ActorWorker(actor_model, make_engine(cfg, actor_fwd, opt.actor_lr, updates),
+                        temperature=cfg.rollout.temperature, max_tokens=max_tokens)
     reference = None
     if alg.init_kl_coef > 0 or alg.use_kl_loss:
         ref_model = load_reference(ModelSpec(path=actor_path, dtype=dtype), backend).to(device)
@@ -207,16 +222,30 @@ def build_components(cfg: TrainConfig, backend: Backend, *, log: Callable[[str],
         critic_model = load_critic(ModelSpec(path=critic_path, dtype=dtype,
                                              gradient_checkpointing=cfg.model.gradient_checkpointing),
                                    backend).to(device)
-        critic = CriticWorker(critic_model, engine(critic_model, opt.critic_lr), max_tokens=max_tokens)
+        critic = CriticWorker(critic_model, make_engine(cfg, CriticValues(critic_model), opt.critic_lr, updates),
+                              max_tokens=max_tokens)
+    return actor, reference, critic
+
+
+def build_rollout_engine(cfg: TrainConfig, actor_path: str, device: torch.device, dtype: torch.dtype) -> RolloutEngine:
+    from lmm_r1_ascend.data import load_processors
+    from lmm_r1_ascend.rollout.base import build_engine
+
     if cfg.rollout.engine == "hf":
-        rollout = build_engine("hf", actor_path, device=device, dtype=actor_model.dtype, tokenizer=tokenizer)
-    else:
-        rollout = build_engine("vllm", actor_path, seed=cfg.seed, tensor_parallel_size=cfg.rollout.vllm_tensor_parallel_size,
-                               gpu_memory_utilization=cfg.rollout.vllm_gpu_memory_utilization,
-                               enable_sleep_mode=cfg.rollout.vllm_enable_sleep)
+        tokenizer, _ = load_processors(actor_path)
+        return build_engine("hf", actor_path, device=device, dtype=dtype, tokenizer=tokenizer)
+    return build_engine("vllm", actor_path, seed=cfg.seed, tensor_parallel_size=cfg.rollout.vllm_tensor_parallel_size,
+                        gpu_memory_utilization=cfg.rollout.vllm_gpu_memory_utilization,
+                        enable_sleep_mode=cfg.rollout.vllm_enable_sleep)
+
+
+def build_components(cfg: TrainConfig, backend: Backend, *, log: Callable[[str], None] = print) -> Components:
+    from lmm_r1_ascend.distributed.cluster import start_cluster
+
+    actor_path, tokenizer, image_processor, dataset = prepare_data(cfg)
+    log(f"data: {len(dataset)} prompts ({dataset.counts})")
+    cluster, rollout = start_cluster(cfg, backend, actor_path, total_updates(cfg, len(dataset)), log=log)
     kernels = backend.select_kernels()
     log(f"backend {backend.name}: attention={kernels['attention'].name}, fused_ops={kernels['fused_ops'].name}; "
-        f"actor {actor_path} ({sum(p.numel() for p in actor_model.parameters()):,} params)"
-        + (", reference" if reference else "") + (", critic" if critic else ""))
-    return Components(cfg, backend, tokenizer, image_processor, dataset, actor, reference, critic, rollout,
-                      _reward_router(cfg))
+        f"actor {actor_path}; {cluster.describe()}; rollout: {rollout.describe()}")
+    return Components(cfg, backend, tokenizer, image_processor, dataset, cluster, rollout, _reward_router(cfg))

@@ -1,8 +1,18 @@
 """Actor, Reference and Critic workers: plain classes, each owning one model on one device.
 
-They run in-process here (distributed.mode=local) and are the classes a Ray worker group
-will host, one per rank (issue 7). Each forward goes through packed micro-batches under
-a token budget (no padding, no cross-sample attention).
+They run in-process (distributed.mode=local) or inside a Ray actor per rank
+(distributed/rank_worker.py). Each forward goes through packed micro-batches under a
+token budget (no padding, no cross-sample attention).
+
+Data parallelism: a rank trains on its shard of each mini-batch with the WHOLE
+mini-batch's loss normaliser, and every rank runs the same number of forwards/backwards
+(`n_micro`), padding with zero-weighted repeats of a real micro-batch, because ZeRO's
+collectives inside forward and backward must line up across ranks. The training engine
+turns the per-rank gradients into the mini-batch gradient (engines/).
+
+Trained models are called through their engine's module, a `PolicyLogProbs` /
+`CriticValues` wrapper (models/train_modules.py): under ZeRO-3 that is the only way their
+partitioned weights are whole and their gradients accumulate.
 """
 
 from __future__ import annotations
@@ -13,10 +23,12 @@ import torch
 
 from lmm_r1_ascend.algorithms.config import AlgorithmConfig
 from lmm_r1_ascend.algorithms.objectives import actor_loss, critic_loss
-from lmm_r1_ascend.engines.torch_engine import TorchEngine
 from lmm_r1_ascend.experience import ExperienceBatch, micro_batches
+from lmm_r1_ascend.experience.micro import MicroBatch
 from lmm_r1_ascend.kernels.packing import split_by_token_budget
-from lmm_r1_ascend.models.forward import packed_log_probs, packed_values, samples_from_experience
+from lmm_r1_ascend.models.forward import packed_log_probs, samples_from_experience
+from lmm_r1_ascend.models.train_modules import CriticValues, PolicyLogProbs
+from lmm_r1_ascend.trainer.metric_sums import MetricSums
 
 
 def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
@@ -25,6 +37,37 @@ def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
 
 def _infer_chunks(batch: ExperienceBatch, max_tokens: int) -> list[list[int]]:
     return split_by_token_budget(batch.sequence_lengths, max_tokens)
+
+
+def _padded(items: list, n: int | None) -> list[tuple[object, float]]:
+    """(item, weight 1) per item, then (items[0], weight 0) repeats up to n."""
+    if n is not None and n < len(items):
+        raise ValueError(f"n_micro={n} is smaller than this shard's {len(items)} micro-batches")
+    out = [(item, 1.0) for item in items]
+    return out + [(items[0], 0.0)] * ((n or 0) - len(items))
+
+
+def _train_micro_batches(engine, micros: list[MicroBatch], n_micro: int | None, real: bool, loss_fn,
+                         prefix: str) -> MetricSums:
+    """Accumulate over micro-batches (zero-weighted padding up to n_micro), then one optimizer step."""
+    plan = _padded(micros, n_micro) if real else [(micros[0], 0.0)] * (n_micro or 1)
+    sums = MetricSums()
+    for k, (micro, weight) in enumerate(plan):
+        out = loss_fn(micro)
+        loss = out.loss if weight == 1.0 else out.loss * weight
+        engine.backward(loss, last=k == len(plan) - 1)
+        if weight:
+            sums.add(out.metrics(), weight=float(sum(micro.batch.action_counts)))
+    grad_norm = engine.step()
+    sums.scalars = {f"{prefix}/grad_norm": grad_norm, f"{prefix}/lr": engine.lr}
+    return sums
+
+
+def _check_wrapped(engine, wrapper: type) -> None:
+    inner = getattr(engine, "unwrapped", engine.module)
+    if not isinstance(inner, wrapper):
+        raise TypeError(f"the engine must train a {wrapper.__name__} wrapper of the model (models/train_modules.py), "
+                        f"got {type(inner).__name__}")
 
 
 def average_metrics(rows: list[dict[str, float]]) -> dict[str, float]:
@@ -51,64 +94,88 @@ class ReferenceWorker:
 
 
 class CriticWorker:
-    """The value model and its optimizer."""
+    """The value model and its training engine (torch or DeepSpeed) over a CriticValues wrapper of it."""
 
-    def __init__(self, critic: torch.nn.Module, engine: TorchEngine, *, max_tokens: int):
+    def __init__(self, critic: torch.nn.Module, engine, *, max_tokens: int):
         self.model, self.engine, self.max_tokens = critic, engine, max_tokens
+        _check_wrapped(engine, CriticValues)
 
     @torch.no_grad()
-    def values(self, batch: ExperienceBatch) -> list[torch.Tensor]:
+    def values(self, batch: ExperienceBatch, n_chunks: int | None = None) -> list[torch.Tensor]:
+        """Per-sample values of response tokens; n_chunks pads the forward count (ZeRO-3 ranks in step)."""
         self.model.eval()
         out: list[torch.Tensor] = [None] * len(batch)  # type: ignore[list-item]
-        for idx in _infer_chunks(batch, self.max_tokens):
-            for i, v in zip(idx, packed_values(self.model, samples_from_experience(batch.select(idx)))):
-                out[i] = v.float().cpu()
+        for idx, weight in _padded(_infer_chunks(batch, self.max_tokens), n_chunks):
+            sub = batch.select(idx)
+            values = self.engine.module(samples_from_experience(sub)).split(sub.response_lengths)
+            if weight:
+                for i, v in zip(idx, values):
+                    out[i] = v.float().cpu()
         self.model.train()
         return out
 
-    def train_minibatch(self, minibatch: ExperienceBatch, cfg: AlgorithmConfig) -> dict[str, float]:
-        """One optimizer step over a mini-batch, accumulated over packed micro-batches."""
-        rows = []
+    def train_shard(self, shard: ExperienceBatch, cfg: AlgorithmConfig, *, normaliser: float | None = None,
+                    n_micro: int | None = None, real: bool = True) -> MetricSums:
+        """One optimizer step over (this rank's shard of) a mini-batch; see the module docstring."""
         device = next(self.model.parameters()).device
-        for micro in micro_batches(minibatch, self.max_tokens, agg_mode=cfg.loss_agg_mode,
-                                   constant=cfg.loss_agg_constant):
+
+        def loss_fn(micro: MicroBatch):
             mb = micro.batch
-            values = _cat(packed_values(self.model, samples_from_experience(mb)))
-            out = critic_loss(cfg, values.float(), mb.packed("values").to(device), mb.packed("returns").to(device),
-                              mb.packed("action_mask").to(device), normaliser=micro.normaliser,
-                              cu_seqlens=mb.response_cu_seqlens())
-            self.engine.backward(out.loss)
-            rows.append(out.metrics())
-        grad_norm = self.engine.step()
-        return {**average_metrics(rows), "critic/grad_norm": grad_norm, "critic/lr": self.engine.lr}
+            values = self.engine.module(samples_from_experience(mb))
+            return critic_loss(cfg, values.float(), mb.packed("values").to(device), mb.packed("returns").to(device),
+                               mb.packed("action_mask").to(device), normaliser=micro.normaliser,
+                               cu_seqlens=mb.response_cu_seqlens())
+
+        micros = micro_batches(shard, self.max_tokens, agg_mode=cfg.loss_agg_mode, constant=cfg.loss_agg_constant,
+                               normaliser=normaliser)
+        return _train_micro_batches(self.engine, micros, n_micro, real, loss_fn, "critic")
+
+    def train_minibatch(self, minibatch: ExperienceBatch, cfg: AlgorithmConfig) -> dict[str, float]:
+        """One optimizer step over a whole mini-batch (single process)."""
+        return self.train_shard(minibatch, cfg).result()
 
 
 class ActorWorker:
-    """The policy, its optimizer, and its weights for the rollout engine."""
+    """The policy, its training engine, and its weights for the rollout engine."""
 
-    def __init__(self, model: torch.nn.Module, engine: TorchEngine, *, temperature: float, max_tokens: int):
+    def __init__(self, model: torch.nn.Module, engine, *, temperature: float, max_tokens: int):
         self.model, self.engine = model, engine
         self.temperature, self.max_tokens = temperature, max_tokens
+        _check_wrapped(engine, PolicyLogProbs)
+
+    def train_shard(self, shard: ExperienceBatch, cfg: AlgorithmConfig, *, normaliser: float | None = None,
+                    n_micro: int | None = None, real: bool = True) -> MetricSums:
+        device = next(self.model.parameters()).device
+
+        def loss_fn(micro: MicroBatch):
+            mb = micro.batch
+            res = self.engine.module(samples_from_experience(mb), return_entropy=True)
+            ref = mb.packed("ref_log_probs").to(device) if mb.ref_log_probs is not None else None
+            return actor_loss(cfg, res["log_probs"], mb.packed("log_probs").to(device),
+                              mb.packed("advantages").to(device), mb.packed("action_mask").to(device),
+                              normaliser=micro.normaliser, ref_log_probs=ref, entropy=res["entropy"],
+                              cu_seqlens=mb.response_cu_seqlens())
+
+        micros = micro_batches(shard, self.max_tokens, agg_mode=cfg.loss_agg_mode, constant=cfg.loss_agg_constant,
+                               normaliser=normaliser)
+        return _train_micro_batches(self.engine, micros, n_micro, real, loss_fn, "actor")
 
     def train_minibatch(self, minibatch: ExperienceBatch, cfg: AlgorithmConfig) -> dict[str, float]:
-        rows = []
-        device = next(self.model.parameters()).device
-        for micro in micro_batches(minibatch, self.max_tokens, agg_mode=cfg.loss_agg_mode,
-                                   constant=cfg.loss_agg_constant):
-            mb = micro.batch
-            res = packed_log_probs(self.model, samples_from_experience(mb), temperature=self.temperature,
-                                   return_entropy=True)
-            log_probs, entropy = _cat(res.log_probs), _cat(res.entropy)
-            ref = mb.packed("ref_log_probs").to(device) if mb.ref_log_probs is not None else None
-            out = actor_loss(cfg, log_probs, mb.packed("log_probs").to(device), mb.packed("advantages").to(device),
-                             mb.packed("action_mask").to(device), normaliser=micro.normaliser,
-                             ref_log_probs=ref, entropy=entropy, cu_seqlens=mb.response_cu_seqlens())
-            self.engine.backward(out.loss)
-            rows.append(out.metrics())
-        grad_norm = self.engine.step()
-        return {**average_metrics(rows), "actor/grad_norm": grad_norm, "actor/lr": self.engine.lr}
+        return self.train_shard(minibatch, cfg).result()
 
-    def named_weights(self) -> Iterable[tuple[str, torch.Tensor]]:
-        """The weights the rollout engine needs (every parameter and buffer of the policy)."""
-        for name, tensor in self.model.state_dict().items():
-            yield name, tensor.detach()
+    @torch.no_grad()
+    def log_probs(self, batch: ExperienceBatch) -> list[torch.Tensor]:
+        """The current policy's log-probs of the response tokens (e.g. to check weight sync)."""
+        out: list[torch.Tensor] = [None] * len(batch)  # type: ignore[list-item]
+        for idx in _infer_chunks(batch, self.max_tokens):
+            sub = batch.select(idx)
+            res = self.engine.module(samples_from_experience(sub))["log_probs"].split(sub.response_lengths)
+            for i, lp in zip(idx, res):
+                out[i] = lp.float().cpu()
+        return out
+
+    def named_weights(self, bucket_bytes: int = 256 << 20) -> Iterable[tuple[str, torch.Tensor]]:
+        """The weights the rollout engine needs: every parameter and buffer of the policy, full
+        (gathered bucket by bucket under ZeRO-3: every rank must iterate to the end)."""
+        prefix = PolicyLogProbs.prefix
+        return ((name.removeprefix(prefix), t) for name, t in self.engine.iter_full_weights(bucket_bytes))

@@ -1,0 +1,1 @@
+"""Scale-out: worker groups (local, Ray) that run the same workers one per rank."""

@@ -1,0 +1,165 @@
+"""The controller's view of the training ranks: one object with the same methods whether the
+ranks live in this process (local) or in Ray actors (ray), so PPOTrainer has one loop.
+
+Data parallelism is decided here: each mini-batch is cut into one contiguous shard per
+rank with about equal token counts; every rank gets the whole mini-batch's loss
+normaliser and the same number of micro-batches (the largest shard's), padding with
+zero-weighted repeats (workers.py). The engines turn the per-rank gradients into the
+mini-batch gradient, so a run on N ranks follows the single-process run up to
+floating-point reduction order.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from lmm_r1_ascend.algorithms.aggregation import loss_normaliser
+from lmm_r1_ascend.algorithms.config import AlgorithmConfig
+from lmm_r1_ascend.config import TrainConfig, to_dict
+from lmm_r1_ascend.distributed.worker_group import LocalWorkerGroup, WorkerGroup
+from lmm_r1_ascend.experience import ExperienceBatch
+from lmm_r1_ascend.kernels.packing import split_by_token_budget
+from lmm_r1_ascend.trainer.metric_sums import merge_all
+
+
+def shard_indices(lengths: list[int], world_size: int) -> list[list[int]]:
+    """Contiguous index ranges, one per rank, with about equal token sums; a rank gets an
+    empty list only when there are fewer samples than ranks."""
+    n = len(lengths)
+    if world_size == 1:
+        return [list(range(n))]
+    shards, start = [], 0
+    total, seen = float(sum(lengths)), 0.0
+    for r in range(world_size):
+        remaining_ranks = world_size - r
+        if r == world_size - 1:
+            end = n
+        else:
+            target = total * (r + 1) / world_size
+            end = start
+            # take samples until this rank reaches its share, leaving at least one per later rank
+            while end < n - (remaining_ranks - 1) and (end == start or seen + lengths[end] / 2 <= target):
+                seen += lengths[end]
+                end += 1
+        shards.append(list(range(start, end)))
+        start = end
+    return shards
+
+
+class TrainingCluster:
+    """group: the ranks (TrainRank workers). max_tokens: the micro-batch token budget."""
+
+    def __init__(self, group: WorkerGroup, cfg: TrainConfig):
+        self.group, self.cfg = group, cfg
+        self.max_tokens = cfg.trainer.max_tokens_per_micro_batch
+        self.zero3 = cfg.distributed.train_engine == "deepspeed" and cfg.distributed.zero_stage == 3
+
+    @property
+    def world_size(self) -> int:
+        return self.group.world_size
+
+    def describe(self) -> str:
+        d = self.cfg.distributed
+        engine = "torch" if d.train_engine == "torch" else f"deepspeed ZeRO-{d.zero_stage}"
+        return f"{d.mode} mode, {self.world_size} rank(s), {engine}"
+
+    # ------------------------------------------------------------------ sharding
+    def _shards(self, batch: ExperienceBatch) -> tuple[list[ExperienceBatch], list[bool]]:
+        """One shard per rank; a rank without samples gets the first sample as padding (real=False)."""
+        parts = shard_indices(batch.sequence_lengths, self.world_size)
+        return [batch.select(idx or [0]) for idx in parts], [bool(idx) for idx in parts]
+
+    def _chunks(self, shard: ExperienceBatch) -> int:
+        return len(split_by_token_budget(shard.sequence_lengths, self.max_tokens))
+
+    def _gather(self, batch: ExperienceBatch, method: str, pad_forwards: bool) -> list[torch.Tensor]:
+        shards, real = self._shards(batch)
+        parts = shard_indices(batch.sequence_lengths, self.world_size)
+        extra: tuple = ()
+        if pad_forwards and self.world_size > 1:
+            extra = (max(self._chunks(s) for s in shards),)
+        results = self.group.call_each(method, [(s, *extra) for s in shards])
+        out: list[torch.Tensor] = [None] * len(batch)  # type: ignore[list-item]
+        for idx, ok, res in zip(parts, real, results):
+            if ok:
+                for i, value in zip(idx, res):
+                    out[i] = value
+        return out
+
+    # ------------------------------------------------------------------ forwards
+    def ref_log_probs(self, batch: ExperienceBatch) -> list[torch.Tensor]:
+        return self._gather(batch, "ref_log_probs", pad_forwards=False)  # reference: plain module per rank
+
+    def critic_values(self, batch: ExperienceBatch) -> list[torch.Tensor]:
+        return self._gather(batch, "critic_values", pad_forwards=self.zero3)
+
+    def actor_log_probs(self, batch: ExperienceBatch) -> list[torch.Tensor]:
+        """Every rank computes the whole batch (equal forward counts under ZeRO-3); rank 0's answer."""
+        return self.group.call("actor_log_probs", batch)[0]
+
+    # ------------------------------------------------------------------ updates
+    def _train(self, method: str, minibatch: ExperienceBatch, cfg: AlgorithmConfig) -> dict[str, float]:
+        normaliser = loss_normaliser(cfg.loss_agg_mode, minibatch.action_counts, cfg.loss_agg_constant)
+        shards, real = self._shards(minibatch)
+        n_micro = max(self._chunks(s) for s in shards)
+        parts = self.group.call_each(method, [(s, cfg, normaliser, n_micro, ok) for s, ok in zip(shards, real)])
+        return merge_all(parts).result()
+
+    def train_actor(self, minibatch: ExperienceBatch, cfg: AlgorithmConfig) -> dict[str, float]:
+        return self._train("train_actor", minibatch, cfg)
+
+    def train_critic(self, minibatch: ExperienceBatch, cfg: AlgorithmConfig) -> dict[str, float]:
+        return self._train("train_critic", minibatch, cfg)
+
+    # ------------------------------------------------------------------ checkpoints
+    def save(self, directory: Path) -> None:
+        self.group.call("save", str(directory))
+
+    def load(self, directory: Path) -> None:
+        self.group.call("load", str(directory))
+
+    def export_hf(self, path: Path) -> None:
+        self.group.call("export_hf", str(path))
+
+    def close(self) -> None:
+        self.group.close()
+
+
+def start_cluster(cfg: TrainConfig, backend, actor_path: str, updates: int, *,
+                  log: Callable[[str], None] = print):
+    """The training ranks and the rollout client for cfg.distributed (local or Ray)."""
+    from lmm_r1_ascend.distributed.rank_worker import TrainRank
+    from lmm_r1_ascend.distributed.rollout_client import InProcessRollout, start_remote_rollout
+
+    d = cfg.distributed
+    plain = to_dict(cfg)
+    if d.mode == "local":
+        rank = TrainRank(plain, rank=0, world_size=1, actor_path=actor_path, total_updates=updates,
+                         colocate_rollout=True)
+        group = LocalWorkerGroup([rank], name="train")
+        return TrainingCluster(group, cfg), InProcessRollout(group, cfg)
+    from lmm_r1_ascend.distributed.ray_group import RayWorkerGroup, ray_init
+
+    colocated = d.rollout_engines == 0
+    import os
+
+    wanted = d.cpus_per_rank * (d.world_size + (0 if colocated else d.rollout_engines))
+    ray_init(d.ray_address, num_cpus=max(os.cpu_count() or 1, wanted))
+    env = backend.worker_env()
+    group = RayWorkerGroup(TrainRank, d.world_size, name="train", args=(plain,),
+                           kwargs={"actor_path": actor_path, "total_updates": updates, "colocate_rollout": colocated},
+                           resource=backend.ray_resource, cpus_per_rank=d.cpus_per_rank, env=env,
+                           strategy=d.placement_strategy, ready_timeout_s=d.timeout_s)
+    log(f"ray: {d.world_size} training rank(s) placed ({backend.ray_resource or 'CPU'} bundles)")
+    try:
+        if colocated:
+            rollout = InProcessRollout(group, cfg)
+        else:
+            rollout = start_remote_rollout(cfg, backend, actor_path, group)
+    except BaseException:
+        group.close()
+        raise
+    return TrainingCluster(group, cfg), rollout

@@ -1,0 +1,217 @@
+"""One training rank: the actor (and critic, reference when the algorithm uses them) on one
+device, plus, on rank 0 when the engine is colocated, the rollout engine.
+
+The same class runs in the controller's process (distributed.mode=local, one rank) and
+as one Ray actor per rank (distributed.mode=ray). Its methods are what the controller's
+`TrainingCluster` calls; every method that touches a ZeRO-partitioned model is a
+collective: all ranks must call it, with the same forward/backward counts.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lmm_r1_ascend.algorithms.config import AlgorithmConfig
+from lmm_r1_ascend.experience import ExperienceBatch
+from lmm_r1_ascend.models.train_modules import add_prefix, strip_prefix
+from lmm_r1_ascend.trainer.metric_sums import MetricSums
+
+
+def _wrapper(worker):
+    """The PolicyLogProbs / CriticValues module a worker's engine trains."""
+    return getattr(worker.engine, "unwrapped", worker.engine.module)
+
+
+def node_ip() -> str:
+    """This host's address as other nodes reach it (the address of the default route)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("10.255.255.255", 1))  # no packet is sent: this only selects the outgoing interface
+            return s.getsockname()[0]
+        except OSError:
+            return "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+class TrainRank:
+    """cfg: the run's TrainConfig as a plain dict (it crosses process boundaries).
+    actor_path: the resolved starting checkpoint; total_updates: planned optimizer steps.
+    master: (host, port) of rank 0's rendezvous when world_size > 1 or DeepSpeed is used.
+    """
+
+    def __init__(self, cfg: dict, *, rank: int, world_size: int, actor_path: str, total_updates: int,
+                 master: tuple[str, int] | None = None, colocate_rollout: bool = False):
+        from lmm_r1_ascend.backends import get_backend
+        from lmm_r1_ascend.config.loader import build
+        from lmm_r1_ascend.config.schema import TrainConfig
+
+        self.cfg = build(TrainConfig, cfg)
+        self.rank, self.world_size = rank, world_size
+        self.backend = get_backend(self.cfg.device)
+        for key, value in self.backend.worker_env().items():  # DS_ACCELERATOR before deepspeed is imported
+            os.environ.setdefault(key, value)
+        self.backend.seed_everything(self.cfg.seed)
+        if self.cfg.trainer.deterministic:
+            self.backend.set_deterministic(True)
+        if self.cfg.distributed.train_engine == "deepspeed":
+            self._init_process_group(master)
+        from lmm_r1_ascend.trainer.setup import build_rank_workers, build_rollout_engine
+
+        self.device = self.backend.device(0)
+        self.actor, self.reference, self.critic = build_rank_workers(self.cfg, self.backend, actor_path, total_updates)
+        self.rollout = None
+        if colocate_rollout and rank == 0:
+            self.rollout = build_rollout_engine(self.cfg, actor_path, self.device, self.actor.model.dtype)
+        self._sync_group = None
+
+    def _init_process_group(self, master: tuple[str, int] | None) -> None:
+        import torch.distributed as dist
+
+        from lmm_r1_ascend.kernels.collectives import init_process_group
+
+        if dist.is_initialized():
+            return
+        if master is None:  # one rank in this process: a private rendezvous
+            master = ("127.0.0.1", free_port())
+        init_process_group(self.backend.distributed_backend(with_cpu=True), rank=self.rank,
+                           world_size=self.world_size, init_method=f"tcp://{master[0]}:{master[1]}",
+                           timeout_s=self.cfg.distributed.timeout_s)
+
+    # ------------------------------------------------------------------ info
+    def rendezvous_address(self) -> tuple[str, int]:
+        """(this node's address, a free port on it): where a side group with this rank as rank 0 can meet."""
+        return node_ip(), free_port()
+
+    def info(self) -> dict[str, Any]:
+        return {"rank": self.rank, "pid": os.getpid(), "host": socket.gethostname(), "ip": node_ip(),
+                "device": str(self.device)}
+
+    # ------------------------------------------------------------------ forwards
+    def ref_log_probs(self, batch: ExperienceBatch) -> list[torch.Tensor]:
+        return self.reference.log_probs(batch)
+
+    def critic_values(self, batch: ExperienceBatch, n_chunks: int | None = None) -> list[torch.Tensor]:
+        return self.critic.values(batch, n_chunks)
+
+    def actor_log_probs(self, batch: ExperienceBatch) -> list[torch.Tensor]:
+        return self.actor.log_probs(batch)
+
+    # ------------------------------------------------------------------ updates
+    def train_actor(self, shard: ExperienceBatch, cfg: AlgorithmConfig, normaliser: float, n_micro: int,
+                    real: bool = True) -> MetricSums:
+        return self.actor.train_shard(shard, cfg, normaliser=normaliser, n_micro=n_micro, real=real)
+
+    def train_critic(self, shard: ExperienceBatch, cfg: AlgorithmConfig, normaliser: float, n_micro: int,
+                     real: bool = True) -> MetricSums:
+        return self.critic.train_shard(shard, cfg, normaliser=normaliser, n_micro=n_micro, real=real)
+
+    # ------------------------------------------------------------------ colocated rollout
+    def generate(self, prompts: list, sampling) -> list:
+        return self.rollout.generate(prompts, sampling)
+
+    def rollout_sleep(self) -> None:
+        if self.rollout is not None:
+            self.rollout.sleep()
+
+    def sync_weights_in_process(self) -> int:
+        """Every rank gathers (ZeRO-3); rank 0 loads the full weights into its engine in place."""
+        named = self.actor.named_weights(self._bucket_bytes())
+        if self.rollout is None:
+            for _ in named:  # take part in the gathers
+                pass
+            return 0
+        self.rollout.wake_up()
+        return self.rollout.update_weights(named)
+
+    # ------------------------------------------------------------------ broadcast weight sync
+    def _bucket_bytes(self) -> int:
+        return self.cfg.distributed.weight_sync_bucket_mb << 20
+
+    def weights_meta(self) -> list:
+        """[(name, shape, dtype)] of the weights in send order (collective under ZeRO-3)."""
+        return [(name, tuple(t.shape), t.dtype) for name, t in self.actor.named_weights(self._bucket_bytes())]
+
+    def init_weight_sync(self, host: str, port: int, world_size: int, kind: str) -> None:
+        """Rank 0 joins the side group with the rollout engines as its rank 0 (the sender).
+        kind: "hf" engines use the project's stateless group; "vllm" engines vLLM's helper."""
+        if self.rank != 0:
+            return
+        backend = self.backend.distributed_backend()
+        if kind == "vllm":
+            from lmm_r1_ascend.rollout.vllm_worker_ext import make_weight_sync_group
+
+            self._sync_group = make_weight_sync_group(host, port, 0, world_size, backend)
+        else:
+            from lmm_r1_ascend.kernels.weight_sync import stateless_group
+
+            self._sync_group = stateless_group(backend, host, port, 0, world_size,
+                                               timeout_s=self.cfg.distributed.timeout_s)
+
+    def send_weights(self, meta: list) -> int:
+        """Every rank gathers (ZeRO-3); rank 0 streams the buckets to the engines."""
+        named = self.actor.named_weights(self._bucket_bytes())
+        if self.rank != 0:
+            for _ in named:
+                pass
+            return 0
+        from lmm_r1_ascend.kernels.weight_sync import send_buckets
+
+        return send_buckets(self._sync_group, meta, named, bucket_bytes=self._bucket_bytes())
+
+    # ------------------------------------------------------------------ checkpoints and export
+    def save(self, directory: str) -> None:
+        """Weights (full, model's own names, rank 0) and engine states (every rank) into a checkpoint directory."""
+        directory = Path(directory)
+        for name, worker in self._trained().items():
+            full = self._full_state(worker)
+            if self.rank == 0:
+                torch.save(full, directory / f"{name}.pt")
+            worker.engine.save(directory / f"{name}_engine")
+
+    def load(self, directory: str) -> None:
+        directory = Path(directory)
+        for name, worker in self._trained().items():
+            file = directory / f"{name}.pt"
+            if not file.exists():
+                raise FileNotFoundError(f"checkpoint {directory} has no weights for '{name}' ({file.name})")
+            state = torch.load(file, map_location="cpu", weights_only=True)
+            worker.engine.load_full_state_dict(add_prefix(state, _wrapper(worker).prefix))
+            worker.engine.load(directory / f"{name}_engine")
+
+    def export_hf(self, path: str) -> None:
+        from lmm_r1_ascend.trainer.setup import save_hf_model
+
+        trained = self._trained()
+        states = {name: self._full_state(worker) for name, worker in trained.items()}
+        if self.rank != 0:
+            return
+        save_hf_model(self.actor.model, Path(path), state_dict=states["actor"])
+        if "critic" in trained:
+            save_hf_model(self.critic.model, Path(path).parent / "critic", state_dict=states["critic"])
+
+    @staticmethod
+    def _full_state(worker) -> dict[str, torch.Tensor]:
+        """The full weights under the model's own names (collective under ZeRO-3)."""
+        return strip_prefix(worker.engine.full_state_dict(), _wrapper(worker).prefix)
+
+    def _trained(self) -> dict:
+        return {"actor": self.actor, **({"critic": self.critic} if self.critic is not None else {})}
+
+    def close(self) -> None:
+        if self.rollout is not None:
+            self.rollout.close()
+            self.rollout = None
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -1,0 +1,156 @@
+"""Where rollouts are generated, and how new actor weights reach the engines.
+
+- `InProcessRollout`: one engine inside training rank 0's process (local mode, or ray mode
+  with distributed.rollout_engines=0). Weights are copied in place after every update
+  (all ranks take part so ZeRO-3 can gather them).
+- `RemoteRollout`: distributed.rollout_engines engines, each a Ray actor (`RolloutActor`)
+  holding an hf or vLLM engine on rollout.vllm_tensor_parallel_size devices. Prompts are
+  split across engines; weights travel by broadcast in a side group of trainer rank 0 and
+  every engine process, bucket by bucket (kernels/weight_sync.py), over the backend's
+  collective library (gloo on CPU, nccl on CUDA, hccl on Ascend).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+
+from lmm_r1_ascend.config import TrainConfig, to_dict
+from lmm_r1_ascend.distributed.worker_group import WorkerGroup
+
+
+class InProcessRollout:
+    def __init__(self, train: WorkerGroup, cfg: TrainConfig):
+        self.train, self.cfg = train, cfg
+        self.sleep_between = cfg.rollout.engine == "vllm" and cfg.rollout.vllm_enable_sleep
+
+    def describe(self) -> str:
+        return f"{self.cfg.rollout.engine} engine in rank 0's process, in-place weight sync"
+
+    def generate(self, prompts: list, sampling) -> list:
+        samples = self.train.call_rank(0, "generate", prompts, sampling)
+        if self.sleep_between:  # free the engine's memory for the training phase
+            self.train.call_rank(0, "rollout_sleep")
+        return samples
+
+    def sync_weights(self) -> int:
+        return self.train.call("sync_weights_in_process")[0]
+
+    def close(self) -> None:  # the engine belongs to rank 0 and closes with it
+        pass
+
+
+class RemoteRollout:
+    """engines: a WorkerGroup of RolloutActor; train: the training ranks (rank 0 sends weights)."""
+
+    def __init__(self, engines: WorkerGroup, train: WorkerGroup, cfg: TrainConfig, processes_per_engine: int):
+        self.engines, self.train, self.cfg = engines, train, cfg
+        self.bucket_bytes = cfg.distributed.weight_sync_bucket_mb << 20
+        host, port = train.call_rank(0, "rendezvous_address")
+        world = 1 + engines.world_size * processes_per_engine
+        offsets = [(host, port, 1 + k * processes_per_engine, world) for k in range(engines.world_size)]
+        _concurrently([(train, "init_weight_sync", [(host, port, world, cfg.rollout.engine)] * train.world_size),
+                       (engines, "init_weight_sync", offsets)])
+        self.meta = train.call("weights_meta")[0]
+
+    def describe(self) -> str:
+        return (f"{self.engines.world_size} {self.cfg.rollout.engine} engine actor(s), broadcast weight sync "
+                f"({self.cfg.distributed.weight_sync_bucket_mb} MB buckets)")
+
+    def generate(self, prompts: list, sampling) -> list:
+        """Contiguous prompt chunks per engine; engine k samples with seed + k (engine 0 = a single engine's run)."""
+        k_engines = min(self.engines.world_size, len(prompts))
+        bounds = [round(i * len(prompts) / k_engines) for i in range(k_engines + 1)]
+        args: list[Any] = []
+        for k in range(self.engines.world_size):
+            if k < k_engines:
+                seed = None if sampling.seed is None else sampling.seed + k
+                args.append((prompts[bounds[k]:bounds[k + 1]], dataclasses.replace(sampling, seed=seed)))
+            else:
+                args.append(None)
+        results = self.engines.call_each("generate", args)
+        samples = []
+        for k in range(k_engines):
+            for s in results[k]:
+                samples.append(dataclasses.replace(s, prompt_index=s.prompt_index + bounds[k]))
+        return samples
+
+    def sync_weights(self) -> int:
+        counts = _concurrently([(self.train, "send_weights", [(self.meta,)] * self.train.world_size),
+                                (self.engines, "receive_weights", [(self.meta, self.bucket_bytes)] * self.engines.world_size)])
+        return counts[0][0]
+
+    def close(self) -> None:
+        self.engines.close()
+
+
+def _concurrently(calls: list[tuple[WorkerGroup, str, list]]) -> list[list]:
+    """Start calls on several Ray worker groups at once (their ranks meet in one collective), then wait."""
+    from lmm_r1_ascend.distributed.ray_group import gather_calls
+
+    return gather_calls(calls)
+
+
+class RolloutActor:
+    """A rollout engine in its own Ray actor (one engine; tensor parallel inside vLLM)."""
+
+    def __init__(self, cfg: dict, actor_path: str, *, rank: int, world_size: int):
+        import os
+
+        from lmm_r1_ascend.backends import get_backend
+        from lmm_r1_ascend.config.loader import build
+        from lmm_r1_ascend.config.schema import TrainConfig
+        from lmm_r1_ascend.trainer.setup import build_rollout_engine
+
+        self.cfg = build(TrainConfig, cfg)
+        self.backend = get_backend(self.cfg.device)
+        for key, value in self.backend.worker_env().items():
+            os.environ.setdefault(key, value)
+        self.device = self.backend.device(0)
+        model_dtype = self.cfg.model.dtype
+        dtype = self.backend.default_dtype if model_dtype == "auto" else getattr(torch, model_dtype)
+        self.engine = build_rollout_engine(self.cfg, actor_path, self.device, dtype)
+        self.rank = rank
+        self._group = None
+
+    def generate(self, prompts: list, sampling) -> list:
+        return self.engine.generate(prompts, sampling)
+
+    def init_weight_sync(self, host: str, port: int, rank_offset: int, world_size: int) -> None:
+        backend = self.backend.distributed_backend()
+        if self.cfg.rollout.engine == "vllm":
+            self.engine.init_weight_sync_group(host, port, rank_offset, world_size, backend)
+        else:
+            from lmm_r1_ascend.kernels.weight_sync import stateless_group
+
+            self._group = stateless_group(backend, host, port, rank_offset, world_size,
+                                          timeout_s=self.cfg.distributed.timeout_s)
+
+    def receive_weights(self, meta: list, bucket_bytes: int) -> int:
+        if self.cfg.rollout.engine == "vllm":
+            return self.engine.receive_weights_broadcast(meta, bucket_bytes=bucket_bytes)
+        from lmm_r1_ascend.kernels.weight_sync import receive_buckets
+
+        return self.engine.update_weights(receive_buckets(self._group, meta, bucket_bytes=bucket_bytes,
+                                                          device=self.device))
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+def start_remote_rollout(cfg: TrainConfig, backend, actor_path: str, train: WorkerGroup) -> RemoteRollout:
+    from lmm_r1_ascend.distributed.ray_group import RayWorkerGroup
+
+    d = cfg.distributed
+    tp = cfg.rollout.vllm_tensor_parallel_size if cfg.rollout.engine == "vllm" else 1
+    engines = RayWorkerGroup(RolloutActor, d.rollout_engines, name="rollout", args=(to_dict(cfg), actor_path),
+                             resource=backend.ray_resource, devices_per_rank=tp, cpus_per_rank=d.cpus_per_rank,
+                             env=backend.worker_env(), strategy=d.placement_strategy, master=False,
+                             ready_timeout_s=d.timeout_s)
+    try:
+        return RemoteRollout(engines, train, cfg, processes_per_engine=tp)
+    except BaseException:
+        engines.close()
+        raise
