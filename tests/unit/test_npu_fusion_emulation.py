@@ -235,3 +235,15 @@ def test_invalid_arguments_raise_like_the_op():
     for args, kwargs, err, text in cases:
         with pytest.raises(err, match=text):
             npu_fusion_attention(*args, **kwargs)
+
+
+def test_compressed_mask_check_is_redone_after_an_in_place_change():
+    """The emulation caches the (expensive) compressed-mask comparison per tensor and version."""
+    from lmm_r1_ascend.kernels.npu_emulation import fusion_attention as fa
+
+    mask = torch.triu(torch.ones(2048, 2048), diagonal=1).bool()
+    assert fa._is_compressed_causal(mask)
+    assert fa._is_compressed_causal(mask)  # cached
+    mask[5, 3] = True  # now a leaky/wrong mask: the version bump forces a new comparison
+    assert not fa._is_compressed_causal(mask)
+    assert not fa._is_compressed_causal(torch.zeros(2048, 2048, dtype=torch.bool))

@@ -1,0 +1,86 @@
+"""The environment stamped into every parity result: device, kernels, versions, date.
+
+Nothing personal goes in: no host name, user name or absolute path.
+"""
+
+from __future__ import annotations
+
+import ast
+import datetime
+import platform
+import re
+from typing import Any
+
+import torch
+
+EMULATION_NOTE = ("npu-emulated runs the NPU code path (TND layout, cumulative lengths, True = masked, "
+                  "fused ops) through a pure-torch emulation of the NPU ops' documented contracts on CPU: "
+                  "it is the documented contract, not the Ascend hardware, and says nothing about NPU precision")
+
+
+def utc_now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def describe_kernels(kernels: dict) -> dict[str, dict[str, Any]]:
+    """{op: {"name", "reason", "rejected": [[name, why], ...]}} from backend.select_kernels()."""
+    return {op: {"name": c.name, "reason": c.reason, "rejected": [list(r) for r in c.rejected]}
+            for op, c in sorted(kernels.items())}
+
+
+_SENTINEL = "__lmm_r1_parity_list_candidates__"
+
+
+def attention_implementations(backend) -> dict[str, tuple[bool, str]]:
+    """Every attention implementation ``backend`` knows: name -> (usable here, reason).
+
+    The names come from the backend's own candidate list (what ``select_kernels`` answers to
+    an unknown override), so a new implementation shows up here without a change.
+    """
+    from lmm_r1_ascend.backends.base import BackendUnavailable
+
+    try:
+        backend.select_kernels({"attention": _SENTINEL})
+    except ValueError as exc:
+        match = re.search(r"choose one of (\[.*\])", str(exc))
+        if match is None:
+            raise RuntimeError(f"cannot list {backend.name}'s attention implementations from: {exc}") from exc
+        names = ast.literal_eval(match.group(1))
+    else:
+        raise RuntimeError(f"{backend.name} accepted an unknown attention override; cannot list its implementations")
+    out = {}
+    for name in names:
+        try:
+            reason = backend.select_kernels({"attention": name})["attention"].reason
+            out[name] = (True, reason.removeprefix("requested explicitly; "))
+        except BackendUnavailable as exc:
+            out[name] = (False, str(exc))
+    return out
+
+
+def environment(backend, *, device: torch.device, kernels: dict, dtype: torch.dtype, seed: int,
+                plant: str | None) -> dict[str, Any]:
+    """A JSON-able description of where and how a parity run ran."""
+    from lmm_r1_ascend.backends.stack import stack_versions
+
+    versions = {"python": platform.python_version()}
+    versions.update({k: v for k, v in stack_versions().items() if v != "not installed"})
+    env = {
+        "backend": backend.name,
+        "device": str(device),
+        "device_type": backend.device_type,
+        "kernels": describe_kernels(kernels),
+        "attention_candidates": {name: ("usable: " if ok else "unusable: ") + why
+                                 for name, (ok, why) in attention_implementations(backend).items()},
+        "dtype": str(dtype).removeprefix("torch."),
+        "seed": int(seed),
+        "deterministic": True,
+        "torch_threads": torch.get_num_threads(),
+        "platform": f"{platform.system()}-{platform.machine()}",
+        "versions": versions,
+        "date_utc": utc_now(),
+        "plant": plant,
+    }
+    if backend.name == "npu-emulated":
+        env["note"] = EMULATION_NOTE
+    return env
