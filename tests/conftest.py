@@ -27,12 +27,14 @@ def pytest_collection_modifyitems(config, items):
     need_cuda = pytest.mark.skip(reason="needs an NVIDIA GPU: torch.cuda.is_available() is False here")
     need_npu = pytest.mark.skip(reason="needs an Ascend NPU: torch_npu with CANN is not importable here")
     has_cuda, has_npu = None, None
+    # The marker itself, not item.keywords: keywords also hold parametrize ids and node names, so
+    # a test parametrized with the id "cuda" would be skipped without being marked.
     for item in items:
-        if "cuda" in item.keywords:
+        if item.get_closest_marker("cuda") is not None:
             has_cuda = _cuda_available() if has_cuda is None else has_cuda
             if not has_cuda:
                 item.add_marker(need_cuda)
-        if "npu" in item.keywords:
+        if item.get_closest_marker("npu") is not None:
             has_npu = _npu_available() if has_npu is None else has_npu
             if not has_npu:
                 item.add_marker(need_npu)
