@@ -3,7 +3,7 @@
 Per recorded step, exactly what ``PPOTrainer.train_step`` does after the rollout and the
 rewards: reference log-probs and critic values on packed micro-batches, KL-shaped GAE
 advantages (``ExperienceBatch.with_advantages``), the critic's then the actor's updates over
-seeded mini-batches (``experience.minibatches``, the trainer's seed formula), through the
+seeded mini-batches (``trainer.ppo_update.ppo_update``, the trainer's own function), through the
 real workers and engines. Before the updates, the actor's log-probs of the replayed tokens
 are compared with the log-probs the rollout sampled them with. No rollout engine runs:
 only the training computation differs between backends.
@@ -84,37 +84,45 @@ class ParityModels:
         # The actor's current log-probs, through the same packed no-grad path the reference uses.
         self.actor_probe = ReferenceWorker(actor, temperature=temp, max_tokens=max_tokens)
 
+    # The TrainingCluster methods ppo_update calls (one rank, in this process).
+    def ref_log_probs(self, batch) -> list[torch.Tensor]:
+        return self.reference.log_probs(batch)
+
+    def critic_values(self, batch) -> list[torch.Tensor]:
+        return self.critic.values(batch)
+
+    def train_critic(self, minibatch, alg) -> dict[str, float]:
+        return self.critic.train_minibatch(minibatch, alg)
+
+    def train_actor(self, minibatch, alg) -> dict[str, float]:
+        return self.actor.train_minibatch(minibatch, alg)
+
     def attention_modules(self) -> list[torch.nn.Module]:
         """The modules whose text attention is the backend's packed attention."""
         return [self.actor.model, self.reference.model, self.critic.model.model]
 
 
 def replay_step(models: ParityModels, batch, *, seed: int, step: int, kl_ctl, training: dict) -> dict[str, float]:
-    """One step of the trainer's training computation on a recorded batch (see the module doc)."""
-    from lmm_r1_ascend.experience import minibatches
+    """One step of the trainer's training computation on a recorded batch (see the module doc):
+    `trainer.ppo_update.ppo_update`, the function PPOTrainer.train_step calls."""
+    from lmm_r1_ascend.trainer.ppo_update import ppo_update
     from lmm_r1_ascend.trainer.workers import average_metrics
 
-    alg = models.alg
     current = models.actor_probe.log_probs(batch)
     diff = (_masked(current, batch.action_mask) - _masked(batch.log_probs, batch.action_mask)).abs()
-    batch.ref_log_probs = models.reference.log_probs(batch)
-    batch.values = models.critic.values(batch)
-    batch, adv = batch.with_advantages(alg, kl_coef=kl_ctl.value)
-    kl_ctl.update(float(adv.mean_kl), n_steps=len(batch))
-    critic_rows, actor_rows = [], []
-    for epoch in range(int(training["max_epochs"])):
-        parts = minibatches(batch, int(training["train_batch_size"]), seed=seed + 7919 * step + epoch)
-        critic_rows += [models.critic.train_minibatch(mb, alg) for mb in parts]
-        actor_rows += [models.actor.train_minibatch(mb, alg) for mb in parts]
-    c, a = average_metrics(critic_rows), average_metrics(actor_rows)
+    upd = ppo_update(models, batch, models.alg, kl_ctl=kl_ctl, train_batch_size=int(training["train_batch_size"]),
+                     max_epochs=int(training["max_epochs"]), seed=seed, step=step, uses_reference=True,
+                     uses_critic=True)
+    batch = upd.batch
+    c, a = average_metrics(upd.critic_rows), average_metrics(upd.actor_rows)
     return {
-        "policy_loss": a["loss/policy"], "value_loss": c["critic/loss"], "kl": float(adv.mean_kl),
+        "policy_loss": a["loss/policy"], "value_loss": c["critic/loss"], "kl": float(upd.advantages.mean_kl),
         "entropy": a["policy/entropy"], "actor_grad_norm": a["actor/grad_norm"],
         "critic_grad_norm": c["critic/grad_norm"], "logprob_diff_mean": float(diff.mean()),
         "logprob_diff_max": float(diff.max()),
         "ref_logprob_mean": float(_masked(batch.ref_log_probs, batch.action_mask).mean()),
         "value_mean": float(_masked(batch.values, batch.action_mask).mean()),
-        "optimizer_steps": float(len(actor_rows)),
+        "optimizer_steps": float(len(upd.actor_rows)),
     }
 
 

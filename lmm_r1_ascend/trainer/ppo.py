@@ -22,10 +22,11 @@ from lmm_r1_ascend.algorithms.kl import make_kl_controller
 from lmm_r1_ascend.backends import get_backend
 from lmm_r1_ascend.config import TrainConfig, to_dict
 from lmm_r1_ascend.distributed.worker_group import WorkerDiedError
-from lmm_r1_ascend.experience import ExperienceBatch, minibatches
+from lmm_r1_ascend.experience import ExperienceBatch
 from lmm_r1_ascend.rollout.base import RolloutSample, SamplingConfig
 from lmm_r1_ascend.trainer import checkpoint as ckpt
 from lmm_r1_ascend.trainer.metrics import MetricsWriter
+from lmm_r1_ascend.trainer.ppo_update import ppo_update
 from lmm_r1_ascend.trainer.setup import SetupError, build_components, planned_rollouts
 from lmm_r1_ascend.trainer.workers import average_metrics
 
@@ -119,23 +120,11 @@ class PPOTrainer:
             with timed("reward"):
                 rewards, reward_metrics, info = c.score(samples)
             batch = self._experience(samples, rewards, info)
-            if self.uses_reference:
-                with timed("reference"):
-                    batch.ref_log_probs = c.cluster.ref_log_probs(batch)
-            if self.uses_critic:
-                with timed("critic_forward"):
-                    batch.values = c.cluster.critic_values(batch)
-            batch, adv = batch.with_advantages(alg, kl_coef=self.kl_ctl.value)
-            kl_coef = self.kl_ctl.value
-            self.kl_ctl.update(float(adv.mean_kl), n_steps=len(batch))
-            train_rows: list[dict[str, float]] = []
-            for epoch in range(cfg.trainer.max_epochs):
-                parts = minibatches(batch, cfg.trainer.train_batch_size, seed=cfg.seed + 7919 * self.step + epoch)
-                if self.uses_critic:
-                    with timed("train_critic"):
-                        train_rows += [c.cluster.train_critic(mb, alg) for mb in parts]
-                with timed("train_actor"):
-                    train_rows += [c.cluster.train_actor(mb, alg) for mb in parts]
+            upd = ppo_update(c.cluster, batch, alg, kl_ctl=self.kl_ctl, train_batch_size=cfg.trainer.train_batch_size,
+                             max_epochs=cfg.trainer.max_epochs, seed=cfg.seed, step=self.step,
+                             uses_reference=self.uses_reference, uses_critic=self.uses_critic, timed=timed)
+            batch, adv, kl_coef = upd.batch, upd.advantages, upd.kl_coef
+            train_rows = upd.critic_rows + upd.actor_rows
             with timed("weight_sync"):
                 c.rollout.sync_weights()
         self.step += 1

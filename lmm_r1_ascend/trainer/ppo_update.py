@@ -1,0 +1,59 @@
+"""The training half of a PPO step, after rollout and rewards: reference log-probs, critic
+values, KL-shaped advantages, critic then actor updates over seeded mini-batches.
+
+One function, called by `PPOTrainer.train_step` and by the parity replay
+(`lmm_r1_ascend.parity`), so the replay is the trainer's computation and not a copy of it.
+`workers` is anything with the TrainingCluster methods ref_log_probs, critic_values,
+train_critic and train_actor (distributed/cluster.py).
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from lmm_r1_ascend.algorithms.config import AlgorithmConfig
+from lmm_r1_ascend.experience import ExperienceBatch, minibatches
+
+
+@dataclass
+class UpdateResult:
+    """batch: with ref log-probs, values, advantages and returns. advantages: the estimator's
+    output (mean_kl, ...). kl_coef: the coefficient used (before the controller's update).
+    critic_rows / actor_rows: one metrics dict per optimizer step."""
+
+    batch: ExperienceBatch
+    advantages: Any
+    kl_coef: float
+    critic_rows: list[dict[str, float]]
+    actor_rows: list[dict[str, float]]
+
+
+def minibatch_seed(seed: int, step: int, epoch: int) -> int:
+    """The mini-batch shuffle seed of (run seed, trainer step, epoch)."""
+    return seed + 7919 * step + epoch
+
+
+def ppo_update(workers, batch: ExperienceBatch, alg: AlgorithmConfig, *, kl_ctl, train_batch_size: int,
+               max_epochs: int, seed: int, step: int, uses_reference: bool, uses_critic: bool,
+               timed: Callable[[str], AbstractContextManager] = lambda name: nullcontext()) -> UpdateResult:
+    if uses_reference:
+        with timed("reference"):
+            batch.ref_log_probs = workers.ref_log_probs(batch)
+    if uses_critic:
+        with timed("critic_forward"):
+            batch.values = workers.critic_values(batch)
+    batch, adv = batch.with_advantages(alg, kl_coef=kl_ctl.value)
+    kl_coef = kl_ctl.value
+    kl_ctl.update(float(adv.mean_kl), n_steps=len(batch))
+    critic_rows: list[dict[str, float]] = []
+    actor_rows: list[dict[str, float]] = []
+    for epoch in range(max_epochs):
+        parts = minibatches(batch, train_batch_size, seed=minibatch_seed(seed, step, epoch))
+        if uses_critic:
+            with timed("train_critic"):
+                critic_rows += [workers.train_critic(mb, alg) for mb in parts]
+        with timed("train_actor"):
+            actor_rows += [workers.train_actor(mb, alg) for mb in parts]
+    return UpdateResult(batch, adv, kl_coef, critic_rows, actor_rows)
