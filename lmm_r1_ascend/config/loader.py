@@ -218,6 +218,8 @@ def _validate_distributed(cfg: TrainConfig) -> None:
         raise ConfigError(f"distributed.zero_stage: must be 0, 1, 2 or 3, got {d.zero_stage}")
     if d.offload_params and d.zero_stage != 3:
         raise ConfigError("distributed.offload_params needs distributed.zero_stage=3")
+    if d.mode == "local" and not d.colocate_models:
+        raise ConfigError("distributed.colocate_models=false needs distributed.mode=ray (local mode is one process)")
     if d.rollout_engines < 0:
         raise ConfigError(f"distributed.rollout_engines: must be >= 0, got {d.rollout_engines}")
     if d.mode == "local" and d.rollout_engines > 1:

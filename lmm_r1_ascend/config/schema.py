@@ -123,6 +123,8 @@ class DistributedConfig:
     mode: local (every worker in this process, one rank) | ray (one Ray actor per rank).
     world_size: training ranks (data parallel); each hosts the actor and, when used, the
       critic and reference (colocated: they share the rank's device).
+    colocate_models: false gives the critic and the reference worker groups of their own
+      (world_size ranks each, on devices of their own; ray mode).
     train_engine: torch (single process) | deepspeed (ZeRO; needed for world_size > 1).
     zero_stage, offload_optimizer, offload_params: DeepSpeed ZeRO options.
     rollout_engines: rollout engine actors (ray mode); 0 places one engine inside rank 0's
@@ -138,6 +140,7 @@ class DistributedConfig:
 
     mode: str = "local"
     world_size: int = 1
+    colocate_models: bool = True
     train_engine: str = "torch"
     zero_stage: int = 2
     offload_optimizer: bool = False

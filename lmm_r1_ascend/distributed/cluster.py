@@ -11,6 +11,7 @@ floating-point reduction order.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Callable
 
@@ -50,10 +51,13 @@ def shard_indices(lengths: list[int], world_size: int) -> list[list[int]]:
 
 
 class TrainingCluster:
-    """group: the ranks (TrainRank workers). max_tokens: the micro-batch token budget."""
+    """group: the actor's ranks (TrainRank workers). role_groups: the group hosting each role
+    ("actor", "critic", "reference"): the actor's group for all of them when the models are
+    colocated, a group of their own otherwise (distributed.colocate_models=false)."""
 
-    def __init__(self, group: WorkerGroup, cfg: TrainConfig):
+    def __init__(self, group: WorkerGroup, cfg: TrainConfig, role_groups: dict[str, WorkerGroup] | None = None):
         self.group, self.cfg = group, cfg
+        self.roles = {"actor": group, "critic": group, "reference": group, **(role_groups or {})}
         self.max_tokens = cfg.trainer.max_tokens_per_micro_batch
         self.zero3 = cfg.distributed.train_engine == "deepspeed" and cfg.distributed.zero_stage == 3
 
@@ -75,13 +79,17 @@ class TrainingCluster:
     def _chunks(self, shard: ExperienceBatch) -> int:
         return len(split_by_token_budget(shard.sequence_lengths, self.max_tokens))
 
-    def _gather(self, batch: ExperienceBatch, method: str, pad_forwards: bool) -> list[torch.Tensor]:
+    def _groups(self) -> list[WorkerGroup]:
+        """Each distinct group once, actor's first."""
+        return list({id(g): g for g in self.roles.values()}.values())
+
+    def _gather(self, batch: ExperienceBatch, method: str, role: str, pad_forwards: bool) -> list[torch.Tensor]:
         shards, real = self._shards(batch)
         parts = shard_indices(batch.sequence_lengths, self.world_size)
         extra: tuple = ()
         if pad_forwards and self.world_size > 1:
             extra = (max(self._chunks(s) for s in shards),)
-        results = self.group.call_each(method, [(s, *extra) for s in shards])
+        results = self.roles[role].call_each(method, [(s, *extra) for s in shards])
         out: list[torch.Tensor] = [None] * len(batch)  # type: ignore[list-item]
         for idx, ok, res in zip(parts, real, results):
             if ok:
@@ -91,41 +99,45 @@ class TrainingCluster:
 
     # ------------------------------------------------------------------ forwards
     def ref_log_probs(self, batch: ExperienceBatch) -> list[torch.Tensor]:
-        return self._gather(batch, "ref_log_probs", pad_forwards=False)  # reference: plain module per rank
+        return self._gather(batch, "ref_log_probs", "reference", pad_forwards=False)  # plain module per rank
 
     def critic_values(self, batch: ExperienceBatch) -> list[torch.Tensor]:
-        return self._gather(batch, "critic_values", pad_forwards=self.zero3)
+        return self._gather(batch, "critic_values", "critic", pad_forwards=self.zero3)
 
     def actor_log_probs(self, batch: ExperienceBatch) -> list[torch.Tensor]:
         """Every rank computes the whole batch (equal forward counts under ZeRO-3); rank 0's answer."""
         return self.group.call("actor_log_probs", batch)[0]
 
     # ------------------------------------------------------------------ updates
-    def _train(self, method: str, minibatch: ExperienceBatch, cfg: AlgorithmConfig) -> dict[str, float]:
+    def _train(self, method: str, role: str, minibatch: ExperienceBatch, cfg: AlgorithmConfig) -> dict[str, float]:
         normaliser = loss_normaliser(cfg.loss_agg_mode, minibatch.action_counts, cfg.loss_agg_constant)
         shards, real = self._shards(minibatch)
         n_micro = max(self._chunks(s) for s in shards)
-        parts = self.group.call_each(method, [(s, cfg, normaliser, n_micro, ok) for s, ok in zip(shards, real)])
+        parts = self.roles[role].call_each(method, [(s, cfg, normaliser, n_micro, ok) for s, ok in zip(shards, real)])
         return merge_all(parts).result()
 
     def train_actor(self, minibatch: ExperienceBatch, cfg: AlgorithmConfig) -> dict[str, float]:
-        return self._train("train_actor", minibatch, cfg)
+        return self._train("train_actor", "actor", minibatch, cfg)
 
     def train_critic(self, minibatch: ExperienceBatch, cfg: AlgorithmConfig) -> dict[str, float]:
-        return self._train("train_critic", minibatch, cfg)
+        return self._train("train_critic", "critic", minibatch, cfg)
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, directory: Path) -> None:
-        self.group.call("save", str(directory))
+        for group in self._groups():  # each group writes the models it trains
+            group.call("save", str(directory))
 
     def load(self, directory: Path) -> None:
-        self.group.call("load", str(directory))
+        for group in self._groups():
+            group.call("load", str(directory))
 
     def export_hf(self, path: Path) -> None:
-        self.group.call("export_hf", str(path))
+        for group in self._groups():
+            group.call("export_hf", str(path))
 
     def close(self) -> None:
-        self.group.close()
+        for group in self._groups():
+            group.close()
 
 
 def start_cluster(cfg: TrainConfig, backend, actor_path: str, updates: int, *,
@@ -135,6 +147,7 @@ def start_cluster(cfg: TrainConfig, backend, actor_path: str, updates: int, *,
     from lmm_r1_ascend.distributed.rollout_client import InProcessRollout, start_remote_rollout
 
     d = cfg.distributed
+    alg = cfg.algorithm
     plain = to_dict(cfg)
     if d.mode == "local":
         rank = TrainRank(plain, rank=0, world_size=1, actor_path=actor_path, total_updates=updates,
@@ -144,22 +157,30 @@ def start_cluster(cfg: TrainConfig, backend, actor_path: str, updates: int, *,
     from lmm_r1_ascend.distributed.ray_group import RayWorkerGroup, ray_init
 
     colocated = d.rollout_engines == 0
-    import os
-
-    wanted = d.cpus_per_rank * (d.world_size + (0 if colocated else d.rollout_engines))
+    separate = [] if d.colocate_models else [r for r, used in (("critic", alg.uses_critic),
+                                                                ("reference", alg.init_kl_coef > 0 or alg.use_kl_loss))
+                                              if used]
+    wanted = d.cpus_per_rank * (d.world_size * (1 + len(separate)) + (0 if colocated else d.rollout_engines))
     ray_init(d.ray_address, num_cpus=max(os.cpu_count() or 1, wanted))
-    env = backend.worker_env()
-    group = RayWorkerGroup(TrainRank, d.world_size, name="train", args=(plain,),
-                           kwargs={"actor_path": actor_path, "total_updates": updates, "colocate_rollout": colocated},
-                           resource=backend.ray_resource, cpus_per_rank=d.cpus_per_rank, env=env,
-                           strategy=d.placement_strategy, ready_timeout_s=d.timeout_s)
-    log(f"ray: {d.world_size} training rank(s) placed ({backend.ray_resource or 'CPU'} bundles)")
+
+    def ranks(name: str, roles: tuple[str, ...], rollout: bool) -> RayWorkerGroup:
+        return RayWorkerGroup(TrainRank, d.world_size, name=name, args=(plain,),
+                              kwargs={"actor_path": actor_path, "total_updates": updates, "colocate_rollout": rollout,
+                                      "roles": roles},
+                              resource=backend.ray_resource, cpus_per_rank=d.cpus_per_rank, env=backend.worker_env(),
+                              strategy=d.placement_strategy, ready_timeout_s=d.timeout_s)
+
+    own = ("actor",) + tuple(r for r in ("critic", "reference") if r not in separate)
+    group = ranks("train" if not separate else "actor", own, colocated)
+    role_groups: dict[str, WorkerGroup] = {}
     try:
-        if colocated:
-            rollout = InProcessRollout(group, cfg)
-        else:
-            rollout = start_remote_rollout(cfg, backend, actor_path, group)
+        for role in separate:
+            role_groups[role] = ranks(role, (role,), False)
+        log(f"ray: {d.world_size} rank(s) per group: {', '.join([group.name, *role_groups])} "
+            f"({backend.ray_resource or 'CPU'} bundles)")
+        rollout = InProcessRollout(group, cfg) if colocated else start_remote_rollout(cfg, backend, actor_path, group)
     except BaseException:
-        group.close()
+        for g in (group, *role_groups.values()):
+            g.close()
         raise
-    return TrainingCluster(group, cfg), rollout
+    return TrainingCluster(group, cfg, role_groups), rollout

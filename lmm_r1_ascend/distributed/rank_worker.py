@@ -47,10 +47,13 @@ class TrainRank:
     """cfg: the run's TrainConfig as a plain dict (it crosses process boundaries).
     actor_path: the resolved starting checkpoint; total_updates: planned optimizer steps.
     master: (host, port) of rank 0's rendezvous when world_size > 1 or DeepSpeed is used.
+    roles: the models this rank hosts (all three colocated, or one role per worker group);
+    a role the algorithm does not use is skipped.
     """
 
     def __init__(self, cfg: dict, *, rank: int, world_size: int, actor_path: str, total_updates: int,
-                 master: tuple[str, int] | None = None, colocate_rollout: bool = False):
+                 master: tuple[str, int] | None = None, colocate_rollout: bool = False,
+                 roles: tuple[str, ...] = ("actor", "critic", "reference")):
         from lmm_r1_ascend.backends import get_backend
         from lmm_r1_ascend.config.loader import build
         from lmm_r1_ascend.config.schema import TrainConfig
@@ -68,7 +71,8 @@ class TrainRank:
         from lmm_r1_ascend.trainer.setup import build_rank_workers, build_rollout_engine
 
         self.device = self.backend.device(0)
-        self.actor, self.reference, self.critic = build_rank_workers(self.cfg, self.backend, actor_path, total_updates)
+        self.actor, self.reference, self.critic = build_rank_workers(self.cfg, self.backend, actor_path, total_updates,
+                                                                     roles=roles)
         self.rollout = None
         if colocate_rollout and rank == 0:
             self.rollout = build_rollout_engine(self.cfg, actor_path, self.device, self.actor.model.dtype)
@@ -125,6 +129,8 @@ class TrainRank:
 
     def sync_weights_in_process(self) -> int:
         """Every rank gathers (ZeRO-3); rank 0 loads the full weights into its engine in place."""
+        if self.actor is None:
+            return 0
         named = self.actor.named_weights(self._bucket_bytes())
         if self.rollout is None:
             for _ in named:  # take part in the gathers
@@ -195,7 +201,8 @@ class TrainRank:
         states = {name: self._full_state(worker) for name, worker in trained.items()}
         if self.rank != 0:
             return
-        save_hf_model(self.actor.model, Path(path), state_dict=states["actor"])
+        if "actor" in trained:
+            save_hf_model(self.actor.model, Path(path), state_dict=states["actor"])
         if "critic" in trained:
             save_hf_model(self.critic.model, Path(path).parent / "critic", state_dict=states["critic"])
 
@@ -205,7 +212,8 @@ class TrainRank:
         return strip_prefix(worker.engine.full_state_dict(), _wrapper(worker).prefix)
 
     def _trained(self) -> dict:
-        return {"actor": self.actor, **({"critic": self.critic} if self.critic is not None else {})}
+        workers = {"actor": self.actor, "critic": self.critic}
+        return {name: worker for name, worker in workers.items() if worker is not None}
 
     def close(self) -> None:
         if self.rollout is not None:

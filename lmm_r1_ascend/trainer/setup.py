@@ -196,9 +196,11 @@ def make_engine(cfg: TrainConfig, module: torch.nn.Module, lr: float, total_step
                            offload_optimizer=dist_cfg.offload_optimizer, offload_params=dist_cfg.offload_params, **kwargs)
 
 
-def build_rank_workers(cfg: TrainConfig, backend: Backend, actor_path: str, updates: int
-                       ) -> tuple[ActorWorker, ReferenceWorker | None, CriticWorker | None]:
-    """The models of one rank on backend.device(0): actor (+ reference, critic when the algorithm uses them)."""
+def build_rank_workers(cfg: TrainConfig, backend: Backend, actor_path: str, updates: int,
+                       roles: tuple[str, ...] = ("actor", "critic", "reference"),
+                       ) -> tuple[ActorWorker | None, ReferenceWorker | None, CriticWorker | None]:
+    """The models of one rank on backend.device(0), among `roles`: actor, and the reference and
+    critic when the algorithm uses them."""
     from lmm_r1_ascend.models.loading import ModelSpec, load_critic, load_policy, load_reference
     from lmm_r1_ascend.models.train_modules import CriticValues, PolicyLogProbs
 
@@ -208,16 +210,18 @@ def build_rank_workers(cfg: TrainConfig, backend: Backend, actor_path: str, upda
     max_tokens = cfg.trainer.max_tokens_per_micro_batch
     spec = ModelSpec(path=actor_path, dtype=dtype, gradient_checkpointing=cfg.model.gradient_checkpointing,
                      freeze_prefixes=tuple(cfg.model.freeze_prefixes))
-    actor_model = load_policy(spec, backend).to(device)
-    actor_fwd = PolicyLogProbs(actor_model, cfg.rollout.temperature)
-    actor = ActorWorker(actor_model, make_engine(cfg, actor_fwd, opt.actor_lr, updates),
-                        temperature=cfg.rollout.temperature, max_tokens=max_tokens)
+    actor = None
+    if "actor" in roles:
+        actor_model = load_policy(spec, backend).to(device)
+        actor_fwd = PolicyLogProbs(actor_model, cfg.rollout.temperature)
+        actor = ActorWorker(actor_model, make_engine(cfg, actor_fwd, opt.actor_lr, updates),
+                            temperature=cfg.rollout.temperature, max_tokens=max_tokens)
     reference = None
-    if alg.init_kl_coef > 0 or alg.use_kl_loss:
+    if "reference" in roles and (alg.init_kl_coef > 0 or alg.use_kl_loss):
         ref_model = load_reference(ModelSpec(path=actor_path, dtype=dtype), backend).to(device)
         reference = ReferenceWorker(ref_model, temperature=cfg.rollout.temperature, max_tokens=max_tokens)
     critic = None
-    if alg.uses_critic:
+    if "critic" in roles and alg.uses_critic:
         critic_path = resolve_model_name(cfg.model.critic_pretrain) if cfg.model.critic_pretrain else actor_path
         critic_model = load_critic(ModelSpec(path=critic_path, dtype=dtype,
                                              gradient_checkpointing=cfg.model.gradient_checkpointing),

@@ -71,6 +71,21 @@ def test_two_ranks_follow_the_single_process_run(tmp_path, ray_cluster, single_p
     _assert_same_steps(history, single_process)
 
 
+def test_separate_critic_and_reference_groups_follow_the_local_run(tmp_path, ray_cluster):
+    """colocate_models=false: actor, critic and reference in worker groups of their own (PPO with
+    GAE and a KL penalty uses all three); one rank each, torch engine, so it must equal the
+    in-process run of the same config."""
+    ppo = ["algorithm.advantage_estimator=gae", "algorithm.init_kl_coef=0.01", "trainer.max_steps=2"]
+    local = PPOTrainer(_config(tmp_path, "ppo-local", ppo), log=lambda _: None).fit(progress=False)
+    split = ppo + ["distributed.mode=ray", "distributed.colocate_models=false", "distributed.rollout_engines=0"]
+    history = PPOTrainer(_config(tmp_path, "ppo-split", split), log=lambda _: None).fit(progress=False)
+    _assert_same_steps(history, local)
+    for g, w in zip(history, local):
+        # the same computation in other processes: equal up to fp32 run-to-run noise
+        assert math.isclose(g["critic/loss"], w["critic/loss"], rel_tol=1e-4, abs_tol=1e-6)
+        assert math.isclose(g["kl"], w["kl"], rel_tol=1e-4, abs_tol=1e-7)
+
+
 def test_weight_sync_across_processes_matches_the_trainers_log_probs(tmp_path, ray_cluster):
     import dataclasses
 

@@ -123,6 +123,7 @@ def test_worker_died_error_names_worker_and_carries_the_hint():
     (["distributed.offload_params=true"], "needs distributed.zero_stage=3"),
     (["distributed.rollout_engines=2"], "needs distributed.mode=ray"),
     (["distributed.placement_strategy=RANDOM"], "PACK, SPREAD"),
+    (["distributed.colocate_models=false"], "colocate_models=false needs distributed.mode=ray"),
     (["distributed.mode=ray", "distributed.world_size=200", "distributed.train_engine=deepspeed"],
      "every rank needs samples"),
 ])
