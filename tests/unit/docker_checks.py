@@ -330,3 +330,12 @@ def check_workflow(workflow: dict, device: str) -> list[str]:
                == f"parity-{device}*.json" for s in steps):
         problems.append(f"does not upload parity-{device}*.json")
     return problems
+
+
+def write_file(root: Path, name: str, text: str, mode: int = 0o644) -> Path:
+    """Test helper: write root/name (parents made) with the given file mode."""
+    path = root / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(mode)
+    return path
