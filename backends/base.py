@@ -35,7 +35,8 @@ class KernelChoice:
     """Which implementation of one op a backend uses, and why.
 
     `rejected` lists the better candidates that were tried first, each with the reason
-    it could not be used, so `doctor` can print the whole fallback chain.
+    it could not be used, so `doctor` can print the whole fallback chain. `candidates`
+    names every implementation the backend knows for this op, in order of preference.
     """
 
     op: str
@@ -43,6 +44,7 @@ class KernelChoice:
     reason: str
     rejected: tuple[tuple[str, str], ...] = ()
     fn: Callable | None = field(default=None, compare=False, repr=False)
+    candidates: tuple[str, ...] = field(default=(), compare=False)
 
     def describe(self) -> str:
         text = f"{self.op}: {self.name} ({self.reason})"
@@ -66,13 +68,13 @@ def choose(op: str, candidates: Sequence[tuple[str, Callable[[], tuple[bool, str
                 ok, why = probe()
                 if not ok:
                     raise BackendUnavailable(f"{op} implementation '{override}' was requested but cannot be used: {why}")
-                return KernelChoice(op, name, f"requested explicitly; {why}", (), fn)
+                return KernelChoice(op, name, f"requested explicitly; {why}", (), fn, tuple(names))
         raise ValueError(f"unknown {op} implementation '{override}' for this backend; choose one of {names}")
     rejected: list[tuple[str, str]] = []
     for name, probe, fn in candidates:
         ok, why = probe()
         if ok:
-            return KernelChoice(op, name, why, tuple(rejected), fn)
+            return KernelChoice(op, name, why, tuple(rejected), fn, tuple(names))
         rejected.append((name, why))
     raise BackendUnavailable(f"no usable {op} implementation among {names}: " + "; ".join(f"{n}: {w}" for n, w in rejected))
 

@@ -5,10 +5,8 @@ Nothing personal goes in: no host name, user name or absolute path.
 
 from __future__ import annotations
 
-import ast
 import datetime
 import platform
-import re
 from typing import Any
 
 import torch
@@ -28,26 +26,15 @@ def describe_kernels(kernels: dict) -> dict[str, dict[str, Any]]:
             for op, c in sorted(kernels.items())}
 
 
-_SENTINEL = "__lmm_r1_parity_list_candidates__"
-
-
 def attention_implementations(backend) -> dict[str, tuple[bool, str]]:
     """Every attention implementation ``backend`` knows: name -> (usable here, reason).
 
-    The names come from the backend's own candidate list (what ``select_kernels`` answers to
-    an unknown override), so a new implementation shows up here without a change.
+    The names come from the backend's own candidate list (``KernelChoice.candidates``), so a
+    new implementation shows up here without a change.
     """
     from lmm_r1_ascend.backends.base import BackendUnavailable
 
-    try:
-        backend.select_kernels({"attention": _SENTINEL})
-    except ValueError as exc:
-        match = re.search(r"choose one of (\[.*\])", str(exc))
-        if match is None:
-            raise RuntimeError(f"cannot list {backend.name}'s attention implementations from: {exc}") from exc
-        names = ast.literal_eval(match.group(1))
-    else:
-        raise RuntimeError(f"{backend.name} accepted an unknown attention override; cannot list its implementations")
+    names = backend.select_kernels()["attention"].candidates
     out = {}
     for name in names:
         try:

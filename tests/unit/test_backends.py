@@ -184,3 +184,13 @@ def test_third_party_backend_through_entry_point(monkeypatch):
     monkeypatch.setattr(registry, "entry_points", lambda group: [BadEP()])
     with pytest.raises(TypeError, match="not a subclass"):
         registry.backend_class("baddev")
+
+
+def test_kernel_choice_lists_every_candidate_in_preference_order():
+    from lmm_r1_ascend.backends import get_backend
+
+    choice = get_backend("npu-emulated").select_kernels()["attention"]
+    assert choice.candidates[0] == "npu_fusion" and "reference" in choice.candidates
+    assert choice.name in choice.candidates
+    forced = get_backend("cpu").select_kernels({"attention": "reference"})["attention"]
+    assert forced.candidates == get_backend("cpu").select_kernels()["attention"].candidates
