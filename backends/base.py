@@ -155,7 +155,8 @@ class Backend(ABC):
 
     # ---- kernels ------------------------------------------------------------------------
     @abstractmethod
-    def select_kernels(self, overrides: dict[str, str] | None = None) -> dict[str, KernelChoice]:
+    def select_kernels(self, overrides: dict[str, str] | None = None,
+                       dtype: torch.dtype | None = None) -> dict[str, KernelChoice]:
         """One KernelChoice per op in KERNEL_OPS; overrides force an implementation by name."""
 
     def attention(self, overrides: dict[str, str] | None = None) -> Callable:

@@ -52,7 +52,8 @@ class CpuBackend(Backend):
         current, peak = _rss_bytes()
         return {"allocated": current, "peak_allocated": peak, "reserved": current}
 
-    def select_kernels(self, overrides: dict[str, str] | None = None) -> dict[str, KernelChoice]:
+    def select_kernels(self, overrides: dict[str, str] | None = None,
+                       dtype: torch.dtype | None = None) -> dict[str, KernelChoice]:
         overrides = overrides or {}
         return {
             "attention": choose("attention", [ck.reference_attention_candidate()], overrides.get("attention")),

@@ -41,13 +41,24 @@ class CudaBackend(AcceleratorBackend):
         torch.backends.cudnn.benchmark = not enabled
         super().set_deterministic(enabled)
 
-    def select_kernels(self, overrides: dict[str, str] | None = None) -> dict[str, KernelChoice]:
+    def select_kernels(self, overrides: dict[str, str] | None = None,
+                       dtype: torch.dtype | None = None) -> dict[str, KernelChoice]:
+        """dtype: the model's; the flash kernels take fp16/bf16 only, so a float32 model falls
+        back to the reference attention (with that reason) instead of failing at the first call."""
         from lmm_r1_ascend.kernels import attention as att
 
         overrides = overrides or {}
+
+        def half_only(probe):
+            def checked() -> tuple[bool, str]:
+                if dtype is not None and dtype not in (torch.float16, torch.bfloat16):
+                    return False, f"takes float16/bfloat16 only; the model is {str(dtype).removeprefix('torch.')}"
+                return probe()
+            return checked
+
         attention = choose("attention", [
-            ("flash_attn", lambda: att.probe_flash_attn("cuda"), att.varlen_attention_flash_attn),
-            ("torch_varlen", lambda: att.probe_torch_varlen("cuda"), att.varlen_attention_torch_varlen),
+            ("flash_attn", half_only(lambda: att.probe_flash_attn("cuda")), att.varlen_attention_flash_attn),
+            ("torch_varlen", half_only(lambda: att.probe_torch_varlen("cuda")), att.varlen_attention_torch_varlen),
             ck.reference_attention_candidate(),
         ], overrides.get("attention"))
         return {

@@ -68,7 +68,8 @@ class NpuBackend(AcceleratorBackend):
         os.environ["CLOSE_MATMUL_K_SHIFT"] = "1" if enabled else "0"
         super().set_deterministic(enabled)
 
-    def select_kernels(self, overrides: dict[str, str] | None = None) -> dict[str, KernelChoice]:
+    def select_kernels(self, overrides: dict[str, str] | None = None,
+                       dtype: torch.dtype | None = None) -> dict[str, KernelChoice]:
         from lmm_r1_ascend.kernels.attention import varlen_attention_npu_fusion
         from lmm_r1_ascend.kernels.npu_fused import apply_npu_fused_ops
 

@@ -220,6 +220,10 @@ def _validate_distributed(cfg: TrainConfig) -> None:
         raise ConfigError("distributed.offload_params needs distributed.zero_stage=3")
     if d.mode == "local" and not d.colocate_models:
         raise ConfigError("distributed.colocate_models=false needs distributed.mode=ray (local mode is one process)")
+    if (d.mode == "ray" and d.rollout_engines == 0 and cfg.rollout.engine == "vllm"
+            and cfg.rollout.vllm_tensor_parallel_size > 1):
+        raise ConfigError("rollout.vllm_tensor_parallel_size > 1 needs engine actors of their own "
+                          "(distributed.rollout_engines >= 1): rank 0, which hosts the engine otherwise, has one device")
     if d.rollout_engines < 0:
         raise ConfigError(f"distributed.rollout_engines: must be >= 0, got {d.rollout_engines}")
     if d.mode == "local" and d.rollout_engines > 1:

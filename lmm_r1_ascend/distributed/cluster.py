@@ -154,14 +154,20 @@ def start_cluster(cfg: TrainConfig, backend, actor_path: str, updates: int, *,
                          colocate_rollout=True)
         group = LocalWorkerGroup([rank], name="train")
         return TrainingCluster(group, cfg), InProcessRollout(group, cfg)
-    from lmm_r1_ascend.distributed.ray_group import RayWorkerGroup, ray_init
+    from lmm_r1_ascend.distributed.ray_group import RayWorkerGroup, check_resources, ray_init
 
     colocated = d.rollout_engines == 0
     separate = [] if d.colocate_models else [r for r, used in (("critic", alg.uses_critic),
                                                                 ("reference", alg.init_kl_coef > 0 or alg.use_kl_loss))
                                               if used]
-    wanted = d.cpus_per_rank * (d.world_size * (1 + len(separate)) + (0 if colocated else d.rollout_engines))
+    n_groups = 1 + len(separate)
+    wanted = d.cpus_per_rank * (d.world_size * n_groups + (0 if colocated else d.rollout_engines))
     ray_init(d.ray_address, num_cpus=max(os.cpu_count() or 1, wanted))
+    demand: dict[str, float] = {"CPU": wanted}
+    if backend.ray_resource:
+        tp = cfg.rollout.vllm_tensor_parallel_size if cfg.rollout.engine == "vllm" else 1
+        demand[backend.ray_resource] = d.world_size * n_groups + (0 if colocated else d.rollout_engines * tp)
+    check_resources(demand, "this run (training ranks and rollout engines)")
 
     def ranks(name: str, roles: tuple[str, ...], rollout: bool) -> RayWorkerGroup:
         return RayWorkerGroup(TrainRank, d.world_size, name=name, args=(plain,),

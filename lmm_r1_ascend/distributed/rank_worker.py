@@ -61,8 +61,9 @@ class TrainRank:
         self.cfg = build(TrainConfig, cfg)
         self.rank, self.world_size = rank, world_size
         self.backend = get_backend(self.cfg.device)
-        for key, value in self.backend.worker_env().items():  # DS_ACCELERATOR before deepspeed is imported
-            os.environ.setdefault(key, value)
+        # DS_ACCELERATOR from the chosen backend, before deepspeed is imported, even over a value
+        # inherited from the shell or an image (ASCEND.md: DeepSpeed must never guess the device).
+        os.environ.update(self.backend.worker_env())
         self.backend.seed_everything(self.cfg.seed)
         if self.cfg.trainer.deterministic:
             self.backend.set_deterministic(True)
@@ -87,6 +88,8 @@ class TrainRank:
             return
         if master is None:  # one rank in this process: a private rendezvous
             master = ("127.0.0.1", free_port())
+            # DeepSpeed reads these even at world size 1 (Ray sets them for its actors)
+            os.environ.update(LOCAL_RANK="0", RANK=str(self.rank), WORLD_SIZE=str(self.world_size))
         init_process_group(self.backend.distributed_backend(with_cpu=True), rank=self.rank,
                            world_size=self.world_size, init_method=f"tcp://{master[0]}:{master[1]}",
                            timeout_s=self.cfg.distributed.timeout_s)
@@ -180,7 +183,7 @@ class TrainRank:
         directory = Path(directory)
         for name, worker in self._trained().items():
             full = self._full_state(worker)
-            if self.rank == 0:
+            if full is not None:
                 torch.save(full, directory / f"{name}.pt")
             worker.engine.save(directory / f"{name}_engine")
 
@@ -190,8 +193,9 @@ class TrainRank:
             file = directory / f"{name}.pt"
             if not file.exists():
                 raise FileNotFoundError(f"checkpoint {directory} has no weights for '{name}' ({file.name})")
-            state = torch.load(file, map_location="cpu", weights_only=True)
-            worker.engine.load_full_state_dict(add_prefix(state, _wrapper(worker).prefix))
+            if not worker.engine.state_includes_weights:  # DeepSpeed restores its weights in load()
+                state = torch.load(file, map_location="cpu", weights_only=True)
+                worker.engine.load_full_state_dict(add_prefix(state, _wrapper(worker).prefix))
             worker.engine.load(directory / f"{name}_engine")
 
     def export_hf(self, path: str) -> None:
@@ -199,17 +203,22 @@ class TrainRank:
 
         trained = self._trained()
         states = {name: self._full_state(worker) for name, worker in trained.items()}
-        if self.rank != 0:
+        if self.rank != 0:  # rank 0 holds the gathered weights
             return
         if "actor" in trained:
             save_hf_model(self.actor.model, Path(path), state_dict=states["actor"])
         if "critic" in trained:
             save_hf_model(self.critic.model, Path(path).parent / "critic", state_dict=states["critic"])
 
-    @staticmethod
-    def _full_state(worker) -> dict[str, torch.Tensor]:
-        """The full weights under the model's own names (collective under ZeRO-3)."""
-        return strip_prefix(worker.engine.full_state_dict(), _wrapper(worker).prefix)
+    def _full_state(self, worker) -> dict[str, torch.Tensor] | None:
+        """Rank 0: the full weights on the host under the model's own names; other ranks take part
+        in the bucket-by-bucket gathers (ZeRO-3) and keep nothing (None)."""
+        prefix = _wrapper(worker).prefix
+        out: dict[str, torch.Tensor] = {}
+        for name, tensor in worker.engine.iter_full_weights(self._bucket_bytes()):
+            if self.rank == 0:
+                out[name] = tensor.to("cpu", copy=True)
+        return strip_prefix(out, prefix) if self.rank == 0 else None
 
     def _trained(self) -> dict:
         workers = {"actor": self.actor, "critic": self.critic}

@@ -60,19 +60,14 @@ class RayWorkerGroup(WorkerGroup):
         bundle: dict[str, float] = {"CPU": cpus_per_rank}
         if resource:
             bundle[resource] = devices_per_rank
-        total = ray.cluster_resources()
-        short = {k: v * world_size for k, v in bundle.items() if total.get(k, 0) < v * world_size}
-        if short:
-            raise RuntimeError(f"worker group '{name}' needs {world_size} x {bundle} but the Ray cluster has only "
-                               f"{ {k: total.get(k, 0) for k in short} }: add nodes (`ray start --address=...`), "
-                               "or lower distributed.world_size / rollout_engines / cpus_per_rank")
+        check_resources({k: v * world_size for k, v in bundle.items()}, f"worker group '{name}'")
         self.placement_group = placement_group([dict(bundle) for _ in range(world_size)], strategy=strategy,
                                                name=f"lmm_r1_{name}_{os.getpid()}")
         ready, _ = ray.wait([self.placement_group.ready()], timeout=ready_timeout_s)
         if not ready:
             ray.util.remove_placement_group(self.placement_group)
             raise RuntimeError(f"worker group '{name}': Ray could not place {world_size} x {bundle} within "
-                               f"{ready_timeout_s:.0f} s (cluster resources: {ray.cluster_resources()}); "
+                               f"{ready_timeout_s:.0f} s (available: {_plain(ray.available_resources())}); "
                                "start more nodes with `ray start`, or lower distributed.world_size")
         remote_cls = ray.remote(worker_cls)
         self._where: list[str] = []
@@ -165,6 +160,26 @@ class RayWorkerGroup(WorkerGroup):
             self.placement_group = None
 
 
+def _plain(resources: dict) -> dict:
+    """Resources a user asks for (CPU, GPU, NPU, memory...), without Ray's internal node: and
+    placement-group entries."""
+    return {k: v for k, v in sorted(resources.items())
+            if not k.startswith(("node:", "bundle_group_")) and "_group_" not in k and k != "object_store_memory"}
+
+
+def check_resources(demand: dict[str, float], what: str) -> None:
+    """Fail at once, naming what is missing, when the cluster's AVAILABLE resources cannot hold
+    `demand` (waiting for a placement that can never happen would take the whole timeout)."""
+    import ray
+
+    free = ray.available_resources()
+    short = {k: v for k, v in demand.items() if free.get(k, 0) + 1e-9 < v}
+    if short:
+        raise RuntimeError(f"{what} needs {demand} but the Ray cluster has {_plain(free)} available "
+                           f"(short of {short}): add nodes (`ray start --address=...`), or lower "
+                           "distributed.world_size / rollout_engines / cpus_per_rank / colocate_models")
+
+
 def wait_all(pending: list[tuple], *, timeout: float | None = None) -> list[Any]:
     """Results of [(group, rank, ref, method)] in order. The first rank that dies raises
     WorkerDiedError and the first that raises re-raises its error; either way every group
@@ -176,22 +191,46 @@ def wait_all(pending: list[tuple], *, timeout: float | None = None) -> list[Any]
     waiting = list(by_ref)
     while waiting:
         done, waiting = ray.wait(waiting, num_returns=1, timeout=timeout)
+        groups = list({id(e[0]): e[0] for e in pending}.values())
         if not done:
             methods = sorted({e[3] for e in pending})
+            for g in groups:
+                g.close()
             raise GetTimeoutError(f"{', '.join(methods)} did not finish within {timeout} s")
-        group, rank, ref, method = by_ref[done[0]]
         try:
-            ray.get(ref)
+            ray.get(done[0])
         except RayActorError as err:
+            group, rank, _, method = by_ref[done[0]]
             where = group.where(rank)
-            for g in {id(e[0]): e[0] for e in pending}.values():
+            for g in groups:
                 g.close()
             raise WorkerDiedError(group.name, rank, method, where, _first_line(err)) from None
         except BaseException:
-            for g in {id(e[0]): e[0] for e in pending}.values():
+            # A rank's collective can fail before Ray reports the peer whose death caused it:
+            # give the others a moment and report a dead rank first when there is one.
+            died = _first_dead(waiting, by_ref)
+            for g in groups:
                 g.close()
+            if died is not None:
+                raise died from None
             raise
     return ray.get([e[2] for e in pending])
+
+
+def _first_dead(refs: list, by_ref: dict, grace_s: float = 5.0) -> WorkerDiedError | None:
+    import ray
+    from ray.exceptions import RayActorError
+
+    done, _ = ray.wait(refs, num_returns=len(refs), timeout=grace_s) if refs else ([], [])
+    for ref in done:
+        try:
+            ray.get(ref)
+        except RayActorError as err:
+            group, rank, _, method = by_ref[ref]
+            return WorkerDiedError(group.name, rank, method, group.where(rank), _first_line(err))
+        except BaseException:
+            continue
+    return None
 
 
 def gather_calls(calls: list[tuple[RayWorkerGroup, str, list]]) -> list[list[Any]]:

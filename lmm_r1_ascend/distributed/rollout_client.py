@@ -106,8 +106,7 @@ class RolloutActor:
 
         self.cfg = build(TrainConfig, cfg)
         self.backend = get_backend(self.cfg.device)
-        for key, value in self.backend.worker_env().items():
-            os.environ.setdefault(key, value)
+        os.environ.update(self.backend.worker_env())  # the backend decides, over inherited values
         self.device = self.backend.device(0)
         model_dtype = self.cfg.model.dtype
         dtype = self.backend.default_dtype if model_dtype == "auto" else getattr(torch, model_dtype)

@@ -19,7 +19,7 @@ class WorkerDiedError(RuntimeError):
 
     def __init__(self, group: str, rank: int, method: str, where: str, cause: str, hint: str = ""):
         self.group, self.rank, self.method, self.where, self.cause = group, rank, method, where, cause
-        msg = f"worker '{group}' rank {rank} ({where}) died during {method}(): {cause}"
+        msg = f"worker '{group}' rank {rank} ({where}) died during {method}(): {cause.rstrip('.')}"
         super().__init__(f"{msg}. {hint}" if hint else msg)
 
     def with_hint(self, hint: str) -> WorkerDiedError:

@@ -203,9 +203,14 @@ class DeepSpeedEngine:
     def _entries(self) -> list[tuple[str, torch.Tensor]]:
         return list(self.ds.module.state_dict(keep_vars=True).items())
 
-    def full_state_dict(self) -> dict[str, torch.Tensor]:
-        """Every state-dict entry, unpartitioned, as CPU copies in the training dtype (collective)."""
-        return {k: v.to("cpu", copy=True) for k, v in self.iter_full_weights(bucket_bytes=1 << 62)}
+    # save()/load() carry the weights too (DeepSpeed checkpoints hold the module state).
+    state_includes_weights = True
+
+    def full_state_dict(self, bucket_bytes: int = 256 << 20) -> dict[str, torch.Tensor]:
+        """Every state-dict entry, unpartitioned, as CPU copies in the training dtype (collective).
+        Gathered a bucket at a time, each moved to the host before the next, so the device never
+        holds more than one bucket of gathered weights beyond its partition."""
+        return {k: v.to("cpu", copy=True) for k, v in self.iter_full_weights(bucket_bytes=bucket_bytes)}
 
     def load_full_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Load full weights (the keys of ``full_state_dict``) into the model and the master weights

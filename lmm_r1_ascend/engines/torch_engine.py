@@ -55,6 +55,9 @@ class TorchEngine:
         self.max_norm = max_norm
         self.steps = 0
 
+    # save()/load() carry the optimizer state only; weights travel through full_state_dict().
+    state_includes_weights = False
+
     def backward(self, loss: torch.Tensor, *, last: bool = True) -> None:
         """Accumulate the gradient of ``loss`` (a scalar). ``last`` is accepted for the shared interface."""
         loss.backward()

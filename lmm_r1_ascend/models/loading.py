@@ -155,7 +155,9 @@ def prepare_for_backend(model: torch.nn.Module, backend: Backend, *, attention: 
     """Select the backend's varlen attention (and fused ops, see ModelSpec) for ``model``; return its name."""
     from lmm_r1_ascend.models.forward import enable_packed_forward
 
-    kernels = backend.select_kernels({"attention": attention} if attention else None)
+    param = next(model.parameters(), None)
+    kernels = backend.select_kernels({"attention": attention} if attention else None,
+                                     dtype=param.dtype if param is not None else None)
     choice = kernels["attention"]
     name = enable_packed_forward(model, choice.fn, name=f"lmm_r1_varlen_{backend.name}_{choice.name}")
     fused = kernels["fused_ops"].fn

@@ -61,9 +61,9 @@ class PPOTrainer:
         state = ckpt.load_checkpoint(path)
         saved_world = int(state.get("world_size", 1))
         if saved_world != c.cluster.world_size and self.cfg.distributed.train_engine == "deepspeed":
-            raise SetupError(f"checkpoint {path} was written by {saved_world} rank(s) and DeepSpeed shards its "
-                             f"optimizer state per rank: resume with distributed.world_size={saved_world}, or "
-                             "start a new output_dir from its weights (model.pretrain=<output_dir>/hf)")
+            raise SetupError(f"checkpoint {path} was written by {saved_world} rank(s), and DeepSpeed checkpoints "
+                             f"resume only on as many ranks: set distributed.world_size={saved_world} (changing the "
+                             "world size mid-run is not supported; trainer.resume=false starts over)")
         c.cluster.load(path)
         c.dataset.load_state_dict(state["data"])
         self.kl_ctl.value = float(state["kl_coef"])
@@ -155,27 +155,30 @@ class PPOTrainer:
         """Train to the planned step count (resuming when a checkpoint exists). stop_after: end this
         process after that many steps with a checkpoint, as an interruption would (tests, preemption)."""
         cfg = self.cfg
-        self.maybe_resume()
-        writer = MetricsWriter(self.out, tensorboard=cfg.trainer.tensorboard, truncate_after=self.step)
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=self.total_steps, initial=self.step, desc=f"{cfg.stage} {cfg.recipe or ''}".strip(),
-                       unit="step", dynamic_ncols=True)
-        history = []
+        writer, bar, history = None, None, []
         try:
+            self.maybe_resume()
+            writer = MetricsWriter(self.out, tensorboard=cfg.trainer.tensorboard, truncate_after=self.step)
+            if progress:
+                from tqdm.auto import tqdm
+
+                bar = tqdm(total=self.total_steps, initial=self.step, desc=f"{cfg.stage} {cfg.recipe or ''}".strip(),
+                           unit="step", dynamic_ncols=True)
             self._loop(history, writer, bar, stop_after)
         except WorkerDiedError as err:
             last = ckpt.latest_checkpoint(self.out)
-            hint = (f"last good checkpoint: {last} (step {last.name.removeprefix('step_')}); run the same command "
-                    "again to resume from it" if last is not None else
-                    "no checkpoint was written yet (trainer.save_steps); the run must start over")
+            if last is None:
+                hint = "no checkpoint was written yet (trainer.save_steps); the run must start over"
+            else:
+                hint = f"last good checkpoint: {last} (step {last.name.removeprefix('step_')}); " + (
+                    "run the same command again to resume from it" if cfg.trainer.resume else
+                    "run again with trainer.resume=true to resume from it")
             raise err.with_hint(hint) from None
         finally:
             if bar is not None:
                 bar.close()
-            writer.close()
+            if writer is not None:
+                writer.close()
             self.parts.close()
         return history
 

@@ -58,8 +58,9 @@ def _train_micro_batches(engine, micros: list[MicroBatch], n_micro: int | None, 
         engine.backward(loss, last=k == len(plan) - 1)
         if weight:
             sums.add(out.metrics(), weight=float(sum(micro.batch.action_counts)))
+    lr = engine.lr  # the rate this step uses (step() advances the schedule)
     grad_norm = engine.step()
-    sums.scalars = {f"{prefix}/grad_norm": grad_norm, f"{prefix}/lr": engine.lr}
+    sums.scalars = {f"{prefix}/grad_norm": grad_norm, f"{prefix}/lr": lr}
     return sums
 
 

@@ -71,6 +71,26 @@ def test_two_ranks_follow_the_single_process_run(tmp_path, ray_cluster, single_p
     _assert_same_steps(history, single_process)
 
 
+def test_a_run_larger_than_the_cluster_fails_at_once_saying_what_is_short(tmp_path, ray_cluster):
+    import time
+
+    cfg = _config(tmp_path, "too-big", ["distributed.mode=ray", "distributed.world_size=8",
+                                        "distributed.train_engine=deepspeed", "distributed.cpus_per_rank=2",
+                                        "distributed.ray_address=auto"])
+    start = time.perf_counter()
+    # 8 ranks + 1 engine actor, 2 CPUs each, on a 4-CPU cluster
+    # 8 ranks + 1 engine actor, 2 CPUs each, on a 4-CPU cluster
+    with pytest.raises(RuntimeError, match=r"short of \{'CPU': 18"):
+        PPOTrainer(cfg, log=lambda _: None)
+    assert time.perf_counter() - start < 60  # no waiting for a placement that cannot happen
+
+
+def test_local_mode_with_deepspeed_follows_the_torch_engine(tmp_path, single_process):
+    """One process, DeepSpeed ZeRO-2 at world size 1 (its own private process group)."""
+    cfg = _config(tmp_path, "local-ds", ["distributed.train_engine=deepspeed", "distributed.zero_stage=2"])
+    _assert_same_steps(PPOTrainer(cfg, log=lambda _: None).fit(progress=False), single_process)
+
+
 def test_separate_critic_and_reference_groups_follow_the_local_run(tmp_path, ray_cluster):
     """colocate_models=false: actor, critic and reference in worker groups of their own (PPO with
     GAE and a KL penalty uses all three); one rank each, torch engine, so it must equal the

@@ -194,3 +194,21 @@ def test_kernel_choice_lists_every_candidate_in_preference_order():
     assert choice.name in choice.candidates
     forced = get_backend("cpu").select_kernels({"attention": "reference"})["attention"]
     assert forced.candidates == get_backend("cpu").select_kernels()["attention"].candidates
+
+
+def test_cuda_attention_choice_skips_the_half_only_kernels_for_a_float32_model(monkeypatch):
+    """Runs on CPU: the CUDA backend's selection logic is plain Python (its probes say why)."""
+    import torch
+
+    from lmm_r1_ascend.backends import common_kernels
+    from lmm_r1_ascend.backends.cuda import CudaBackend
+
+    backend = CudaBackend.__new__(CudaBackend)  # no device needed to ask what it would choose
+    # this CPU torch build has no nccl; the collectives choice is not what is tested here
+    monkeypatch.setattr(common_kernels, "collectives_choice", lambda name: None)
+    fp32 = backend.select_kernels(dtype=torch.float32)["attention"]
+    assert fp32.name == "reference"
+    assert [name for name, _ in fp32.rejected] == ["flash_attn", "torch_varlen"]
+    assert all("float16/bfloat16 only; the model is float32" in why for _, why in fp32.rejected)
+    bf16 = backend.select_kernels(dtype=torch.bfloat16)["attention"]
+    assert all("float32" not in why for _, why in bf16.rejected)  # rejected here for lack of a GPU instead
