@@ -224,6 +224,9 @@ def _validate_distributed(cfg: TrainConfig) -> None:
             and cfg.rollout.vllm_tensor_parallel_size > 1):
         raise ConfigError("rollout.vllm_tensor_parallel_size > 1 needs engine actors of their own "
                           "(distributed.rollout_engines >= 1): rank 0, which hosts the engine otherwise, has one device")
+    if d.colocate_rollout and (d.mode != "ray" or d.rollout_engines != 0):
+        raise ConfigError("distributed.colocate_rollout=true puts an engine in every training rank: it needs "
+                          "distributed.mode=ray and distributed.rollout_engines=0")
     if d.rollout_engines < 0:
         raise ConfigError(f"distributed.rollout_engines: must be >= 0, got {d.rollout_engines}")
     if d.mode == "local" and d.rollout_engines > 1:

@@ -129,6 +129,9 @@ class DistributedConfig:
     zero_stage, offload_optimizer, offload_params: DeepSpeed ZeRO options.
     rollout_engines: rollout engine actors (ray mode); 0 places one engine inside rank 0's
       process, updated in place. Each engine uses rollout.vllm_tensor_parallel_size devices.
+    colocate_rollout: with rollout_engines=0, an engine inside EVERY training rank's process
+      (all models and engines share the devices, as the paper's 8-device runs; prompts are
+      split across the ranks, weights copied in place on each).
     Weight sync follows the placement: in place for the engine in rank 0's process, a
       bucketed broadcast (a side group from trainer rank 0 to the engine actors over the
       backend's collective library) otherwise; weight_sync_bucket_mb sizes its buckets.
@@ -146,6 +149,7 @@ class DistributedConfig:
     offload_optimizer: bool = False
     offload_params: bool = False
     rollout_engines: int = 1
+    colocate_rollout: bool = False
     weight_sync_bucket_mb: int = 256
     ray_address: str = ""
     cpus_per_rank: int = 1

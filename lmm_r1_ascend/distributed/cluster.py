@@ -170,9 +170,10 @@ def start_cluster(cfg: TrainConfig, backend, actor_path: str, updates: int, *,
     check_resources(demand, "this run (training ranks and rollout engines)")
 
     def ranks(name: str, roles: tuple[str, ...], rollout: bool) -> RayWorkerGroup:
+        engine_here = [rollout and (d.colocate_rollout or r == 0) for r in range(d.world_size)]
         return RayWorkerGroup(TrainRank, d.world_size, name=name, args=(plain,),
-                              kwargs={"actor_path": actor_path, "total_updates": updates, "colocate_rollout": rollout,
-                                      "roles": roles},
+                              kwargs={"actor_path": actor_path, "total_updates": updates, "roles": roles},
+                              per_rank_kwargs=[{"colocate_rollout": here} for here in engine_here],
                               resource=backend.ray_resource, cpus_per_rank=d.cpus_per_rank, env=backend.worker_env(),
                               strategy=d.placement_strategy, ready_timeout_s=d.timeout_s)
 
@@ -184,7 +185,8 @@ def start_cluster(cfg: TrainConfig, backend, actor_path: str, updates: int, *,
             role_groups[role] = ranks(role, (role,), False)
         log(f"ray: {d.world_size} rank(s) per group: {', '.join([group.name, *role_groups])} "
             f"({backend.ray_resource or 'CPU'} bundles)")
-        rollout = InProcessRollout(group, cfg) if colocated else start_remote_rollout(cfg, backend, actor_path, group)
+        rollout = (InProcessRollout(group, cfg, every_rank=d.colocate_rollout) if colocated
+                   else start_remote_rollout(cfg, backend, actor_path, group))
     except BaseException:
         for g in (group, *role_groups.values()):
             g.close()

@@ -46,6 +46,7 @@ def free_port() -> int:
 class TrainRank:
     """cfg: the run's TrainConfig as a plain dict (it crosses process boundaries).
     actor_path: the resolved starting checkpoint; total_updates: planned optimizer steps.
+    colocate_rollout: host a rollout engine in this process (rank 0, or every rank).
     master: (host, port) of rank 0's rendezvous when world_size > 1 or DeepSpeed is used.
     roles: the models this rank hosts (all three colocated, or one role per worker group);
     a role the algorithm does not use is skipped.
@@ -75,7 +76,7 @@ class TrainRank:
         self.actor, self.reference, self.critic = build_rank_workers(self.cfg, self.backend, actor_path, total_updates,
                                                                      roles=roles)
         self.rollout = None
-        if colocate_rollout and rank == 0:
+        if colocate_rollout:
             self.rollout = build_rollout_engine(self.cfg, actor_path, self.device, self.actor.model.dtype)
         self._sync_group = None
 

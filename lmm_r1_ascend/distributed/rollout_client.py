@@ -1,8 +1,10 @@
 """Where rollouts are generated, and how new actor weights reach the engines.
 
-- `InProcessRollout`: one engine inside training rank 0's process (local mode, or ray mode
-  with distributed.rollout_engines=0). Weights are copied in place after every update
-  (all ranks take part so ZeRO-3 can gather them).
+- `InProcessRollout`: engines inside the training ranks' processes: rank 0's only (local
+  mode, or ray mode with distributed.rollout_engines=0), or one in every rank
+  (distributed.colocate_rollout=true: all models and engines share the devices, the
+  paper's layout). Weights are copied in place after every update (all ranks take part
+  so ZeRO-3 can gather them).
 - `RemoteRollout`: distributed.rollout_engines engines, each a Ray actor (`RolloutActor`)
   holding an hf or vLLM engine on rollout.vllm_tensor_parallel_size devices. Prompts are
   split across engines; weights travel by broadcast in a side group of trainer rank 0 and
@@ -21,24 +23,47 @@ from lmm_r1_ascend.config import TrainConfig, to_dict
 from lmm_r1_ascend.distributed.worker_group import WorkerGroup
 
 
+def split_generate(group: WorkerGroup, engine_ranks: int, prompts: list, sampling) -> list:
+    """Contiguous prompt chunks over the first `engine_ranks` ranks of `group`; rank k samples
+    with seed + k (so rank 0 alone reproduces a single engine's run); prompt indices global."""
+    k_engines = min(engine_ranks, len(prompts))
+    bounds = [round(i * len(prompts) / k_engines) for i in range(k_engines + 1)]
+    args: list[Any] = []
+    for k in range(group.world_size):
+        if k < k_engines:
+            seed = None if sampling.seed is None else sampling.seed + k
+            args.append((prompts[bounds[k]:bounds[k + 1]], dataclasses.replace(sampling, seed=seed)))
+        else:
+            args.append(None)
+    results = group.call_each("generate", args)
+    samples = []
+    for k in range(k_engines):
+        for s in results[k]:
+            samples.append(dataclasses.replace(s, prompt_index=s.prompt_index + bounds[k]))
+    return samples
+
+
 class InProcessRollout:
-    def __init__(self, train: WorkerGroup, cfg: TrainConfig):
-        self.train, self.cfg = train, cfg
+    """every_rank: an engine in each training rank (else in rank 0 only)."""
+
+    def __init__(self, train: WorkerGroup, cfg: TrainConfig, every_rank: bool = False):
+        self.train, self.cfg, self.every_rank = train, cfg, every_rank
         self.sleep_between = cfg.rollout.engine == "vllm" and cfg.rollout.vllm_enable_sleep
 
     def describe(self) -> str:
-        return f"{self.cfg.rollout.engine} engine in rank 0's process, in-place weight sync"
+        where = f"each of the {self.train.world_size} ranks' processes" if self.every_rank else "rank 0's process"
+        return f"{self.cfg.rollout.engine} engine in {where}, in-place weight sync"
 
     def generate(self, prompts: list, sampling) -> list:
-        samples = self.train.call_rank(0, "generate", prompts, sampling)
-        if self.sleep_between:  # free the engine's memory for the training phase
-            self.train.call_rank(0, "rollout_sleep")
+        samples = split_generate(self.train, self.train.world_size if self.every_rank else 1, prompts, sampling)
+        if self.sleep_between:  # free the engines' memory for the training phase
+            self.train.call("rollout_sleep")
         return samples
 
     def sync_weights(self) -> int:
         return self.train.call("sync_weights_in_process")[0]
 
-    def close(self) -> None:  # the engine belongs to rank 0 and closes with it
+    def close(self) -> None:  # the engines belong to the ranks and close with them
         pass
 
 
@@ -60,22 +85,8 @@ class RemoteRollout:
                 f"({self.cfg.distributed.weight_sync_bucket_mb} MB buckets)")
 
     def generate(self, prompts: list, sampling) -> list:
-        """Contiguous prompt chunks per engine; engine k samples with seed + k (engine 0 = a single engine's run)."""
-        k_engines = min(self.engines.world_size, len(prompts))
-        bounds = [round(i * len(prompts) / k_engines) for i in range(k_engines + 1)]
-        args: list[Any] = []
-        for k in range(self.engines.world_size):
-            if k < k_engines:
-                seed = None if sampling.seed is None else sampling.seed + k
-                args.append((prompts[bounds[k]:bounds[k + 1]], dataclasses.replace(sampling, seed=seed)))
-            else:
-                args.append(None)
-        results = self.engines.call_each("generate", args)
-        samples = []
-        for k in range(k_engines):
-            for s in results[k]:
-                samples.append(dataclasses.replace(s, prompt_index=s.prompt_index + bounds[k]))
-        return samples
+        """Contiguous prompt chunks per engine; engine k samples with seed + k (see split_generate)."""
+        return split_generate(self.engines, self.engines.world_size, prompts, sampling)
 
     def sync_weights(self) -> int:
         counts = _concurrently([(self.train, "send_weights", [(self.meta,)] * self.train.world_size),

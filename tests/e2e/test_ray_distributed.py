@@ -71,6 +71,19 @@ def test_two_ranks_follow_the_single_process_run(tmp_path, ray_cluster, single_p
     _assert_same_steps(history, single_process)
 
 
+def test_an_engine_in_every_rank_matches_as_many_engine_actors(tmp_path, ray_cluster):
+    """colocate_rollout=true (the paper's layout: each rank's process hosts an engine, in-place
+    sync) against 2 engine actors fed by broadcast: the same prompt split and seeds, so the same
+    samples and per-step losses."""
+    every = PPOTrainer(_config(tmp_path, "every", RAY_2 + ["distributed.zero_stage=3", "distributed.rollout_engines=0",
+                                                          "distributed.colocate_rollout=true"]),
+                       log=lambda _: None).fit(progress=False)
+    actors = PPOTrainer(_config(tmp_path, "actors", RAY_2 + ["distributed.zero_stage=3",
+                                                            "distributed.rollout_engines=2"]),
+                        log=lambda _: None).fit(progress=False)
+    _assert_same_steps(every, actors)
+
+
 def test_a_run_larger_than_the_cluster_fails_at_once_saying_what_is_short(tmp_path, ray_cluster):
     import time
 

@@ -124,6 +124,8 @@ def test_worker_died_error_names_worker_and_carries_the_hint():
     (["distributed.rollout_engines=2"], "needs distributed.mode=ray"),
     (["distributed.placement_strategy=RANDOM"], "PACK, SPREAD"),
     (["distributed.colocate_models=false"], "colocate_models=false needs distributed.mode=ray"),
+    (["distributed.mode=ray", "distributed.colocate_rollout=true"], "needs distributed.mode=ray and "
+                                                                      "distributed.rollout_engines=0"),
     (["distributed.mode=ray", "distributed.rollout_engines=0", "rollout.engine=vllm",
       "rollout.vllm_tensor_parallel_size=2"], "rank 0, which hosts the engine otherwise, has one device"),
     (["distributed.mode=ray", "distributed.world_size=200", "distributed.train_engine=deepspeed"],
