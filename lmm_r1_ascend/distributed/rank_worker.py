@@ -79,6 +79,7 @@ class TrainRank:
         if colocate_rollout:
             self.rollout = build_rollout_engine(self.cfg, actor_path, self.device, self.actor.model.dtype)
         self._sync_group = None
+        self._meta: list | None = None
 
     def _init_process_group(self, master: tuple[str, int] | None) -> None:
         import torch.distributed as dist
@@ -135,13 +136,17 @@ class TrainRank:
         """Every rank gathers (ZeRO-3); rank 0 loads the full weights into its engine in place."""
         if self.actor is None:
             return 0
+        if self._meta is None:  # shapes never change: one extra gather pass, the first time only
+            self._meta = self.weights_meta()
         named = self.actor.named_weights(self._bucket_bytes())
         if self.rollout is None:
             for _ in named:  # take part in the gathers
                 pass
             return 0
         self.rollout.wake_up()
-        return self.rollout.update_weights(named)
+        # With the meta the engine checks names and shapes first, then copies each gathered
+        # bucket as it arrives: no rank ever holds a second full copy of the weights.
+        return self.rollout.update_weights(named, meta=[(n, s) for n, s, _ in self._meta])
 
     # ------------------------------------------------------------------ broadcast weight sync
     def _bucket_bytes(self) -> int:

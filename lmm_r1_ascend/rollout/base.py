@@ -194,10 +194,13 @@ class RolloutEngine(abc.ABC):
         """len(prompts) * cfg.n samples, prompt-major: samples of prompt i are at [i*n, (i+1)*n)."""
 
     @abc.abstractmethod
-    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> int:
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], *,
+                       meta: Sequence[tuple[str, tuple[int, ...]]] | None = None) -> int:
         """Load (name, tensor) pairs, named as the model's own parameters; returns how many were loaded.
 
         Unknown names and shape mismatches are ValueErrors raised before anything is loaded.
+        meta: every tensor's (name, shape) in order, when known beforehand: checked first, then
+        the pairs are consumed as they come (not held), see `follow_meta`.
         """
 
     @abc.abstractmethod
@@ -255,3 +258,23 @@ def build_engine(name: str, *args: Any, **kwargs: Any) -> RolloutEngine:
         raise ValueError(f"unknown rollout engine {name!r}; choose one of {available_engines()} "
                          "(or register one with lmm_r1_ascend.rollout.base.register_engine)")
     return _ENGINES[name](*args, **kwargs)
+
+
+def check_weight_pair(k: int, item) -> None:
+    """update_weights' input check for item k: a (name: str, tensor) pair."""
+    if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)
+            and isinstance(item[1], torch.Tensor)):
+        raise TypeError(f"update_weights expects (name: str, tensor) pairs; item {k} is {item!r:.80}")
+
+
+def follow_meta(named_tensors: Iterable, meta: list[tuple[str, tuple[int, ...]]]):
+    """Yield the pairs, checking each against its announced (name, shape) and the count."""
+    k = -1
+    for k, item in enumerate(named_tensors):
+        check_weight_pair(k, item)
+        if k >= len(meta) or (item[0], tuple(item[1].shape)) != meta[k]:
+            want = meta[k] if k < len(meta) else "nothing more"
+            raise ValueError(f"update_weights: tensor {k} is {item[0]!r} {tuple(item[1].shape)}, announced {want}")
+        yield item
+    if k + 1 != len(meta):
+        raise ValueError(f"update_weights: got {k + 1} tensors, announced {len(meta)}")

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +32,9 @@ from lmm_r1_ascend.rollout.base import (
     RolloutSample,
     SamplingConfig,
     check_generate_args,
+    check_weight_pair,
     eos_token_ids,
+    follow_meta,
     make_sample,
 )
 
@@ -188,39 +190,49 @@ class HFRolloutEngine(RolloutEngine):
         return seeded()
 
     # ----------------------------------------------------------------------------- weights
-    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> int:
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], *,
+                       meta: Sequence[tuple[str, tuple[int, ...]]] | None = None) -> int:
         """Copy tensors into the model's parameters/buffers in place (dtype and device converted).
 
-        All pairs are checked first (names, shapes, types), so a bad update leaves the
-        model untouched. The pairs are held until then: memory is that of the tensors
-        given (references for the trainer's own parameters).
+        All pairs are checked first (names, shapes, types), so a bad update leaves the model
+        untouched; the pairs are held until then. meta: the (name, shape) of every tensor, in
+        order, known beforehand (a ZeRO-3 gather stream): checked first instead, and each tensor
+        is then copied as it arrives (none held); a stream that departs from its meta raises
+        mid-way, after the tensors before it were copied.
         """
         self._check_state(awake=True)
         targets = dict(self.model.named_parameters(remove_duplicate=False))
         targets.update(self.model.named_buffers(remove_duplicate=False))
-        items = list(named_tensors)
-        unknown, mismatched = [], []
-        for k, item in enumerate(items):
-            if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)
-                    and isinstance(item[1], torch.Tensor)):
-                raise TypeError(f"update_weights expects (name: str, tensor) pairs; item {k} is {item!r:.80}")
-            name, t = item
-            if name not in targets:
-                unknown.append(name)
-            elif t.shape != targets[name].shape:
-                mismatched.append(f"{name}: got {tuple(t.shape)}, model has {tuple(targets[name].shape)}")
+        if meta is not None:
+            meta = [(n, tuple(shape)) for n, shape, *_ in meta]
+            self._check_names(targets, meta)
+            items: Iterable = follow_meta(named_tensors, meta)
+        else:
+            items = []
+            for k, item in enumerate(named_tensors):
+                check_weight_pair(k, item)
+                items.append(item)
+            self._check_names(targets, [(n, tuple(t.shape)) for n, t in items])
+        count = 0
+        with torch.no_grad():
+            for name, t in items:
+                targets[name].copy_(t)
+                count += 1
+        return count
+
+    @staticmethod
+    def _check_names(targets: dict, meta: list[tuple[str, tuple[int, ...]]]) -> None:
+        unknown = [n for n, _ in meta if n not in targets]
         if unknown:
             example = next(iter(targets))
             raise ValueError(f"update_weights: {len(unknown)} unknown parameter name(s), e.g. {unknown[:3]}; names "
                              f"must be the model's own (like {example!r}): strip wrapper prefixes such as "
                              "'module.' or '_orig_mod.'. Nothing was loaded.")
+        mismatched = [f"{n}: got {shape}, model has {tuple(targets[n].shape)}" for n, shape in meta
+                      if shape != tuple(targets[n].shape)]
         if mismatched:
             raise ValueError(f"update_weights: shape mismatch for {len(mismatched)} tensor(s): {mismatched[:3]}. "
                              "Nothing was loaded.")
-        with torch.no_grad():
-            for name, t in items:
-                targets[name].copy_(t)
-        return len(items)
 
     # ----------------------------------------------------------------------------- lifecycle
     def sleep(self) -> None:

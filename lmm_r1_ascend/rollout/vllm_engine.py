@@ -25,7 +25,7 @@ exist on NPU, so level 1 is used everywhere. Where vLLM has no sleep mode for th
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,9 @@ from lmm_r1_ascend.rollout.base import (
     RolloutSample,
     SamplingConfig,
     check_generate_args,
+    check_weight_pair,
     eos_token_ids,
+    follow_meta,
     make_sample,
 )
 
@@ -192,33 +194,43 @@ class VLLMRolloutEngine(RolloutEngine):
                              "Nothing was loaded.")
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], *,
-                       bucket_bytes: int = 256 << 20) -> int:
+                       bucket_bytes: int = 256 << 20, meta: Sequence[tuple[str, tuple[int, ...]]] | None = None) -> int:
         """Send HF-named tensors to every worker by value (RPC messages of ~bucket_bytes), then load them
-        as one update. Checked against the checkpoint's names and shapes first."""
+        as one update. Checked against the checkpoint's names and shapes first.
+
+        meta: the (name, shape) of every tensor, in order, known beforehand (e.g. a ZeRO-3 gather
+        stream): checked up front, and the tensors are then packed as they arrive instead of all
+        being held first. A stream that departs from its meta raises and nothing is loaded."""
         self._check_state(awake=True)
-        items = []
-        for k, item in enumerate(named_tensors):
-            if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)
-                    and isinstance(item[1], torch.Tensor)):
-                raise TypeError(f"update_weights expects (name: str, tensor) pairs; item {k} is {item!r:.80}")
-            items.append(item)
-        self.check_weights((n, t.shape) for n, t in items)
         from lmm_r1_ascend.rollout.vllm_worker_ext import pack_weights
 
-        batch, size = [], 0
+        if meta is not None:
+            meta = [(n, tuple(shape)) for n, shape, *_ in meta]
+            self.check_weights(meta)
+            items: Iterable = follow_meta(named_tensors, meta)
+        else:
+            items = []
+            for k, item in enumerate(named_tensors):
+                check_weight_pair(k, item)
+                items.append(item)
+            self.check_weights((n, t.shape) for n, t in items)
+        batch, size, count = [], 0, 0
         try:
-            for k, (name, t) in enumerate(items):
+            for name, t in items:
                 batch.append((name, t))
+                count += 1
                 size += t.numel() * t.element_size()
-                if size >= bucket_bytes or k == len(items) - 1:
+                if size >= bucket_bytes:
                     self.llm.collective_rpc("lmm_stage_weights", args=(pack_weights(batch),))
                     batch, size = [], 0
+            if batch:
+                self.llm.collective_rpc("lmm_stage_weights", args=(pack_weights(batch),))
         except BaseException:
             self.llm.collective_rpc("lmm_discard_staged")
             raise
         self.llm.collective_rpc("lmm_commit_weights")
         self.llm.reset_prefix_cache()  # cached KV blocks were computed with the old weights
-        return len(items)
+        return count
 
     def init_weight_sync_group(self, host: str, port: int, rank_offset: int, world_size: int, backend: str) -> None:
         """Make every worker join the sender's weight-sync group (blocks until the sender joins too)."""

@@ -265,3 +265,32 @@ def test_generate_input_errors_and_lifecycle(text_engine, vl_engine, vl_path, to
     engine.close()
     with pytest.raises(RuntimeError, match="closed"):
         engine.generate([text_prompt(tok, "hi")], cfg)
+
+
+def test_update_weights_with_meta_streams_and_checks_the_announcement(text_path, rng_seed):
+    """With meta (a ZeRO-3 gather stream), tensors are copied as they arrive: the iterator is
+    consumed lazily, the result equals the held update, and a departure from the meta raises."""
+    engine = HFRolloutEngine(text_path)
+    named = [(n, torch.randn(p.shape, generator=torch.Generator().manual_seed(rng_seed + i)))
+             for i, (n, p) in enumerate(engine.model.named_parameters())]
+    meta = [(n, tuple(t.shape)) for n, t in named]
+    seen = []
+
+    def stream():
+        for name, t in named:
+            seen.append(name)
+            # the previous tensor is already in the model when the next one is produced
+            if len(seen) > 1:
+                prev_name, prev = named[len(seen) - 2]
+                assert torch.equal(dict(engine.model.named_parameters())[prev_name], prev)
+            yield name, t
+
+    assert engine.update_weights(stream(), meta=meta) == len(named)
+    params = dict(engine.model.named_parameters())
+    assert all(torch.equal(params[n], t) for n, t in named)
+    with pytest.raises(ValueError, match="unknown parameter name.*Nothing was loaded"):
+        engine.update_weights(iter(named), meta=meta + [("module.x", (1,))])
+    with pytest.raises(ValueError, match="tensor 1 is"):
+        engine.update_weights(iter([named[0], named[2]]), meta=meta[:2])
+    with pytest.raises(ValueError, match="got 1 tensors, announced 2"):
+        engine.update_weights(iter(named[:1]), meta=meta[:2])

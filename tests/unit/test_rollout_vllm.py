@@ -159,6 +159,10 @@ def test_bad_updates_are_refused_before_loading(engine, trainer, tok, rng_seed):
         engine.update_weights([good, ("module.lm_head.weight", torch.zeros(3))])
     with pytest.raises(ValueError, match=rf"shape mismatch.*{name}: got \(3, 4\)"):
         engine.update_weights([good, (name, torch.zeros(3, 4))])
+    # a streamed update (meta announced first) that departs from its meta loads nothing either
+    meta = [(name, tuple(param.shape)), ("model.norm.weight", tuple(trainer.model.norm.weight.shape))]
+    with pytest.raises(ValueError, match="tensor 1 is"):
+        engine.update_weights(iter([good, (name, torch.zeros_like(param))]), meta=meta)
     after = engine.generate(prompts, cfg)
     assert all(torch.equal(x.logprobs, y.logprobs) for x, y in zip(before, after))
 
@@ -171,7 +175,8 @@ def test_update_weights_then_engine_matches_trainer(engine, trainer, tok, rng_se
     prompts = [text_prompt(tok, q) for q in QUESTIONS]
     cfg = SamplingConfig(n=2, temperature=1.0, max_new_tokens=6, min_new_tokens=0, seed=rng_seed)
     stale = max_gap(trainer, engine.generate(prompts, cfg), cfg.temperature)
-    assert engine.update_weights(trainer.named_parameters()) == len(list(trainer.named_parameters()))
+    meta = [(n, tuple(p.shape)) for n, p in trainer.named_parameters()]  # streamed, as a ZeRO-3 gather feeds it
+    assert engine.update_weights(trainer.named_parameters(), meta=meta) == len(meta)
     fresh = max_gap(trainer, engine.generate(prompts, cfg), cfg.temperature)
     print(f"vllm after update_weights: max |engine - trainer| log-prob = {fresh:.2e} (before: {stale:.2e})")
     assert stale > 1e-2 and fresh < TOL
