@@ -88,6 +88,11 @@ class AlgorithmConfig:
         return self.estimator.uses_critic
 
     @property
+    def uses_reference(self) -> bool:
+        """A frozen reference model is needed: KL in the reward or as a loss term."""
+        return self.init_kl_coef > 0 or self.use_kl_loss
+
+    @property
     def clip_low(self) -> float:
         return self.eps_clip if self.eps_clip_low is None else self.eps_clip_low
 

@@ -71,10 +71,11 @@ class TrainingCluster:
         return f"{d.mode} mode, {self.world_size} rank(s), {engine}"
 
     # ------------------------------------------------------------------ sharding
-    def _shards(self, batch: ExperienceBatch) -> tuple[list[ExperienceBatch], list[bool]]:
-        """One shard per rank; a rank without samples gets the first sample as padding (real=False)."""
+    def _shards(self, batch: ExperienceBatch) -> tuple[list[list[int]], list[ExperienceBatch]]:
+        """(indices, shard) per rank; a rank without samples gets the first sample as padding
+        (its indices are empty: real=False)."""
         parts = shard_indices(batch.sequence_lengths, self.world_size)
-        return [batch.select(idx or [0]) for idx in parts], [bool(idx) for idx in parts]
+        return parts, [batch.select(idx or [0]) for idx in parts]
 
     def _chunks(self, shard: ExperienceBatch) -> int:
         return len(split_by_token_budget(shard.sequence_lengths, self.max_tokens))
@@ -84,17 +85,15 @@ class TrainingCluster:
         return list({id(g): g for g in self.roles.values()}.values())
 
     def _gather(self, batch: ExperienceBatch, method: str, role: str, pad_forwards: bool) -> list[torch.Tensor]:
-        shards, real = self._shards(batch)
-        parts = shard_indices(batch.sequence_lengths, self.world_size)
+        parts, shards = self._shards(batch)
         extra: tuple = ()
         if pad_forwards and self.world_size > 1:
             extra = (max(self._chunks(s) for s in shards),)
         results = self.roles[role].call_each(method, [(s, *extra) for s in shards])
         out: list[torch.Tensor] = [None] * len(batch)  # type: ignore[list-item]
-        for idx, ok, res in zip(parts, real, results):
-            if ok:
-                for i, value in zip(idx, res):
-                    out[i] = value
+        for idx, res in zip(parts, results):
+            for i, value in zip(idx, res):  # padding shards have no indices: their results are dropped
+                out[i] = value
         return out
 
     # ------------------------------------------------------------------ forwards
@@ -111,10 +110,11 @@ class TrainingCluster:
     # ------------------------------------------------------------------ updates
     def _train(self, method: str, role: str, minibatch: ExperienceBatch, cfg: AlgorithmConfig) -> dict[str, float]:
         normaliser = loss_normaliser(cfg.loss_agg_mode, minibatch.action_counts, cfg.loss_agg_constant)
-        shards, real = self._shards(minibatch)
+        parts, shards = self._shards(minibatch)
         n_micro = max(self._chunks(s) for s in shards)
-        parts = self.roles[role].call_each(method, [(s, cfg, normaliser, n_micro, ok) for s, ok in zip(shards, real)])
-        return merge_all(parts).result()
+        results = self.roles[role].call_each(method, [(s, cfg, normaliser, n_micro, bool(idx))
+                                                      for idx, s in zip(parts, shards)])
+        return merge_all(results).result()
 
     def train_actor(self, minibatch: ExperienceBatch, cfg: AlgorithmConfig) -> dict[str, float]:
         return self._train("train_actor", "actor", minibatch, cfg)
@@ -158,8 +158,7 @@ def start_cluster(cfg: TrainConfig, backend, actor_path: str, updates: int, *,
 
     colocated = d.rollout_engines == 0
     separate = [] if d.colocate_models else [r for r, used in (("critic", alg.uses_critic),
-                                                                ("reference", alg.init_kl_coef > 0 or alg.use_kl_loss))
-                                              if used]
+                                                                ("reference", alg.uses_reference)) if used]
     n_groups = 1 + len(separate)
     wanted = d.cpus_per_rank * (d.world_size * n_groups + (0 if colocated else d.rollout_engines))
     ray_init(d.ray_address, num_cpus=max(os.cpu_count() or 1, wanted))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -100,10 +99,6 @@ class TrainRank:
     def rendezvous_address(self) -> tuple[str, int]:
         """(this node's address, a free port on it): where a side group with this rank as rank 0 can meet."""
         return node_ip(), free_port()
-
-    def info(self) -> dict[str, Any]:
-        return {"rank": self.rank, "pid": os.getpid(), "host": socket.gethostname(), "ip": node_ip(),
-                "device": str(self.device)}
 
     # ------------------------------------------------------------------ forwards
     def ref_log_probs(self, batch: ExperienceBatch) -> list[torch.Tensor]:

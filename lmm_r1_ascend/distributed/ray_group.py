@@ -164,7 +164,7 @@ def _plain(resources: dict) -> dict:
     """Resources a user asks for (CPU, GPU, NPU, memory...), without Ray's internal node: and
     placement-group entries."""
     return {k: v for k, v in sorted(resources.items())
-            if not k.startswith(("node:", "bundle_group_")) and "_group_" not in k and k != "object_store_memory"}
+            if not k.startswith("node:") and "_group_" not in k and k != "object_store_memory"}
 
 
 def check_resources(demand: dict[str, float], what: str) -> None:

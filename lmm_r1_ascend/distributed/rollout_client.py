@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from lmm_r1_ascend.config import TrainConfig, to_dict
+from lmm_r1_ascend.distributed.ray_group import RayWorkerGroup, gather_calls
 from lmm_r1_ascend.distributed.worker_group import WorkerGroup
 
 
@@ -76,7 +77,7 @@ class RemoteRollout:
         host, port = train.call_rank(0, "rendezvous_address")
         world = 1 + engines.world_size * processes_per_engine
         offsets = [(host, port, 1 + k * processes_per_engine, world) for k in range(engines.world_size)]
-        _concurrently([(train, "init_weight_sync", [(host, port, world, cfg.rollout.engine)] * train.world_size),
+        gather_calls([(train, "init_weight_sync", [(host, port, world, cfg.rollout.engine)] * train.world_size),
                        (engines, "init_weight_sync", offsets)])
         self.meta = train.call("weights_meta")[0]
 
@@ -89,19 +90,12 @@ class RemoteRollout:
         return split_generate(self.engines, self.engines.world_size, prompts, sampling)
 
     def sync_weights(self) -> int:
-        counts = _concurrently([(self.train, "send_weights", [(self.meta,)] * self.train.world_size),
+        counts = gather_calls([(self.train, "send_weights", [(self.meta,)] * self.train.world_size),
                                 (self.engines, "receive_weights", [(self.meta, self.bucket_bytes)] * self.engines.world_size)])
         return counts[0][0]
 
     def close(self) -> None:
         self.engines.close()
-
-
-def _concurrently(calls: list[tuple[WorkerGroup, str, list]]) -> list[list]:
-    """Start calls on several Ray worker groups at once (their ranks meet in one collective), then wait."""
-    from lmm_r1_ascend.distributed.ray_group import gather_calls
-
-    return gather_calls(calls)
 
 
 class RolloutActor:
@@ -151,8 +145,6 @@ class RolloutActor:
 
 
 def start_remote_rollout(cfg: TrainConfig, backend, actor_path: str, train: WorkerGroup) -> RemoteRollout:
-    from lmm_r1_ascend.distributed.ray_group import RayWorkerGroup
-
     d = cfg.distributed
     tp = cfg.rollout.vllm_tensor_parallel_size if cfg.rollout.engine == "vllm" else 1
     engines = RayWorkerGroup(RolloutActor, d.rollout_engines, name="rollout", args=(to_dict(cfg), actor_path),

@@ -81,8 +81,6 @@ class ParityModels:
                                  max_tokens=max_tokens)
         self.reference = ReferenceWorker(reference, temperature=temp, max_tokens=max_tokens)
         self.critic = CriticWorker(critic, engine(CriticValues(critic), tr["critic_lr"]), max_tokens=max_tokens)
-        # The actor's current log-probs, through the same packed no-grad path the reference uses.
-        self.actor_probe = ReferenceWorker(actor, temperature=temp, max_tokens=max_tokens)
 
     # The TrainingCluster methods ppo_update calls (one rank, in this process).
     def ref_log_probs(self, batch) -> list[torch.Tensor]:
@@ -108,11 +106,10 @@ def replay_step(models: ParityModels, batch, *, seed: int, step: int, kl_ctl, tr
     from lmm_r1_ascend.trainer.ppo_update import ppo_update
     from lmm_r1_ascend.trainer.workers import average_metrics
 
-    current = models.actor_probe.log_probs(batch)
+    current = models.actor.log_probs(batch)
     diff = (_masked(current, batch.action_mask) - _masked(batch.log_probs, batch.action_mask)).abs()
     upd = ppo_update(models, batch, models.alg, kl_ctl=kl_ctl, train_batch_size=int(training["train_batch_size"]),
-                     max_epochs=int(training["max_epochs"]), seed=seed, step=step, uses_reference=True,
-                     uses_critic=True)
+                     max_epochs=int(training["max_epochs"]), seed=seed, step=step)
     batch = upd.batch
     c, a = average_metrics(upd.critic_rows), average_metrics(upd.actor_rows)
     return {

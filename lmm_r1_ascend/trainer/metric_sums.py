@@ -16,11 +16,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-ADDITIVE_KEYS = frozenset({"loss/actor", "loss/policy", "loss/kl", "policy/loss", "policy/entropy", "critic/loss"})
+ADDITIVE_KEYS = frozenset({"policy/loss", "policy/entropy", "critic/loss"})  # besides every loss/* key
 
 
 def _kind(key: str) -> str:
-    if key in ADDITIVE_KEYS or key.startswith("loss/"):
+    if key.startswith("loss/") or key in ADDITIVE_KEYS:
         return "sum"
     if key.endswith("_min"):
         return "min"

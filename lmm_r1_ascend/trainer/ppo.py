@@ -45,8 +45,6 @@ class PPOTrainer:
         alg = cfg.algorithm
         self.kl_ctl = make_kl_controller(alg.init_kl_coef, alg.kl_target, alg.kl_horizon)
         self.total_steps = planned_rollouts(cfg, len(c.dataset))
-        self.uses_reference = alg.init_kl_coef > 0 or alg.use_kl_loss
-        self.uses_critic = alg.uses_critic
         self.step = 0
         self.sampling = SamplingConfig(
             n=alg.n_samples_per_prompt, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
@@ -121,8 +119,7 @@ class PPOTrainer:
                 rewards, reward_metrics, info = c.score(samples)
             batch = self._experience(samples, rewards, info)
             upd = ppo_update(c.cluster, batch, alg, kl_ctl=self.kl_ctl, train_batch_size=cfg.trainer.train_batch_size,
-                             max_epochs=cfg.trainer.max_epochs, seed=cfg.seed, step=self.step,
-                             uses_reference=self.uses_reference, uses_critic=self.uses_critic, timed=timed)
+                             max_epochs=cfg.trainer.max_epochs, seed=cfg.seed, step=self.step, timed=timed)
             batch, adv, kl_coef = upd.batch, upd.advantages, upd.kl_coef
             train_rows = upd.critic_rows + upd.actor_rows
             with timed("weight_sync"):

@@ -36,12 +36,12 @@ def minibatch_seed(seed: int, step: int, epoch: int) -> int:
 
 
 def ppo_update(workers, batch: ExperienceBatch, alg: AlgorithmConfig, *, kl_ctl, train_batch_size: int,
-               max_epochs: int, seed: int, step: int, uses_reference: bool, uses_critic: bool,
+               max_epochs: int, seed: int, step: int,
                timed: Callable[[str], AbstractContextManager] = lambda name: nullcontext()) -> UpdateResult:
-    if uses_reference:
+    if alg.uses_reference:
         with timed("reference"):
             batch.ref_log_probs = workers.ref_log_probs(batch)
-    if uses_critic:
+    if alg.uses_critic:
         with timed("critic_forward"):
             batch.values = workers.critic_values(batch)
     batch, adv = batch.with_advantages(alg, kl_coef=kl_ctl.value)
@@ -51,7 +51,7 @@ def ppo_update(workers, batch: ExperienceBatch, alg: AlgorithmConfig, *, kl_ctl,
     actor_rows: list[dict[str, float]] = []
     for epoch in range(max_epochs):
         parts = minibatches(batch, train_batch_size, seed=minibatch_seed(seed, step, epoch))
-        if uses_critic:
+        if alg.uses_critic:
             with timed("train_critic"):
                 critic_rows += [workers.train_critic(mb, alg) for mb in parts]
         with timed("train_actor"):

@@ -217,7 +217,7 @@ def build_rank_workers(cfg: TrainConfig, backend: Backend, actor_path: str, upda
         actor = ActorWorker(actor_model, make_engine(cfg, actor_fwd, opt.actor_lr, updates),
                             temperature=cfg.rollout.temperature, max_tokens=max_tokens)
     reference = None
-    if "reference" in roles and (alg.init_kl_coef > 0 or alg.use_kl_loss):
+    if "reference" in roles and alg.uses_reference:
         ref_model = load_reference(ModelSpec(path=actor_path, dtype=dtype), backend).to(device)
         reference = ReferenceWorker(ref_model, temperature=cfg.rollout.temperature, max_tokens=max_tokens)
     critic = None

@@ -26,13 +26,9 @@ from lmm_r1_ascend.algorithms.objectives import actor_loss, critic_loss
 from lmm_r1_ascend.experience import ExperienceBatch, micro_batches
 from lmm_r1_ascend.experience.micro import MicroBatch
 from lmm_r1_ascend.kernels.packing import split_by_token_budget
-from lmm_r1_ascend.models.forward import packed_log_probs, samples_from_experience
+from lmm_r1_ascend.models.forward import samples_from_experience
 from lmm_r1_ascend.models.train_modules import CriticValues, PolicyLogProbs
 from lmm_r1_ascend.trainer.metric_sums import MetricSums
-
-
-def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
-    return torch.cat(parts) if parts else torch.zeros(0)
 
 
 def _infer_chunks(batch: ExperienceBatch, max_tokens: int) -> list[list[int]]:
@@ -45,6 +41,21 @@ def _padded(items: list, n: int | None) -> list[tuple[object, float]]:
         raise ValueError(f"n_micro={n} is smaller than this shard's {len(items)} micro-batches")
     out = [(item, 1.0) for item in items]
     return out + [(items[0], 0.0)] * ((n or 0) - len(items))
+
+
+@torch.no_grad()
+def _per_sample(batch: ExperienceBatch, max_tokens: int, forward, n_chunks: int | None = None) -> list[torch.Tensor]:
+    """forward(samples) -> (T_resp,) response-token values of the samples, concatenated; run on
+    packed chunks under the token budget and split back into per-sample float32 CPU tensors.
+    n_chunks pads the forward count with discarded repeats (ZeRO-3 ranks must stay in step)."""
+    out: list[torch.Tensor] = [None] * len(batch)  # type: ignore[list-item]
+    for idx, weight in _padded(_infer_chunks(batch, max_tokens), n_chunks):
+        sub = batch.select(idx)
+        parts = forward(samples_from_experience(sub)).split(sub.response_lengths)
+        if weight:
+            for i, t in zip(idx, parts):
+                out[i] = t.float().cpu()
+    return out
 
 
 def _train_micro_batches(engine, micros: list[MicroBatch], n_micro: int | None, real: bool, loss_fn,
@@ -82,16 +93,10 @@ class ReferenceWorker:
 
     def __init__(self, model: torch.nn.Module, *, temperature: float, max_tokens: int):
         self.model, self.temperature, self.max_tokens = model, temperature, max_tokens
+        self._forward = PolicyLogProbs(model, temperature)  # a plain module: no engine wraps the reference
 
-    @torch.no_grad()
     def log_probs(self, batch: ExperienceBatch) -> list[torch.Tensor]:
-        out: list[torch.Tensor] = [None] * len(batch)  # type: ignore[list-item]
-        for idx in _infer_chunks(batch, self.max_tokens):
-            sub = batch.select(idx)
-            res = packed_log_probs(self.model, samples_from_experience(sub), temperature=self.temperature)
-            for i, lp in zip(idx, res.log_probs):
-                out[i] = lp.float().cpu()
-        return out
+        return _per_sample(batch, self.max_tokens, lambda samples: self._forward(samples)["log_probs"])
 
 
 class CriticWorker:
@@ -101,19 +106,13 @@ class CriticWorker:
         self.model, self.engine, self.max_tokens = critic, engine, max_tokens
         _check_wrapped(engine, CriticValues)
 
-    @torch.no_grad()
     def values(self, batch: ExperienceBatch, n_chunks: int | None = None) -> list[torch.Tensor]:
         """Per-sample values of response tokens; n_chunks pads the forward count (ZeRO-3 ranks in step)."""
         self.model.eval()
-        out: list[torch.Tensor] = [None] * len(batch)  # type: ignore[list-item]
-        for idx, weight in _padded(_infer_chunks(batch, self.max_tokens), n_chunks):
-            sub = batch.select(idx)
-            values = self.engine.module(samples_from_experience(sub)).split(sub.response_lengths)
-            if weight:
-                for i, v in zip(idx, values):
-                    out[i] = v.float().cpu()
-        self.model.train()
-        return out
+        try:
+            return _per_sample(batch, self.max_tokens, self.engine.module, n_chunks)
+        finally:
+            self.model.train()
 
     def train_shard(self, shard: ExperienceBatch, cfg: AlgorithmConfig, *, normaliser: float | None = None,
                     n_micro: int | None = None, real: bool = True) -> MetricSums:
@@ -164,16 +163,9 @@ class ActorWorker:
     def train_minibatch(self, minibatch: ExperienceBatch, cfg: AlgorithmConfig) -> dict[str, float]:
         return self.train_shard(minibatch, cfg).result()
 
-    @torch.no_grad()
     def log_probs(self, batch: ExperienceBatch) -> list[torch.Tensor]:
         """The current policy's log-probs of the response tokens (e.g. to check weight sync)."""
-        out: list[torch.Tensor] = [None] * len(batch)  # type: ignore[list-item]
-        for idx in _infer_chunks(batch, self.max_tokens):
-            sub = batch.select(idx)
-            res = self.engine.module(samples_from_experience(sub))["log_probs"].split(sub.response_lengths)
-            for i, lp in zip(idx, res):
-                out[i] = lp.float().cpu()
-        return out
+        return _per_sample(batch, self.max_tokens, lambda samples: self.engine.module(samples)["log_probs"])
 
     def named_weights(self, bucket_bytes: int = 256 << 20) -> Iterable[tuple[str, torch.Tensor]]:
         """The weights the rollout engine needs: every parameter and buffer of the policy, full

@@ -25,6 +25,9 @@ def test_estimator_names_and_derived_settings():
     assert set(ADVANTAGE_ESTIMATORS.names()) == names
     assert AlgorithmConfig(advantage_estimator="gae").uses_critic
     assert not AlgorithmConfig(advantage_estimator="rloo").uses_critic
+    assert AlgorithmConfig(init_kl_coef=0.001).uses_reference
+    assert AlgorithmConfig(init_kl_coef=0.0, use_kl_loss=True).uses_reference
+    assert not AlgorithmConfig(init_kl_coef=0.0, use_kl_loss=False).uses_reference
     for name, want in [("gae", "whiten"), ("rloo", "whiten"), ("reinforce", "whiten"),
                        ("group_norm", "none"), ("grpo", "none"), ("dr_grpo", "none")]:
         assert AlgorithmConfig(advantage_estimator=name).resolved_normalization == want
