@@ -278,3 +278,16 @@ def follow_meta(named_tensors: Iterable, meta: list[tuple[str, tuple[int, ...]]]
         yield item
     if k + 1 != len(meta):
         raise ValueError(f"update_weights: got {k + 1} tensors, announced {len(meta)}")
+
+
+def weights_to_load(named_tensors: Iterable, meta: Sequence | None) -> tuple[Iterable, list[tuple[str, tuple[int, ...]]]]:
+    """update_weights' input as (pairs, their [(name, shape)]): with `meta`, the lazy checked stream
+    (`follow_meta`) and the meta; without, every pair checked and held, and its names and shapes."""
+    if meta is not None:
+        meta = [(n, tuple(shape)) for n, shape, *_ in meta]
+        return follow_meta(named_tensors, meta), meta
+    items = []
+    for k, item in enumerate(named_tensors):
+        check_weight_pair(k, item)
+        items.append(item)
+    return items, [(n, tuple(t.shape)) for n, t in items]

@@ -32,10 +32,9 @@ from lmm_r1_ascend.rollout.base import (
     RolloutSample,
     SamplingConfig,
     check_generate_args,
-    check_weight_pair,
     eos_token_ids,
-    follow_meta,
     make_sample,
+    weights_to_load,
 )
 
 
@@ -203,16 +202,8 @@ class HFRolloutEngine(RolloutEngine):
         self._check_state(awake=True)
         targets = dict(self.model.named_parameters(remove_duplicate=False))
         targets.update(self.model.named_buffers(remove_duplicate=False))
-        if meta is not None:
-            meta = [(n, tuple(shape)) for n, shape, *_ in meta]
-            self._check_names(targets, meta)
-            items: Iterable = follow_meta(named_tensors, meta)
-        else:
-            items = []
-            for k, item in enumerate(named_tensors):
-                check_weight_pair(k, item)
-                items.append(item)
-            self._check_names(targets, [(n, tuple(t.shape)) for n, t in items])
+        items, meta = weights_to_load(named_tensors, meta)
+        self._check_names(targets, meta)
         count = 0
         with torch.no_grad():
             for name, t in items:

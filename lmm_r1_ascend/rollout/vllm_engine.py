@@ -38,10 +38,9 @@ from lmm_r1_ascend.rollout.base import (
     RolloutSample,
     SamplingConfig,
     check_generate_args,
-    check_weight_pair,
     eos_token_ids,
-    follow_meta,
     make_sample,
+    weights_to_load,
 )
 
 EXTENSION = "lmm_r1_ascend.rollout.vllm_worker_ext.WeightSyncExtension"
@@ -204,16 +203,8 @@ class VLLMRolloutEngine(RolloutEngine):
         self._check_state(awake=True)
         from lmm_r1_ascend.rollout.vllm_worker_ext import pack_weights
 
-        if meta is not None:
-            meta = [(n, tuple(shape)) for n, shape, *_ in meta]
-            self.check_weights(meta)
-            items: Iterable = follow_meta(named_tensors, meta)
-        else:
-            items = []
-            for k, item in enumerate(named_tensors):
-                check_weight_pair(k, item)
-                items.append(item)
-            self.check_weights((n, t.shape) for n, t in items)
+        items, meta = weights_to_load(named_tensors, meta)
+        self.check_weights(meta)
         batch, size, count = [], 0, 0
         try:
             for name, t in items:
