@@ -11,19 +11,6 @@ import pytest
 from PIL import Image
 
 from lmm_r1_ascend.data import DataError, PromptDataset
-from lmm_r1_ascend.models.tiny import build_tokenizer
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return build_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def image_processor():
-    from transformers import Qwen2VLImageProcessorPil
-
-    return Qwen2VLImageProcessorPil(min_pixels=4 * 28 * 28, max_pixels=16384 * 28 * 28)
 
 
 def _msg(content):

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import os
 import random
-import socket
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
 import _ds_spawn as sp
+from lmm_r1_ascend.distributed.rank_worker import free_port
 from lmm_r1_ascend.engines import DeepSpeedEngine, TorchEngine, TrainingEngine, deepspeed_config
 
 # float32: DeepSpeed sums the same per-sample terms in another order (micro-batch partial sums,
@@ -30,18 +30,12 @@ from lmm_r1_ascend.engines import DeepSpeedEngine, TorchEngine, TrainingEngine, 
 RTOL, ATOL = 1e-5, 1e-6
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def spawned(tmp_path_factory):
     seed = int(os.environ.get("LMM_R1_TEST_SEED", random.randrange(2**31)))
     print(f"[seed] test_deepspeed_engine: LMM_R1_TEST_SEED={seed}")
     out = tmp_path_factory.mktemp("ds")
-    mp.start_processes(sp.run, args=(3, (_free_port(), _free_port()), seed, str(out)), nprocs=3,
+    mp.start_processes(sp.run, args=(3, (free_port(), free_port()), seed, str(out)), nprocs=3,
                        start_method="spawn")
     return seed, [torch.load(out / f"proc{p}.pt", weights_only=False) for p in range(3)]
 

@@ -167,14 +167,20 @@ def test_bad_updates_are_refused_before_loading(engine, trainer, tok, rng_seed):
     assert all(torch.equal(x.logprobs, y.logprobs) for x, y in zip(before, after))
 
 
-@needs_vllm
-def test_update_weights_then_engine_matches_trainer(engine, trainer, tok, rng_seed):
+def _trainer_steps_away(engine, trainer, tok, seed):
+    """Perturb the trainer's weights (an optimizer step); return the prompts, the sampling config
+    and the engine-vs-trainer log-prob gap before any update (must be large)."""
     with torch.no_grad():
         for p in trainer.parameters():
             p.add_(0.05 * torch.randn_like(p))
     prompts = [text_prompt(tok, q) for q in QUESTIONS]
-    cfg = SamplingConfig(n=2, temperature=1.0, max_new_tokens=6, min_new_tokens=0, seed=rng_seed)
-    stale = max_gap(trainer, engine.generate(prompts, cfg), cfg.temperature)
+    cfg = SamplingConfig(n=2, temperature=1.0, max_new_tokens=6, min_new_tokens=0, seed=seed)
+    return prompts, cfg, max_gap(trainer, engine.generate(prompts, cfg), cfg.temperature)
+
+
+@needs_vllm
+def test_update_weights_then_engine_matches_trainer(engine, trainer, tok, rng_seed):
+    prompts, cfg, stale = _trainer_steps_away(engine, trainer, tok, rng_seed)
     meta = [(n, tuple(p.shape)) for n, p in trainer.named_parameters()]  # streamed, as a ZeRO-3 gather feeds it
     assert engine.update_weights(trainer.named_parameters(), meta=meta) == len(meta)
     fresh = max_gap(trainer, engine.generate(prompts, cfg), cfg.temperature)
@@ -184,20 +190,12 @@ def test_update_weights_then_engine_matches_trainer(engine, trainer, tok, rng_se
 
 @needs_vllm
 def test_bucketed_broadcast_update(engine, trainer, tok, rng_seed):
-    import socket
-
+    from lmm_r1_ascend.distributed.rank_worker import free_port
     from lmm_r1_ascend.rollout.vllm_worker_ext import make_weight_sync_group, send_weights_broadcast, weights_meta
 
-    with torch.no_grad():
-        for p in trainer.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    prompts = [text_prompt(tok, q) for q in QUESTIONS]
-    cfg = SamplingConfig(n=2, temperature=1.0, max_new_tokens=6, min_new_tokens=0, seed=rng_seed)
-    stale = max_gap(trainer, engine.generate(prompts, cfg), cfg.temperature)
+    prompts, cfg, stale = _trainer_steps_away(engine, trainer, tok, rng_seed)
     named = list(trainer.named_parameters())
-    with socket.socket() as s:  # a free loopback port for the group's store
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # for the group's store
     bucket = 64 << 10  # small buckets: several broadcasts, and big tensors alone
     errors = []
 
