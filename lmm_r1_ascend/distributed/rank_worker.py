@@ -10,12 +10,12 @@ collective: all ranks must call it, with the same forward/backward counts.
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import torch
 
 from lmm_r1_ascend.algorithms.config import AlgorithmConfig
+from lmm_r1_ascend.distributed.net import free_port, node_ip
 from lmm_r1_ascend.experience import ExperienceBatch
 from lmm_r1_ascend.models.train_modules import add_prefix, strip_prefix
 from lmm_r1_ascend.trainer.metric_sums import MetricSums
@@ -24,22 +24,6 @@ from lmm_r1_ascend.trainer.metric_sums import MetricSums
 def _wrapper(worker):
     """The PolicyLogProbs / CriticValues module a worker's engine trains."""
     return getattr(worker.engine, "unwrapped", worker.engine.module)
-
-
-def node_ip() -> str:
-    """This host's address as other nodes reach it (the address of the default route)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            s.connect(("10.255.255.255", 1))  # no packet is sent: this only selects the outgoing interface
-            return s.getsockname()[0]
-        except OSError:
-            return "127.0.0.1"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
 
 
 class TrainRank:

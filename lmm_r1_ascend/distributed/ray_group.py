@@ -105,7 +105,7 @@ class RayWorkerGroup(WorkerGroup):
         """MASTER_ADDR/PORT on the node rank 0 will run on (a task in rank 0's bundle picks them)."""
         import ray
 
-        from lmm_r1_ascend.distributed.rank_worker import free_port, node_ip
+        from lmm_r1_ascend.distributed.net import free_port, node_ip
 
         probe = ray.remote(lambda: (node_ip(), free_port()))
         task_opts = {k: v for k, v in opts.items() if k in ("scheduling_strategy",)}

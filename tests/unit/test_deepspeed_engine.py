@@ -21,7 +21,7 @@ import torch
 import torch.multiprocessing as mp
 
 import _ds_spawn as sp
-from lmm_r1_ascend.distributed.rank_worker import free_port
+from lmm_r1_ascend.distributed.net import free_port
 from lmm_r1_ascend.engines import DeepSpeedEngine, TorchEngine, TrainingEngine, deepspeed_config
 
 # float32: DeepSpeed sums the same per-sample terms in another order (micro-batch partial sums,

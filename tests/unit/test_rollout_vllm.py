@@ -190,7 +190,7 @@ def test_update_weights_then_engine_matches_trainer(engine, trainer, tok, rng_se
 
 @needs_vllm
 def test_bucketed_broadcast_update(engine, trainer, tok, rng_seed):
-    from lmm_r1_ascend.distributed.rank_worker import free_port
+    from lmm_r1_ascend.distributed.net import free_port
     from lmm_r1_ascend.rollout.vllm_worker_ext import make_weight_sync_group, send_weights_broadcast, weights_meta
 
     prompts, cfg, stale = _trainer_steps_away(engine, trainer, tok, rng_seed)

@@ -11,7 +11,7 @@ import threading
 import pytest
 import torch
 
-from lmm_r1_ascend.distributed.rank_worker import free_port
+from lmm_r1_ascend.distributed.net import free_port
 from lmm_r1_ascend.kernels.weight_sync import receive_buckets, send_buckets, stateless_group
 
 
