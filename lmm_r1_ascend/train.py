@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     from lmm_r1_ascend.backends import BackendUnavailable
     from lmm_r1_ascend.data import DataError
     from lmm_r1_ascend.distributed.worker_group import WorkerDiedError
-    from lmm_r1_ascend.trainer.setup import SetupError
+    from lmm_r1_ascend.config.errors import SetupError
 
     try:
         cfg = resolve_config(args)

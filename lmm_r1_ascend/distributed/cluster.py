@@ -23,7 +23,7 @@ from lmm_r1_ascend.config import TrainConfig, to_dict
 from lmm_r1_ascend.distributed.worker_group import LocalWorkerGroup, WorkerGroup
 from lmm_r1_ascend.experience import ExperienceBatch
 from lmm_r1_ascend.kernels.packing import split_by_token_budget
-from lmm_r1_ascend.trainer.metric_sums import merge_all
+from lmm_r1_ascend.workers.metric_sums import merge_all
 
 
 def shard_indices(lengths: list[int], world_size: int) -> list[list[int]]:

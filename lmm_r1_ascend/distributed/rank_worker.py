@@ -18,7 +18,7 @@ from lmm_r1_ascend.algorithms.config import AlgorithmConfig
 from lmm_r1_ascend.distributed.net import free_port, node_ip
 from lmm_r1_ascend.experience import ExperienceBatch
 from lmm_r1_ascend.models.train_modules import add_prefix, strip_prefix
-from lmm_r1_ascend.trainer.metric_sums import MetricSums
+from lmm_r1_ascend.workers.metric_sums import MetricSums
 
 
 def _wrapper(worker):
@@ -53,7 +53,7 @@ class TrainRank:
             self.backend.set_deterministic(True)
         if self.cfg.distributed.train_engine == "deepspeed":
             self._init_process_group(master)
-        from lmm_r1_ascend.trainer.setup import build_rank_workers, build_rollout_engine
+        from lmm_r1_ascend.workers.builders import build_rank_workers, build_rollout_engine
 
         self.device = self.backend.device(0)
         self.actor, self.reference, self.critic = build_rank_workers(self.cfg, self.backend, actor_path, total_updates,
@@ -184,7 +184,7 @@ class TrainRank:
             worker.engine.load(directory / f"{name}_engine")
 
     def export_hf(self, path: str) -> None:
-        from lmm_r1_ascend.trainer.setup import save_hf_model
+        from lmm_r1_ascend.workers.builders import save_hf_model
 
         trained = self._trained()
         states = {name: self._full_state(worker) for name, worker in trained.items()}

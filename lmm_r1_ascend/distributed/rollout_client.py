@@ -107,7 +107,7 @@ class RolloutActor:
         from lmm_r1_ascend.backends import get_backend
         from lmm_r1_ascend.config.loader import build
         from lmm_r1_ascend.config.schema import TrainConfig
-        from lmm_r1_ascend.trainer.setup import build_rollout_engine
+        from lmm_r1_ascend.workers.builders import build_rollout_engine
 
         self.cfg = build(TrainConfig, cfg)
         self.backend = get_backend(self.cfg.device)
@@ -156,3 +156,6 @@ def start_remote_rollout(cfg: TrainConfig, backend, actor_path: str, train: Work
     except BaseException:
         engines.close()
         raise
+
+
+RolloutClient = InProcessRollout | RemoteRollout  # what the controller generates and syncs weights through

@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import torch
 
-from lmm_r1_ascend.parity.rollout_file import ROLLOUT_FORMAT, ParityInputError, file_sha256
+from lmm_r1_ascend.parity.rollout_file import ROLLOUT_FORMAT, TRAINING_KEYS, ParityInputError, file_sha256
 
 RECIPE = "demo_fre"
 MODEL = "demo-fre"
@@ -41,12 +41,6 @@ TRAINER_METRICS = {"loss/policy": "policy_loss", "critic/loss": "value_loss", "k
                    "policy/entropy": "entropy", "actor/grad_norm": "actor_grad_norm",
                    "critic/grad_norm": "critic_grad_norm"}
 # What the replay needs from the run's config, besides the algorithm section.
-TRAINING_KEYS = {
-    "optim": ("actor_lr", "critic_lr", "adam_betas", "weight_decay", "max_norm", "lr_scheduler", "min_lr_ratio",
-              "lr_warmup_ratio"),
-    "trainer": ("train_batch_size", "max_epochs", "max_tokens_per_micro_batch"),
-    "rollout": ("temperature",),
-}
 # The self-check replays with the recording's kernels on the same machine; only the order of
 # a few reductions may differ (1e-7 relative in fp32), so 1e-4 relative is a wide margin.
 SELF_CHECK_RTOL, SELF_CHECK_ATOL = 1e-4, 1e-6

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from lmm_r1_ascend.parity.rollout_file import ParityInputError, load_rollout
+from lmm_r1_ascend.parity.rollout_file import TRAINING_KEYS, ParityInputError, load_rollout
 
 RESULT_FORMAT = "lmm-r1-parity/1"
 METRICS = ("policy_loss", "value_loss", "kl", "entropy", "actor_grad_norm", "critic_grad_norm",
@@ -44,43 +44,43 @@ def _masked(values: list[torch.Tensor], masks: list[torch.Tensor]) -> torch.Tens
     return torch.cat([v[m] for v, m in zip(values, masks)])
 
 
+def run_config(model: str, algorithm: dict, training: dict, dtype: str, attention: str | None = None):
+    """The TrainConfig a recording's settings describe: its model, algorithm and "training"
+    keys (rollout_file.TRAINING_KEYS) on the torch engine, everything else at its default."""
+    from lmm_r1_ascend.config.loader import build
+    from lmm_r1_ascend.config.schema import TrainConfig
+
+    sections: dict[str, dict] = {"model": {"pretrain": model, "dtype": dtype}, "algorithm": dict(algorithm)}
+    for section, keys in TRAINING_KEYS.items():
+        sections.setdefault(section, {}).update({key: training[key] for key in keys})
+    return build(TrainConfig, sections)
+
+
 class ParityModels:
-    """Actor, reference and critic workers on one backend, set up as the trainer's ranks do
-    (trainer/setup.py build_rank_workers with the torch engine): load order actor, reference,
-    critic; AdamW engines with the recorded settings.
+    """Actor, reference and critic workers on one backend, built by the trainer's own builder
+    (workers.builders.build_rank_workers: load order actor, reference, critic; torch engines
+    with the recorded settings).
 
     value_head: the critic head's initial weights (1, H); None keeps the loader's draw.
     """
 
     def __init__(self, model: str, algorithm: dict, training: dict, backend, device: torch.device, dtype: str,
                  attention: str | None = None, value_head: torch.Tensor | None = None):
-        from lmm_r1_ascend.algorithms.config import AlgorithmConfig
-        from lmm_r1_ascend.engines.torch_engine import TorchEngine
-        from lmm_r1_ascend.models.loading import ModelSpec, load_critic, load_policy, load_reference
-        from lmm_r1_ascend.models.train_modules import CriticValues, PolicyLogProbs
-        from lmm_r1_ascend.trainer.setup import resolve_model_name
-        from lmm_r1_ascend.trainer.workers import ActorWorker, CriticWorker, ReferenceWorker
+        from lmm_r1_ascend.workers.builders import build_rank_workers, resolve_model_name
 
-        tr = training
-        self.alg = AlgorithmConfig.from_dict(algorithm)
-        spec = ModelSpec(path=resolve_model_name(model), dtype=dtype, attention=attention)
-
-        def engine(module, lr):
-            return TorchEngine(module, lr=lr, betas=tuple(tr["adam_betas"]), weight_decay=tr["weight_decay"],
-                               max_norm=tr["max_norm"], total_steps=tr["total_updates"], scheduler=tr["lr_scheduler"],
-                               min_lr_ratio=tr["min_lr_ratio"], warmup_ratio=tr["lr_warmup_ratio"])
-
-        actor = load_policy(spec, backend).to(device)
-        reference = load_reference(spec, backend).to(device)
-        critic = load_critic(spec, backend).to(device)
+        cfg = run_config(model, algorithm, training, dtype)
+        self.alg = cfg.algorithm
+        if backend.device(0) != device:
+            raise ValueError(f"ParityModels builds on the backend's device {backend.device(0)}, not {device}")
+        self.actor, self.reference, self.critic = build_rank_workers(
+            cfg, backend, resolve_model_name(model), int(training["total_updates"]), attention=attention)
+        if self.reference is None or self.critic is None:
+            raise ParityInputError("the recording's algorithm must use a reference (KL) and a critic (gae): "
+                                   "the replay reports both losses")
         if value_head is not None:
+            head = self.critic.model.value_head.weight
             with torch.no_grad():
-                critic.value_head.weight.copy_(value_head.to(critic.value_head.weight))
-        temp, max_tokens = float(tr["temperature"]), int(tr["max_tokens_per_micro_batch"])
-        self.actor = ActorWorker(actor, engine(PolicyLogProbs(actor, temp), tr["actor_lr"]), temperature=temp,
-                                 max_tokens=max_tokens)
-        self.reference = ReferenceWorker(reference, temperature=temp, max_tokens=max_tokens)
-        self.critic = CriticWorker(critic, engine(CriticValues(critic), tr["critic_lr"]), max_tokens=max_tokens)
+                head.copy_(value_head.to(head))
 
     # The TrainingCluster methods ppo_update calls (one rank, in this process).
     def ref_log_probs(self, batch) -> list[torch.Tensor]:
@@ -104,7 +104,7 @@ def replay_step(models: ParityModels, batch, *, seed: int, step: int, kl_ctl, tr
     """One step of the trainer's training computation on a recorded batch (see the module doc):
     `trainer.ppo_update.ppo_update`, the function PPOTrainer.train_step calls."""
     from lmm_r1_ascend.trainer.ppo_update import ppo_update
-    from lmm_r1_ascend.trainer.workers import average_metrics
+    from lmm_r1_ascend.workers.roles import average_metrics
 
     current = models.actor.log_probs(batch)
     diff = (_masked(current, batch.action_mask) - _masked(batch.log_probs, batch.action_mask)).abs()

@@ -29,6 +29,14 @@ REQUIRED_KEYS = ("model", "seed", "algorithm", "training", "critic_value_head", 
 STEP_KEYS = ("prompt_ids", "response_ids", "action_mask", "log_probs", "rewards", "group_ids")
 
 
+# The recording's training settings (its "training" dict), by config section.
+TRAINING_KEYS = {
+    "optim": ("actor_lr", "critic_lr", "adam_betas", "weight_decay", "max_norm", "lr_scheduler", "min_lr_ratio",
+              "lr_warmup_ratio"),
+    "trainer": ("train_batch_size", "max_epochs", "max_tokens_per_micro_batch"),
+    "rollout": ("temperature",),
+}
+
 class ParityInputError(ValueError):
     """A user-caused problem with the parity inputs (a foreign rollout file, a bad option)."""
 

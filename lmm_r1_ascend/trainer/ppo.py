@@ -27,8 +27,10 @@ from lmm_r1_ascend.rollout.base import RolloutSample, SamplingConfig
 from lmm_r1_ascend.trainer import checkpoint as ckpt
 from lmm_r1_ascend.trainer.metrics import MetricsWriter
 from lmm_r1_ascend.trainer.ppo_update import ppo_update
-from lmm_r1_ascend.trainer.setup import SetupError, build_components, planned_rollouts
-from lmm_r1_ascend.trainer.workers import average_metrics
+from lmm_r1_ascend.config.errors import SetupError
+from lmm_r1_ascend.trainer.setup import build_components
+from lmm_r1_ascend.workers.builders import planned_rollouts
+from lmm_r1_ascend.workers.roles import average_metrics
 
 
 class PPOTrainer:

@@ -28,7 +28,7 @@ from lmm_r1_ascend.experience.micro import MicroBatch
 from lmm_r1_ascend.kernels.packing import split_by_token_budget
 from lmm_r1_ascend.models.forward import samples_from_experience
 from lmm_r1_ascend.models.train_modules import CriticValues, PolicyLogProbs
-from lmm_r1_ascend.trainer.metric_sums import MetricSums
+from lmm_r1_ascend.workers.metric_sums import MetricSums
 
 
 def _infer_chunks(batch: ExperienceBatch, max_tokens: int) -> list[list[int]]:

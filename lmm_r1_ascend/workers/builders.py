@@ -1,0 +1,150 @@
+"""Rank-side builders every consumer shares: the trainer's ranks (local or Ray), the rollout
+engine actors and the parity replay build their models, training engines and rollout
+engines here, from one TrainConfig.
+
+User-caused problems (a missing built-in model, no FRE checkpoint for stage mgt, DeepSpeed
+not installed) raise SetupError with one line saying what to do.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from lmm_r1_ascend.backends import Backend
+from lmm_r1_ascend.config import TrainConfig
+from lmm_r1_ascend.config.errors import SetupError
+from lmm_r1_ascend.engines.torch_engine import TorchEngine
+from lmm_r1_ascend.rollout.base import RolloutEngine
+from lmm_r1_ascend.workers.roles import ActorWorker, CriticWorker, ReferenceWorker
+
+BUILTIN_MODELS = {  # names that resolve to models the project ships or builds offline
+    "demo-fre": Path(__file__).resolve().parent.parent / "demo" / "assets" / "fre-warmup",
+}
+
+
+
+def resolve_actor_path(cfg: TrainConfig) -> str:
+    """The actor's starting checkpoint: model.pretrain for stage fre; the FRE result for mgt."""
+    if cfg.stage == "mgt" and cfg.model.init_from != "pretrain":
+        if not cfg.model.init_from:
+            raise SetupError("stage mgt continues from an FRE checkpoint: set model.init_from=<FRE output_dir> "
+                             "(or model.init_from=pretrain to start from model.pretrain)")
+        src = Path(cfg.model.init_from)
+        for candidate in (src / "hf", src):
+            if (candidate / "config.json").exists():
+                return str(candidate)
+        raise SetupError(f"no FRE checkpoint at '{src}' (looked for {src}/hf/config.json and {src}/config.json): "
+                         "run stage fre first, or point model.init_from at its output_dir")
+    return resolve_model_name(cfg.model.pretrain)
+
+
+def resolve_model_name(name: str) -> str:
+    if name in BUILTIN_MODELS:
+        path = BUILTIN_MODELS[name]
+        if not (path / "config.json").exists():
+            raise SetupError(f"built-in model '{name}' is missing at {path}: run `python scripts/build_demo_model.py`")
+        return str(path)
+    return name
+
+
+def save_hf_model(model: torch.nn.Module, path: Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+    """save_pretrained with transformers' own attention recorded, so the export loads anywhere
+    (our packed-attention name is registered only inside this process). state_dict: the full
+    weights when the module's own parameters are partitioned (ZeRO-3)."""
+    from lmm_r1_ascend.models.critic import Critic
+
+    config = model.config
+    saved = getattr(config, "_attn_implementation", None)
+    try:
+        if saved and saved.startswith("lmm_r1_"):
+            config._attn_implementation = "sdpa"
+        if isinstance(model, Critic):
+            model.save_pretrained(path, state_dict=state_dict)
+        else:
+            model.save_pretrained(path, safe_serialization=True, state_dict=state_dict)
+    finally:
+        if saved is not None:
+            config._attn_implementation = saved
+
+
+def planned_rollouts(cfg: TrainConfig, num_prompts: int) -> int:
+    """Rollouts (trainer steps) of the run: every episode covers the prompts once, capped by max_steps."""
+    rollouts = cfg.trainer.num_episodes * math.ceil(num_prompts / cfg.rollout.rollout_batch_size)
+    return min(rollouts, cfg.trainer.max_steps) if cfg.trainer.max_steps else rollouts
+
+
+def total_updates(cfg: TrainConfig, num_prompts: int) -> int:
+    """Optimizer steps of the run (for the LR schedule)."""
+    alg, tr = cfg.algorithm, cfg.trainer
+    per_rollout = cfg.rollout.rollout_batch_size * alg.n_samples_per_prompt // tr.train_batch_size
+    return max(1, planned_rollouts(cfg, num_prompts) * per_rollout * tr.max_epochs)
+
+
+def make_engine(cfg: TrainConfig, module: torch.nn.Module, lr: float, total_steps: int):
+    """The training engine distributed.train_engine names, with the optim section's settings."""
+    opt, dist_cfg = cfg.optim, cfg.distributed
+    kwargs = dict(lr=lr, betas=opt.adam_betas, weight_decay=opt.weight_decay, max_norm=opt.max_norm,
+                  total_steps=total_steps, scheduler=opt.lr_scheduler, min_lr_ratio=opt.min_lr_ratio,
+                  warmup_ratio=opt.lr_warmup_ratio)
+    if dist_cfg.train_engine == "torch":
+        return TorchEngine(module, **kwargs)
+    try:
+        from lmm_r1_ascend.engines.deepspeed_engine import DeepSpeedEngine
+    except ImportError as err:
+        raise SetupError(f"distributed.train_engine=deepspeed needs DeepSpeed ({err}): pip install "
+                         "'lmm-r1-ascend[dist]' (or the requirements file of your device)") from err
+    return DeepSpeedEngine(module, zero_stage=dist_cfg.zero_stage, bf16=next(module.parameters()).dtype == torch.bfloat16,
+                           offload_optimizer=dist_cfg.offload_optimizer, offload_params=dist_cfg.offload_params, **kwargs)
+
+
+def build_rank_workers(cfg: TrainConfig, backend: Backend, actor_path: str, updates: int,
+                       roles: tuple[str, ...] = ("actor", "critic", "reference"), attention: str | None = None,
+                       ) -> tuple[ActorWorker | None, ReferenceWorker | None, CriticWorker | None]:
+    """The models of one rank on backend.device(0), among `roles`: actor, and the reference and
+    critic when the algorithm uses them; loaded in that order (the parity replay relies on it).
+    attention: force the backend's attention implementation by name (None: its own choice)."""
+    from lmm_r1_ascend.models.loading import ModelSpec, load_critic, load_policy, load_reference
+    from lmm_r1_ascend.models.train_modules import CriticValues, PolicyLogProbs
+
+    device = backend.device(0)
+    dtype = None if cfg.model.dtype == "auto" else cfg.model.dtype
+    alg, opt = cfg.algorithm, cfg.optim
+    max_tokens = cfg.trainer.max_tokens_per_micro_batch
+    spec = ModelSpec(path=actor_path, dtype=dtype, gradient_checkpointing=cfg.model.gradient_checkpointing,
+                     freeze_prefixes=tuple(cfg.model.freeze_prefixes), attention=attention)
+    actor = None
+    if "actor" in roles:
+        actor_model = load_policy(spec, backend).to(device)
+        actor_fwd = PolicyLogProbs(actor_model, cfg.rollout.temperature)
+        actor = ActorWorker(actor_model, make_engine(cfg, actor_fwd, opt.actor_lr, updates),
+                            temperature=cfg.rollout.temperature, max_tokens=max_tokens)
+    reference = None
+    if "reference" in roles and alg.uses_reference:
+        ref_model = load_reference(ModelSpec(path=actor_path, dtype=dtype, attention=attention), backend).to(device)
+        reference = ReferenceWorker(ref_model, temperature=cfg.rollout.temperature, max_tokens=max_tokens)
+    critic = None
+    if "critic" in roles and alg.uses_critic:
+        critic_path = resolve_model_name(cfg.model.critic_pretrain) if cfg.model.critic_pretrain else actor_path
+        critic_model = load_critic(ModelSpec(path=critic_path, dtype=dtype, attention=attention,
+                                             gradient_checkpointing=cfg.model.gradient_checkpointing),
+                                   backend).to(device)
+        critic = CriticWorker(critic_model, make_engine(cfg, CriticValues(critic_model), opt.critic_lr, updates),
+                              max_tokens=max_tokens)
+    return actor, reference, critic
+
+
+def build_rollout_engine(cfg: TrainConfig, actor_path: str, device: torch.device, dtype: torch.dtype) -> RolloutEngine:
+    from lmm_r1_ascend.data import load_processors
+    from lmm_r1_ascend.rollout.base import build_engine
+
+    if cfg.rollout.engine == "hf":
+        tokenizer, _ = load_processors(actor_path)
+        return build_engine("hf", actor_path, device=device, dtype=dtype, tokenizer=tokenizer)
+    return build_engine("vllm", actor_path, seed=cfg.seed, tensor_parallel_size=cfg.rollout.vllm_tensor_parallel_size,
+                        gpu_memory_utilization=cfg.rollout.vllm_gpu_memory_utilization,
+                        enable_sleep_mode=cfg.rollout.vllm_enable_sleep)
+
+
