@@ -18,6 +18,7 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from lmm_r1_ascend.config.schema import STAGES, TrainConfig
+from lmm_r1_ascend.rollout.registry import available_engines, engine_class
 
 RECIPE_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
@@ -188,8 +189,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(
             f"trainer.train_batch_size ({cfg.trainer.train_batch_size}) must divide the samples of one rollout "
             f"(rollout.rollout_batch_size x algorithm.n_samples_per_prompt = {samples})")
-    if cfg.rollout.engine not in ("hf", "vllm"):
-        raise ConfigError(f"rollout.engine: must be hf or vllm, got '{cfg.rollout.engine}'")
+    if cfg.rollout.engine not in available_engines():
+        raise ConfigError(f"rollout.engine: must be one of {', '.join(available_engines())}, got '{cfg.rollout.engine}'")
+    if cfg.rollout.micro_rollout_batch_size < 1:
+        raise ConfigError(f"rollout.micro_rollout_batch_size: must be >= 1, got {cfg.rollout.micro_rollout_batch_size}")
     _validate_distributed(cfg)
     if cfg.data.on_bad_line not in ("raise", "skip"):
         raise ConfigError(f"data.on_bad_line: must be raise or skip, got '{cfg.data.on_bad_line}'")
@@ -220,8 +223,7 @@ def _validate_distributed(cfg: TrainConfig) -> None:
         raise ConfigError("distributed.offload_params needs distributed.zero_stage=3")
     if d.mode == "local" and not d.colocate_models:
         raise ConfigError("distributed.colocate_models=false needs distributed.mode=ray (local mode is one process)")
-    if (d.mode == "ray" and d.rollout_engines == 0 and cfg.rollout.engine == "vllm"
-            and cfg.rollout.vllm_tensor_parallel_size > 1):
+    if d.mode == "ray" and d.rollout_engines == 0 and engine_class(cfg.rollout.engine).devices_per_engine(cfg.rollout) > 1:
         raise ConfigError("rollout.vllm_tensor_parallel_size > 1 needs engine actors of their own "
                           "(distributed.rollout_engines >= 1): rank 0, which hosts the engine otherwise, has one device")
     if d.colocate_rollout and (d.mode != "ray" or d.rollout_engines != 0):

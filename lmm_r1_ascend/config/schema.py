@@ -1,7 +1,7 @@
 """The training configuration: nested dataclasses whose keys mirror the code and RECIPE.md.
 
 A recipe YAML (lmm_r1_ascend/recipes/*.yaml) sets any subset of these keys; `key=value`
-overrides on the command line set dotted paths (`train.actor_lr=1e-6`,
+overrides on the command line set dotted paths (`optim.actor_lr=1e-6`,
 `algorithm.advantage_estimator=rloo`). Defaults are the recipe's common hyperparameters.
 """
 
@@ -29,7 +29,6 @@ class ModelConfig:
     dtype: str = "auto"
     gradient_checkpointing: bool = False
     freeze_prefixes: list[str] = field(default_factory=list)
-    value_head_prefix: str = "value_head"
 
 
 @dataclass
@@ -39,7 +38,6 @@ class DataConfig:
     """
 
     prompt_data: list[str] = field(default_factory=list)
-    eval_data: list[str] = field(default_factory=list)
     loader: str = "auto"
     system_prompt: str | None = None
     max_prompt_len: int = 4096
@@ -51,13 +49,16 @@ class DataConfig:
 
 @dataclass
 class RolloutConfig:
-    """engine: hf (transformers generate; the default on CPU) | vllm (vLLM / vllm-ascend).
+    """engine: hf (transformers generate; the default on CPU) | vllm (vLLM / vllm-ascend) | a
+      registered one (rollout/registry.py).
     rollout_batch_size: prompts per rollout (each sampled n_samples_per_prompt times).
+    micro_rollout_batch_size: prompts per generate() call of the hf engine (x n samples = rows
+      per call); vLLM schedules its own batches and ignores it.
     """
 
     engine: str = "hf"
     rollout_batch_size: int = 256
-    micro_rollout_batch_size: int = 2
+    micro_rollout_batch_size: int = 8
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = -1
@@ -107,10 +108,8 @@ class TrainerConfig:
     num_episodes: int = 1
     max_steps: int = 0
     save_steps: int = 20
-    eval_steps: int = 0
     save_hf: bool = True
     keep_checkpoints: int = 2
-    logging_steps: int = 1
     tensorboard: bool = True
     deterministic: bool = False
     resume: bool = True   # continue from the newest checkpoint in output_dir when there is one

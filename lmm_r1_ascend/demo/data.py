@@ -9,7 +9,6 @@ from pathlib import Path
 from lmm_r1_ascend.config import TrainConfig
 
 DEMO_SOURCES = {"demo:arithmetic": "train", "demo:arithmetic-images": "train_images"}
-DEMO_EVAL = {"demo:arithmetic": "eval", "demo:arithmetic-images": "eval_images"}
 
 
 def _materialise(entries: list[str], out_dir: Path, names: dict[str, str]) -> list[str]:
@@ -28,6 +27,5 @@ def _materialise(entries: list[str], out_dir: Path, names: dict[str, str]) -> li
 def prepare_demo_data(cfg: TrainConfig) -> TrainConfig:
     """Return cfg with demo data entries replaced by generated files (other entries untouched)."""
     out = Path(cfg.output_dir) / "data"
-    data = dataclasses.replace(cfg.data, prompt_data=_materialise(list(cfg.data.prompt_data), out, DEMO_SOURCES),
-                               eval_data=_materialise(list(cfg.data.eval_data), out, DEMO_EVAL))
+    data = dataclasses.replace(cfg.data, prompt_data=_materialise(list(cfg.data.prompt_data), out, DEMO_SOURCES))
     return dataclasses.replace(cfg, data=data)

@@ -23,6 +23,7 @@ from lmm_r1_ascend.config import TrainConfig, to_dict
 from lmm_r1_ascend.distributed.worker_group import LocalWorkerGroup, WorkerGroup
 from lmm_r1_ascend.experience import ExperienceBatch
 from lmm_r1_ascend.kernels.packing import split_by_token_budget
+from lmm_r1_ascend.rollout.registry import engine_class
 from lmm_r1_ascend.workers.metric_sums import merge_all
 
 
@@ -164,7 +165,7 @@ def start_cluster(cfg: TrainConfig, backend, actor_path: str, updates: int, *,
     ray_init(d.ray_address, num_cpus=max(os.cpu_count() or 1, wanted))
     demand: dict[str, float] = {"CPU": wanted}
     if backend.ray_resource:
-        tp = cfg.rollout.vllm_tensor_parallel_size if cfg.rollout.engine == "vllm" else 1
+        tp = engine_class(cfg.rollout.engine).devices_per_engine(cfg.rollout)
         demand[backend.ray_resource] = d.world_size * n_groups + (0 if colocated else d.rollout_engines * tp)
     check_resources(demand, "this run (training ranks and rollout engines)")
 

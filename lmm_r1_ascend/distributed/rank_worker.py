@@ -135,21 +135,15 @@ class TrainRank:
         """[(name, shape, dtype)] of the weights in send order (collective under ZeRO-3)."""
         return [(name, tuple(t.shape), t.dtype) for name, t in self.actor.named_weights(self._bucket_bytes())]
 
-    def init_weight_sync(self, host: str, port: int, world_size: int, kind: str) -> None:
-        """Rank 0 joins the side group with the rollout engines as its rank 0 (the sender).
-        kind: "hf" engines use the project's stateless group; "vllm" engines vLLM's helper."""
+    def init_weight_sync(self, host: str, port: int, world_size: int) -> None:
+        """Rank 0 joins the side group with the rollout engines as its rank 0 (the sender), the
+        group kind the configured engine joins (RolloutEngine.sender_group)."""
         if self.rank != 0:
             return
-        backend = self.backend.distributed_backend()
-        if kind == "vllm":
-            from lmm_r1_ascend.rollout.vllm_worker_ext import make_weight_sync_group
+        from lmm_r1_ascend.rollout.registry import engine_class
 
-            self._sync_group = make_weight_sync_group(host, port, 0, world_size, backend)
-        else:
-            from lmm_r1_ascend.kernels.weight_sync import stateless_group
-
-            self._sync_group = stateless_group(backend, host, port, 0, world_size,
-                                               timeout_s=self.cfg.distributed.timeout_s)
+        self._sync_group = engine_class(self.cfg.rollout.engine).sender_group(
+            host, port, world_size, self.backend.distributed_backend(), self.cfg.distributed.timeout_s)
 
     def send_weights(self, meta: list) -> int:
         """Every rank gathers (ZeRO-3); rank 0 streams the buckets to the engines."""

@@ -22,6 +22,7 @@ import torch
 from lmm_r1_ascend.config import TrainConfig, to_dict
 from lmm_r1_ascend.distributed.ray_group import RayWorkerGroup, gather_calls
 from lmm_r1_ascend.distributed.worker_group import WorkerGroup
+from lmm_r1_ascend.rollout.registry import engine_class
 
 
 def split_generate(group: WorkerGroup, engine_ranks: int, prompts: list, sampling) -> list:
@@ -49,7 +50,7 @@ class InProcessRollout:
 
     def __init__(self, train: WorkerGroup, cfg: TrainConfig, every_rank: bool = False):
         self.train, self.cfg, self.every_rank = train, cfg, every_rank
-        self.sleep_between = cfg.rollout.engine == "vllm" and cfg.rollout.vllm_enable_sleep
+        self.sleep_between = engine_class(cfg.rollout.engine).sleeps_between_phases(cfg.rollout)
 
     def describe(self) -> str:
         where = f"each of the {self.train.world_size} ranks' processes" if self.every_rank else "rank 0's process"
@@ -77,7 +78,7 @@ class RemoteRollout:
         host, port = train.call_rank(0, "rendezvous_address")
         world = 1 + engines.world_size * processes_per_engine
         offsets = [(host, port, 1 + k * processes_per_engine, world) for k in range(engines.world_size)]
-        gather_calls([(train, "init_weight_sync", [(host, port, world, cfg.rollout.engine)] * train.world_size),
+        gather_calls([(train, "init_weight_sync", [(host, port, world)] * train.world_size),
                        (engines, "init_weight_sync", offsets)])
         self.meta = train.call("weights_meta")[0]
 
@@ -123,22 +124,11 @@ class RolloutActor:
         return self.engine.generate(prompts, sampling)
 
     def init_weight_sync(self, host: str, port: int, rank_offset: int, world_size: int) -> None:
-        backend = self.backend.distributed_backend()
-        if self.cfg.rollout.engine == "vllm":
-            self.engine.init_weight_sync_group(host, port, rank_offset, world_size, backend)
-        else:
-            from lmm_r1_ascend.kernels.weight_sync import stateless_group
-
-            self._group = stateless_group(backend, host, port, rank_offset, world_size,
-                                          timeout_s=self.cfg.distributed.timeout_s)
+        self.engine.join_weight_sync(host, port, rank_offset, world_size, self.backend.distributed_backend(),
+                                     self.cfg.distributed.timeout_s)
 
     def receive_weights(self, meta: list, bucket_bytes: int) -> int:
-        if self.cfg.rollout.engine == "vllm":
-            return self.engine.receive_weights_broadcast(meta, bucket_bytes=bucket_bytes)
-        from lmm_r1_ascend.kernels.weight_sync import receive_buckets
-
-        return self.engine.update_weights(receive_buckets(self._group, meta, bucket_bytes=bucket_bytes,
-                                                          device=self.device))
+        return self.engine.receive_weights(meta, bucket_bytes)
 
     def close(self) -> None:
         self.engine.close()
@@ -146,7 +136,7 @@ class RolloutActor:
 
 def start_remote_rollout(cfg: TrainConfig, backend, actor_path: str, train: WorkerGroup) -> RemoteRollout:
     d = cfg.distributed
-    tp = cfg.rollout.vllm_tensor_parallel_size if cfg.rollout.engine == "vllm" else 1
+    tp = engine_class(cfg.rollout.engine).devices_per_engine(cfg.rollout)
     engines = RayWorkerGroup(RolloutActor, d.rollout_engines, name="rollout", args=(to_dict(cfg), actor_path),
                              resource=backend.ray_resource, devices_per_rank=tp, cpus_per_rank=d.cpus_per_rank,
                              env=backend.worker_env(), strategy=d.placement_strategy, master=False,

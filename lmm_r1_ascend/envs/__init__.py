@@ -1,7 +1,7 @@
 """Environments for agent-style tasks: Sokoban (generator, simulator, renderer, solver).
 
-Names are imported lazily so that ``python -m lmm_r1_ascend.envs.sokoban`` does not
-import the module twice.
+Names are imported lazily, so ``python -m lmm_r1_ascend.envs`` (the Sokoban CLI,
+``__main__.py``) imports only what it uses.
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ it when the cell behind it is floor or target; moving into a wall, or into a box
 cannot move, changes nothing. Every step costs -0.1; +1 when a box lands on a target;
 -1 when a box leaves one; +10 when no target is left uncovered (the room is solved).
 
-Run ``python -m lmm_r1_ascend.envs.sokoban generate --out DIR --n 8 --boxes 2 --seed 0``
-to write levels, images and LMM-R1 jsonl rows (see ``sokoban_cli``).
+Run ``python -m lmm_r1_ascend.envs generate --out DIR --n 8 --boxes 2 --seed 0``
+to write levels, images and LMM-R1 jsonl rows (see ``envs/__main__.py``).
 """
 
 from __future__ import annotations
@@ -152,9 +152,3 @@ class Sokoban:
         if solved:
             reward += SOLVED_REWARD
         return reward, solved
-
-
-if __name__ == "__main__":
-    from lmm_r1_ascend.envs.sokoban_cli import main
-
-    raise SystemExit(main())

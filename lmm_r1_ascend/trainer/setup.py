@@ -8,7 +8,6 @@ raises SetupError with one line saying what to do.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -17,9 +16,14 @@ import torch
 
 from lmm_r1_ascend.backends import Backend
 from lmm_r1_ascend.config import TrainConfig
-from lmm_r1_ascend.engines.torch_engine import TorchEngine
-from lmm_r1_ascend.rollout.base import RolloutEngine, RolloutSample
-from lmm_r1_ascend.workers.roles import ActorWorker, CriticWorker, ReferenceWorker
+from lmm_r1_ascend.config.errors import SetupError
+from lmm_r1_ascend.distributed.cluster import TrainingCluster, start_cluster
+from lmm_r1_ascend.distributed.rollout_client import RolloutClient
+from lmm_r1_ascend.rewards.registry import RewardRouter
+from lmm_r1_ascend.rollout.base import RolloutSample
+from lmm_r1_ascend.workers.builders import resolve_actor_path, total_updates
+
+__all__ = ["Components", "SetupError", "build_components", "prepare_data"]
 
 MATH_PROMPT_ALIASES = ("math",)
 

@@ -137,14 +137,7 @@ def build_rank_workers(cfg: TrainConfig, backend: Backend, actor_path: str, upda
 
 
 def build_rollout_engine(cfg: TrainConfig, actor_path: str, device: torch.device, dtype: torch.dtype) -> RolloutEngine:
-    from lmm_r1_ascend.data import load_processors
-    from lmm_r1_ascend.rollout.base import build_engine
+    """The engine rollout.engine names (rollout/registry.py), built from the run config."""
+    from lmm_r1_ascend.rollout.registry import engine_class
 
-    if cfg.rollout.engine == "hf":
-        tokenizer, _ = load_processors(actor_path)
-        return build_engine("hf", actor_path, device=device, dtype=dtype, tokenizer=tokenizer)
-    return build_engine("vllm", actor_path, seed=cfg.seed, tensor_parallel_size=cfg.rollout.vllm_tensor_parallel_size,
-                        gpu_memory_utilization=cfg.rollout.vllm_gpu_memory_utilization,
-                        enable_sleep_mode=cfg.rollout.vllm_enable_sleep)
-
-
+    return engine_class(cfg.rollout.engine).from_config(cfg, actor_path, device, dtype)

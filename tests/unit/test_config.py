@@ -72,7 +72,7 @@ def _dump(tmp_path, text):
     (["algorithm.n_samples_per_prompt=1"], r"needs n_samples_per_prompt >= 2"),
     (["trainer.train_batch_size=100"], r"must divide the samples of one rollout"),
     (["stage=sft"], r"stage: must be one of fre, mgt"),
-    (["rollout.engine=sglang"], r"rollout.engine: must be hf or vllm"),
+    (["rollout.engine=sglang"], r"rollout.engine: must be one of hf, vllm"),
     (["noequals"], r"is not key=value"),
 ])
 def test_bad_config_is_one_clear_line(overrides, match):

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 
 from lmm_r1_ascend.data.types import PromptItem
 from lmm_r1_ascend.models.tiny import ensure_tiny_model
-from lmm_r1_ascend.rollout.base import RolloutSample, SamplingConfig, available_engines, build_engine, make_sample
+from lmm_r1_ascend.rollout.base import RolloutSample, SamplingConfig, make_sample
+from lmm_r1_ascend.rollout.registry import available_engines, build_engine
 from lmm_r1_ascend.rollout.hf_engine import HFRolloutEngine, load_generation_model
 
 # fp32 everywhere. Cached decoding vs one full forward only reorders the same fp32 sums

@@ -29,7 +29,8 @@ import torch.nn.functional as F
 
 from lmm_r1_ascend.data.types import PromptItem
 from lmm_r1_ascend.models.tiny import ensure_tiny_model
-from lmm_r1_ascend.rollout.base import SamplingConfig, build_engine
+from lmm_r1_ascend.rollout.base import SamplingConfig
+from lmm_r1_ascend.rollout.registry import build_engine
 
 HAVE_VLLM = importlib.util.find_spec("vllm") is not None
 needs_vllm = pytest.mark.skipif(
@@ -201,8 +202,8 @@ def test_bucketed_broadcast_update(engine, trainer, tok, rng_seed):
 
     def workers():
         try:
-            engine.init_weight_sync_group("127.0.0.1", port, 1, 2, "gloo")
-            engine.receive_weights_broadcast(weights_meta(named), bucket_bytes=bucket)
+            engine.join_weight_sync("127.0.0.1", port, 1, 2, "gloo")
+            engine.receive_weights(weights_meta(named), bucket)
         except Exception as e:  # surfaced below
             errors.append(e)
 

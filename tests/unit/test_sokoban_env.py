@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from lmm_r1_ascend.envs.sokoban import Sokoban, load_level, save_level, validate_room
-from lmm_r1_ascend.envs.sokoban_cli import main as sokoban_cli
+from lmm_r1_ascend.envs.__main__ import main as sokoban_cli
 from lmm_r1_ascend.envs.sokoban_generate import generate_level, write_dataset
 from lmm_r1_ascend.envs.sokoban_render import COLORS, render_room
 from lmm_r1_ascend.envs.sokoban_solver import solve

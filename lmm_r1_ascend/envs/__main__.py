@@ -1,4 +1,4 @@
-"""``python -m lmm_r1_ascend.envs.sokoban {generate,solve,render} ...``"""
+"""``python -m lmm_r1_ascend.envs {generate,solve,render} ...``: the Sokoban CLI."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from lmm_r1_ascend.envs.sokoban_solver import solve
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m lmm_r1_ascend.envs.sokoban", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m lmm_r1_ascend.envs", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
     g = sub.add_parser("generate", help="write .npy levels, PNG frames and LMM-R1 jsonl rows")
     g.add_argument("--out", required=True, help="output folder")
@@ -45,3 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
