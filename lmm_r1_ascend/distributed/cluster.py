@@ -1,11 +1,10 @@
 """The controller's view of the training ranks: one object with the same methods whether the
 ranks live in this process (local) or in Ray actors (ray), so PPOTrainer has one loop.
 
-Data parallelism is decided here: each mini-batch is cut into one contiguous shard per
-rank with about equal token counts; every rank gets the whole mini-batch's loss
-normaliser and the same number of micro-batches (the largest shard's), padding with
-zero-weighted repeats (workers.py). The engines turn the per-rank gradients into the
-mini-batch gradient, so a run on N ranks follows the single-process run up to
+Data parallelism follows one pure plan (experience/shard_plan.py, which states the
+gradient contract): contiguous token-balanced shards, the whole mini-batch's loss
+normaliser on every rank, equal micro-batch counts with zero-weighted padding, and the
+engines' world-size factor; so a run on N ranks follows the single-process run up to
 floating-point reduction order.
 """
 
@@ -17,38 +16,13 @@ from typing import Callable
 
 import torch
 
-from lmm_r1_ascend.algorithms.aggregation import loss_normaliser
 from lmm_r1_ascend.algorithms.config import AlgorithmConfig
 from lmm_r1_ascend.config import TrainConfig, to_dict
 from lmm_r1_ascend.distributed.worker_group import LocalWorkerGroup, WorkerGroup
 from lmm_r1_ascend.experience import ExperienceBatch
-from lmm_r1_ascend.kernels.packing import split_by_token_budget
+from lmm_r1_ascend.experience.shard_plan import RankShard, shard_plan
 from lmm_r1_ascend.rollout.registry import engine_class
 from lmm_r1_ascend.workers.metric_sums import merge_all
-
-
-def shard_indices(lengths: list[int], world_size: int) -> list[list[int]]:
-    """Contiguous index ranges, one per rank, with about equal token sums; a rank gets an
-    empty list only when there are fewer samples than ranks."""
-    n = len(lengths)
-    if world_size == 1:
-        return [list(range(n))]
-    shards, start = [], 0
-    total, seen = float(sum(lengths)), 0.0
-    for r in range(world_size):
-        remaining_ranks = world_size - r
-        if r == world_size - 1:
-            end = n
-        else:
-            target = total * (r + 1) / world_size
-            end = start
-            # take samples until this rank reaches its share, leaving at least one per later rank
-            while end < n - (remaining_ranks - 1) and (end == start or seen + lengths[end] / 2 <= target):
-                seen += lengths[end]
-                end += 1
-        shards.append(list(range(start, end)))
-        start = end
-    return shards
 
 
 class TrainingCluster:
@@ -72,28 +46,24 @@ class TrainingCluster:
         return f"{d.mode} mode, {self.world_size} rank(s), {engine}"
 
     # ------------------------------------------------------------------ sharding
-    def _shards(self, batch: ExperienceBatch) -> tuple[list[list[int]], list[ExperienceBatch]]:
-        """(indices, shard) per rank; a rank without samples gets the first sample as padding
-        (its indices are empty: real=False)."""
-        parts = shard_indices(batch.sequence_lengths, self.world_size)
-        return parts, [batch.select(idx or [0]) for idx in parts]
-
-    def _chunks(self, shard: ExperienceBatch) -> int:
-        return len(split_by_token_budget(shard.sequence_lengths, self.max_tokens))
+    def _plan(self, batch: ExperienceBatch, cfg: AlgorithmConfig | None = None) -> list[RankShard]:
+        """The shard plan of `batch` (its normaliser matters only for updates: cfg given)."""
+        agg = (cfg.loss_agg_mode, cfg.loss_agg_constant) if cfg is not None else ("token-mean", None)
+        return shard_plan(batch.sequence_lengths, batch.action_counts, self.world_size, self.max_tokens,
+                          agg_mode=agg[0], constant=agg[1])
 
     def _groups(self) -> list[WorkerGroup]:
         """Each distinct group once, actor's first."""
         return list({id(g): g for g in self.roles.values()}.values())
 
     def _gather(self, batch: ExperienceBatch, method: str, role: str, pad_forwards: bool) -> list[torch.Tensor]:
-        parts, shards = self._shards(batch)
-        extra: tuple = ()
-        if pad_forwards and self.world_size > 1:
-            extra = (max(self._chunks(s) for s in shards),)
-        results = self.roles[role].call_each(method, [(s, *extra) for s in shards])
+        plan = self._plan(batch)
+        pad = pad_forwards and self.world_size > 1
+        results = self.roles[role].call_each(method, [(batch.select(r.rows), *((r.n_micro,) if pad else ()))
+                                                      for r in plan])
         out: list[torch.Tensor] = [None] * len(batch)  # type: ignore[list-item]
-        for idx, res in zip(parts, results):
-            for i, value in zip(idx, res):  # padding shards have no indices: their results are dropped
+        for r, res in zip(plan, results):
+            for i, value in zip(r.indices, res):  # padding shards have no indices: their results are dropped
                 out[i] = value
         return out
 
@@ -110,11 +80,9 @@ class TrainingCluster:
 
     # ------------------------------------------------------------------ updates
     def _train(self, method: str, role: str, minibatch: ExperienceBatch, cfg: AlgorithmConfig) -> dict[str, float]:
-        normaliser = loss_normaliser(cfg.loss_agg_mode, minibatch.action_counts, cfg.loss_agg_constant)
-        parts, shards = self._shards(minibatch)
-        n_micro = max(self._chunks(s) for s in shards)
-        results = self.roles[role].call_each(method, [(s, cfg, normaliser, n_micro, bool(idx))
-                                                      for idx, s in zip(parts, shards)])
+        plan = self._plan(minibatch, cfg)
+        results = self.roles[role].call_each(method, [(minibatch.select(r.rows), cfg, r.normaliser, r.n_micro, r.real)
+                                                      for r in plan])
         return merge_all(results).result()
 
     def train_actor(self, minibatch: ExperienceBatch, cfg: AlgorithmConfig) -> dict[str, float]:

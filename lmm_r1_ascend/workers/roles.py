@@ -4,11 +4,10 @@ They run in-process (distributed.mode=local) or inside a Ray actor per rank
 (distributed/rank_worker.py). Each forward goes through packed micro-batches under a
 token budget (no padding, no cross-sample attention).
 
-Data parallelism: a rank trains on its shard of each mini-batch with the WHOLE
-mini-batch's loss normaliser, and every rank runs the same number of forwards/backwards
-(`n_micro`), padding with zero-weighted repeats of a real micro-batch, because ZeRO's
-collectives inside forward and backward must line up across ranks. The training engine
-turns the per-rank gradients into the mini-batch gradient (engines/).
+Data parallelism: a rank trains on its shard of each mini-batch as its RankShard says
+(experience/shard_plan.py states the gradient contract): the WHOLE mini-batch's loss
+normaliser, the same number of forwards/backwards on every rank (`n_micro`, padded with
+zero-weighted repeats of a real micro-batch), and the engine's world-size factor.
 
 Trained models are called through their engine's module, a `PolicyLogProbs` /
 `CriticValues` wrapper (models/train_modules.py): under ZeRO-3 that is the only way their
@@ -99,12 +98,42 @@ class ReferenceWorker:
         return _per_sample(batch, self.max_tokens, lambda samples: self._forward(samples)["log_probs"])
 
 
-class CriticWorker:
+class TrainedRole:
+    """A model with a training engine: the update loop the actor and the critic share.
+
+    Subclasses set `prefix` (metrics namespace), `wrapper` (the train_modules class the engine
+    must train) and `_loss(micro, cfg, device)` -> an object with `.loss` and `.metrics()`.
+    """
+
+    prefix: str
+    wrapper: type
+
+    def __init__(self, model: torch.nn.Module, engine, *, max_tokens: int):
+        self.model, self.engine, self.max_tokens = model, engine, max_tokens
+        _check_wrapped(engine, self.wrapper)
+
+    def _loss(self, micro: MicroBatch, cfg: AlgorithmConfig, device: torch.device):
+        raise NotImplementedError
+
+    def train_shard(self, shard: ExperienceBatch, cfg: AlgorithmConfig, *, normaliser: float | None = None,
+                    n_micro: int | None = None, real: bool = True) -> MetricSums:
+        """One optimizer step over (this rank's shard of) a mini-batch, following the rank's
+        experience.shard_plan.RankShard (normaliser, n_micro, real); see the module docstring."""
+        device = next(self.model.parameters()).device
+        micros = micro_batches(shard, self.max_tokens, agg_mode=cfg.loss_agg_mode, constant=cfg.loss_agg_constant,
+                               normaliser=normaliser)
+        return _train_micro_batches(self.engine, micros, n_micro, real, lambda m: self._loss(m, cfg, device),
+                                    self.prefix)
+
+    def train_minibatch(self, minibatch: ExperienceBatch, cfg: AlgorithmConfig) -> dict[str, float]:
+        """One optimizer step over a whole mini-batch (single process)."""
+        return self.train_shard(minibatch, cfg).result()
+
+
+class CriticWorker(TrainedRole):
     """The value model and its training engine (torch or DeepSpeed) over a CriticValues wrapper of it."""
 
-    def __init__(self, critic: torch.nn.Module, engine, *, max_tokens: int):
-        self.model, self.engine, self.max_tokens = critic, engine, max_tokens
-        _check_wrapped(engine, CriticValues)
+    prefix, wrapper = "critic", CriticValues
 
     def values(self, batch: ExperienceBatch, n_chunks: int | None = None) -> list[torch.Tensor]:
         """Per-sample values of response tokens; n_chunks pads the forward count (ZeRO-3 ranks in step)."""
@@ -114,54 +143,31 @@ class CriticWorker:
         finally:
             self.model.train()
 
-    def train_shard(self, shard: ExperienceBatch, cfg: AlgorithmConfig, *, normaliser: float | None = None,
-                    n_micro: int | None = None, real: bool = True) -> MetricSums:
-        """One optimizer step over (this rank's shard of) a mini-batch; see the module docstring."""
-        device = next(self.model.parameters()).device
-
-        def loss_fn(micro: MicroBatch):
-            mb = micro.batch
-            values = self.engine.module(samples_from_experience(mb))
-            return critic_loss(cfg, values.float(), mb.packed("values").to(device), mb.packed("returns").to(device),
-                               mb.packed("action_mask").to(device), normaliser=micro.normaliser,
-                               cu_seqlens=mb.response_cu_seqlens())
-
-        micros = micro_batches(shard, self.max_tokens, agg_mode=cfg.loss_agg_mode, constant=cfg.loss_agg_constant,
-                               normaliser=normaliser)
-        return _train_micro_batches(self.engine, micros, n_micro, real, loss_fn, "critic")
-
-    def train_minibatch(self, minibatch: ExperienceBatch, cfg: AlgorithmConfig) -> dict[str, float]:
-        """One optimizer step over a whole mini-batch (single process)."""
-        return self.train_shard(minibatch, cfg).result()
+    def _loss(self, micro: MicroBatch, cfg: AlgorithmConfig, device: torch.device):
+        mb = micro.batch
+        values = self.engine.module(samples_from_experience(mb))
+        return critic_loss(cfg, values.float(), mb.packed("values").to(device), mb.packed("returns").to(device),
+                           mb.packed("action_mask").to(device), normaliser=micro.normaliser,
+                           cu_seqlens=mb.response_cu_seqlens())
 
 
-class ActorWorker:
+class ActorWorker(TrainedRole):
     """The policy, its training engine, and its weights for the rollout engine."""
 
+    prefix, wrapper = "actor", PolicyLogProbs
+
     def __init__(self, model: torch.nn.Module, engine, *, temperature: float, max_tokens: int):
-        self.model, self.engine = model, engine
-        self.temperature, self.max_tokens = temperature, max_tokens
-        _check_wrapped(engine, PolicyLogProbs)
+        super().__init__(model, engine, max_tokens=max_tokens)
+        self.temperature = temperature
 
-    def train_shard(self, shard: ExperienceBatch, cfg: AlgorithmConfig, *, normaliser: float | None = None,
-                    n_micro: int | None = None, real: bool = True) -> MetricSums:
-        device = next(self.model.parameters()).device
-
-        def loss_fn(micro: MicroBatch):
-            mb = micro.batch
-            res = self.engine.module(samples_from_experience(mb), return_entropy=True)
-            ref = mb.packed("ref_log_probs").to(device) if mb.ref_log_probs is not None else None
-            return actor_loss(cfg, res["log_probs"], mb.packed("log_probs").to(device),
-                              mb.packed("advantages").to(device), mb.packed("action_mask").to(device),
-                              normaliser=micro.normaliser, ref_log_probs=ref, entropy=res["entropy"],
-                              cu_seqlens=mb.response_cu_seqlens())
-
-        micros = micro_batches(shard, self.max_tokens, agg_mode=cfg.loss_agg_mode, constant=cfg.loss_agg_constant,
-                               normaliser=normaliser)
-        return _train_micro_batches(self.engine, micros, n_micro, real, loss_fn, "actor")
-
-    def train_minibatch(self, minibatch: ExperienceBatch, cfg: AlgorithmConfig) -> dict[str, float]:
-        return self.train_shard(minibatch, cfg).result()
+    def _loss(self, micro: MicroBatch, cfg: AlgorithmConfig, device: torch.device):
+        mb = micro.batch
+        res = self.engine.module(samples_from_experience(mb), return_entropy=True)
+        ref = mb.packed("ref_log_probs").to(device) if mb.ref_log_probs is not None else None
+        return actor_loss(cfg, res["log_probs"], mb.packed("log_probs").to(device),
+                          mb.packed("advantages").to(device), mb.packed("action_mask").to(device),
+                          normaliser=micro.normaliser, ref_log_probs=ref, entropy=res["entropy"],
+                          cu_seqlens=mb.response_cu_seqlens())
 
     def log_probs(self, batch: ExperienceBatch) -> list[torch.Tensor]:
         """The current policy's log-probs of the response tokens (e.g. to check weight sync)."""

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lmm_r1_ascend.config import ConfigError, load_config
-from lmm_r1_ascend.distributed.cluster import shard_indices
+from lmm_r1_ascend.experience.shard_plan import shard_indices
 from lmm_r1_ascend.distributed.worker_group import LocalWorkerGroup, WorkerDiedError
 from lmm_r1_ascend.workers.metric_sums import MetricSums, merge_all
 
