@@ -91,6 +91,10 @@ class TrainingCluster:
     def train_critic(self, minibatch: ExperienceBatch, cfg: AlgorithmConfig) -> dict[str, float]:
         return self._train("train_critic", "critic", minibatch, cfg)
 
+    def peak_memory_gb(self) -> float:
+        """GB (1e9 bytes): the largest per-rank device-memory peak since the last call, over every group."""
+        return max(max(group.call("take_peak_memory")) for group in self._groups()) / 1e9
+
     # ------------------------------------------------------------------ checkpoints
     def save(self, directory: Path) -> None:
         for group in self._groups():  # each group writes the models it trains

@@ -84,6 +84,13 @@ class TrainRank:
         """(this node's address, a free port on it): where a side group with this rank as rank 0 can meet."""
         return node_ip(), free_port()
 
+    def take_peak_memory(self) -> int:
+        """Bytes: this rank's peak device memory since the last call (the process's lifetime peak
+        RSS on CPU, which cannot be reset), then a new window starts."""
+        peak = int(self.backend.memory_stats(self.device)["peak_allocated"])
+        self.backend.reset_peak_memory_stats(self.device)
+        return peak
+
     # ------------------------------------------------------------------ forwards
     def ref_log_probs(self, batch: ExperienceBatch) -> list[torch.Tensor]:
         return self.reference.log_probs(batch)

@@ -140,6 +140,7 @@ class PPOTrainer:
             "throughput/rollout_tokens_per_s": gen_tokens / max(timings["timing/rollout"], 1e-9),
             "throughput/tokens_per_s": (gen_tokens + sum(len(p) for p in batch.prompt_ids)) / timings["timing/step"],
             "data/epoch": c.dataset.epoch,
+            "memory/peak_gb": c.cluster.peak_memory_gb(),
         }
         if "policy/entropy" in metrics:
             metrics["entropy"] = metrics["policy/entropy"]

@@ -39,6 +39,8 @@ def test_mgt_demo_runs_on_images(tmp_path):
     assert len(rows) == 3
     for key in ("reward/mean", "loss/policy", "loss/value", "kl", "entropy", "grad_norm", "timing/rollout"):
         assert all(r.get(key) is not None for r in rows), key
+    # the step's peak memory (CPU: the process's peak RSS): a tiny VL model plus torch takes > 0.1 GB, < 24 GB here
+    assert all(0.1 < r["memory/peak_gb"] < 24 for r in rows), [r["memory/peak_gb"] for r in rows]
     row = json.loads((tmp_path / "mgt" / "data" / "train_images.jsonl").read_text().splitlines()[0])
     user = json.loads(row["message"])[-1]["content"]
     assert any(part["type"] == "image" for part in user)  # the prompts really carried images

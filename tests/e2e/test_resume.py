@@ -26,7 +26,7 @@ def _cfg(out, *extra):
 
 
 def _numbers(row):
-    return {k: v for k, v in row.items() if isinstance(v, float) and not k.startswith(("timing/", "throughput/"))}
+    return {k: v for k, v in row.items() if isinstance(v, float) and not k.startswith(("timing/", "throughput/", "memory/"))}
 
 
 def test_resume_gives_the_same_metrics(tmp_path):
