@@ -8,7 +8,7 @@ from lmm_r1_ascend.backends.base import Backend
 
 
 class AcceleratorBackend(Backend):
-    """Shared by CUDA and NPU: torch.accelerator covers counting, memory, caches and sync.
+    """Shared by CUDA and NPU: torch.accelerator covers counting, memory (and its peak), caches and sync.
 
     Seeding needs nothing extra: torch.manual_seed already seeds CUDA and PrivateUse1 ("npu").
     """
@@ -23,6 +23,9 @@ class AcceleratorBackend(Backend):
             "peak_allocated": int(acc.max_memory_allocated(device)),
             "reserved": int(acc.memory_reserved(device)),
         }
+
+    def reset_peak_memory_stats(self, device: torch.device | None = None) -> None:
+        torch.accelerator.reset_peak_memory_stats(device)
 
     def empty_cache(self) -> None:
         torch.accelerator.empty_cache()

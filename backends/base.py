@@ -118,6 +118,19 @@ class Backend(ABC):
             return f"cpu:gloo,{self.device_type}:{self.dist_backend}"
         return self.dist_backend
 
+    def ray_actor_options(self, devices_per_rank: float) -> dict:
+        """Options for Ray's `.options(...)` that give one actor `devices_per_rank` devices.
+
+        Default: the backend's custom Ray resource ({"resources": {"NPU": n}}), or {} when
+        it has none (CPU: bundles hold CPU cores only). CUDA overrides it: Ray counts GPUs
+        through `num_gpus`, never as a custom resource.
+        """
+        if not self.ray_resource:
+            return {}
+        if devices_per_rank <= 0:
+            raise ValueError(f"devices_per_rank must be > 0, got {devices_per_rank}")
+        return {"resources": {self.ray_resource: devices_per_rank}}
+
     def worker_env(self, visible_devices: Sequence[int] | None = None) -> dict[str, str]:
         """Environment a worker process of this backend needs (DeepSpeed accelerator, visible devices)."""
         env = {"DS_ACCELERATOR": self.ds_accelerator, "LMM_R1_DEVICE": self.name}
@@ -129,6 +142,13 @@ class Backend(ABC):
     @abstractmethod
     def memory_stats(self, device: torch.device | None = None) -> dict[str, int]:
         """Bytes: at least `allocated` and `peak_allocated` (process RSS on CPU)."""
+
+    def reset_peak_memory_stats(self, device: torch.device | None = None) -> None:
+        """Start a new `peak_allocated` window (e.g. per training step).
+
+        No-op on CPU: the CPU peak is the process's lifetime maximum RSS (getrusage), which
+        cannot be reset, so on CPU `peak_allocated` only ever grows.
+        """
 
     def empty_cache(self) -> None:
         """Return cached allocator blocks to the device (no-op on CPU)."""
@@ -172,6 +192,7 @@ class Backend(ABC):
             "dist_backend": self.distributed_backend(),
             "dist_backend_mixed": self.distributed_backend(with_cpu=True),
             "ray_resource": self.ray_resource,
+            "ray_actor_options": self.ray_actor_options(1),
             "visible_devices_env": self.visible_devices_env,
             "ds_accelerator": self.ds_accelerator,
             "weight_sync_transports": list(self.weight_sync_transports),

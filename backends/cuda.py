@@ -33,6 +33,12 @@ class CudaBackend(AcceleratorBackend):
             return False, "no NVIDIA GPU visible (torch.cuda.is_available() is False)"
         return True, f"{torch.cuda.device_count()} GPU(s), {torch.cuda.get_device_name(0)}"
 
+    def ray_actor_options(self, devices_per_rank: float) -> dict:
+        """Ray counts GPUs through `num_gpus` (it refuses "GPU" as a custom resource)."""
+        if devices_per_rank <= 0:
+            raise ValueError(f"devices_per_rank must be > 0, got {devices_per_rank}")
+        return {"num_gpus": devices_per_rank}
+
     def set_deterministic(self, enabled: bool = True) -> None:
         if enabled:
             # cuBLAS needs a fixed workspace to be deterministic; must be set before the first matmul.

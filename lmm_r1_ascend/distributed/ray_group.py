@@ -1,7 +1,8 @@
 """A WorkerGroup of Ray actors: one per rank, each in its own placement-group bundle.
 
-Bundles ask for the backend's Ray resource ("GPU" for CUDA, "NPU" for Ascend; none on
-CPU) plus CPU cores, so Ray itself sets each actor's visible devices
+Bundles ask for the backend's Ray resource (its `ray_actor_options`: num_gpus for CUDA,
+the "NPU" resource for Ascend, nothing on CPU) plus CPU cores, so Ray itself sets each
+actor's visible devices
 (CUDA_VISIBLE_DEVICES / ASCEND_RT_VISIBLE_DEVICES) and every actor sees its one device as
 local index 0. Each actor's environment also carries the backend's worker variables
 (DS_ACCELERATOR, ...) and the rank's MASTER_ADDR / MASTER_PORT / RANK / WORLD_SIZE.
@@ -44,22 +45,27 @@ def ray_init(address: str = "", *, num_cpus: int | None = None) -> None:
 class RayWorkerGroup(WorkerGroup):
     """worker_cls: a plain class; its constructor gets (*args, rank=r, world_size=n, **kwargs, **per_rank_kwargs[r]).
 
-    resource: the backend's Ray resource per rank (None: CPU only); devices_per_rank: how many of it.
+    actor_options: the backend's `ray_actor_options(devices_per_rank)` ({} on CPU). Without
+    it, `resource` (the backend's `ray_resource`, None: CPU only) and devices_per_rank stand
+    for the backend whose resource it is (backends.registry.ray_actor_options_for_resource).
     env: extra environment for every rank; master: add MASTER_ADDR/PORT/RANK/WORLD_SIZE (rank 0's node).
     """
 
     def __init__(self, worker_cls: type, world_size: int, *, name: str, args: tuple = (), kwargs: dict | None = None,
                  per_rank_kwargs: Sequence[dict] | None = None, resource: str | None = None,
                  devices_per_rank: float = 1, cpus_per_rank: float = 1, env: dict[str, str] | None = None,
-                 strategy: str = "PACK", master: bool = True, ready_timeout_s: float = 600):
+                 strategy: str = "PACK", master: bool = True, ready_timeout_s: float = 600,
+                 actor_options: dict[str, Any] | None = None):
         import ray
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         self.name, self.world_size = name, world_size
-        bundle: dict[str, float] = {"CPU": cpus_per_rank}
-        if resource:
-            bundle[resource] = devices_per_rank
+        if actor_options is None:
+            from lmm_r1_ascend.backends.registry import ray_actor_options_for_resource
+
+            actor_options = ray_actor_options_for_resource(resource, devices_per_rank)
+        bundle = {"CPU": cpus_per_rank, **device_bundle(actor_options)}
         check_resources({k: v * world_size for k, v in bundle.items()}, f"worker group '{name}'")
         self.placement_group = placement_group([dict(bundle) for _ in range(world_size)], strategy=strategy,
                                                name=f"lmm_r1_{name}_{os.getpid()}")
@@ -80,11 +86,8 @@ class RayWorkerGroup(WorkerGroup):
                     placement_group=self.placement_group, placement_group_bundle_index=rank),
                 "name": f"lmm_r1_{name}_{os.getpid()}_rank{rank}",
                 "max_restarts": 0,
+                **actor_options,
             }
-            if resource == "GPU":
-                opts["num_gpus"] = devices_per_rank
-            elif resource:
-                opts["resources"] = {resource: devices_per_rank}
             rank_env = dict(env or {})
             if master:
                 if rank == 0:
@@ -158,6 +161,18 @@ class RayWorkerGroup(WorkerGroup):
             except Exception:
                 pass
             self.placement_group = None
+
+
+def device_bundle(actor_options: dict[str, Any]) -> dict[str, float]:
+    """The placement-group bundle entries the device part of Ray actor options needs:
+    {"num_gpus": n} -> {"GPU": n}; {"resources": {"NPU": n}} -> {"NPU": n}; {} -> {}."""
+    unknown = set(actor_options) - {"num_gpus", "resources"}
+    if unknown:
+        raise ValueError(f"actor_options may hold num_gpus and resources only, got {sorted(unknown)}")
+    bundle = dict(actor_options.get("resources") or {})
+    if actor_options.get("num_gpus"):
+        bundle["GPU"] = actor_options["num_gpus"]
+    return bundle
 
 
 def _plain(resources: dict) -> dict:

@@ -212,3 +212,28 @@ def test_cuda_attention_choice_skips_the_half_only_kernels_for_a_float32_model(m
     assert all("float16/bfloat16 only; the model is float32" in why for _, why in fp32.rejected)
     bf16 = backend.select_kernels(dtype=torch.bfloat16)["attention"]
     assert all("float32" not in why for _, why in bf16.rejected)  # rejected here for lack of a GPU instead
+
+
+# ----------------------------------------------------------------- Ray, worker env, peak memory
+
+def test_ray_actor_options_per_backend():
+    assert get_backend("cpu").ray_actor_options(1) == {}
+    assert object.__new__(CudaBackend).ray_actor_options(2) == {"num_gpus": 2}
+    assert object.__new__(NpuBackend).ray_actor_options(4) == {"resources": {"NPU": 4}}
+    with pytest.raises(ValueError, match="devices_per_rank must be > 0"):
+        object.__new__(NpuBackend).ray_actor_options(0)
+    # callers that carry only backend.ray_resource get the same answer through the registry
+    assert registry.ray_actor_options_for_resource("GPU", 2) == {"num_gpus": 2}
+    assert registry.ray_actor_options_for_resource("NPU", 1) == {"resources": {"NPU": 1}}
+    assert registry.ray_actor_options_for_resource(None, 1) == {}
+    with pytest.raises(ValueError, match="no backend uses the Ray resource 'TPU'"):
+        registry.ray_actor_options_for_resource("TPU", 1)
+
+
+def test_reset_peak_memory_stats(monkeypatch):
+    get_backend("cpu").reset_peak_memory_stats()  # lifetime max RSS: nothing to reset, must not fail
+    calls = []
+    monkeypatch.setattr(torch.accelerator, "reset_peak_memory_stats", lambda device=None: calls.append(device))
+    for cls in (CudaBackend, NpuBackend):
+        object.__new__(cls).reset_peak_memory_stats("dev")
+    assert calls == ["dev", "dev"]
