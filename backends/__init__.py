@@ -5,7 +5,7 @@ the top-level name `kernels`/`backends` by transformers' probe for Hugging Face'
 `kernels` package, so it only hands names on.
 """
 
-from lmm_r1_ascend.backends.base import Backend, BackendUnavailable, KernelChoice
+from lmm_r1_ascend.backends.base import Backend, BackendUnavailable, KernelChoice, KernelSet
 from lmm_r1_ascend.backends.registry import backend_names, get_backend
 
-__all__ = ["Backend", "BackendUnavailable", "KernelChoice", "backend_names", "get_backend"]
+__all__ = ["Backend", "BackendUnavailable", "KernelChoice", "KernelSet", "backend_names", "get_backend"]

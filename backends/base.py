@@ -1,9 +1,13 @@
 """The device seam: one small `Backend` per device, answering what the core needs.
 
 A backend is chosen once (see `registry.get_backend`) and passed down. The core asks it
-for its torch device, its collective-backend string, its Ray resource, its kernels, and
-nothing else device-specific. Keep this interface small (vLLM's platform class is the
-model, not DeepSpeed's ever-growing accelerator).
+for its torch device, its collective-backend string, its Ray resource and actor options,
+its kernel set, and nothing else device-specific. Keep this interface small (vLLM's
+platform class is the model, not DeepSpeed's ever-growing accelerator).
+
+The kernel set (`KernelSet`) holds only the ops the core calls through the backend:
+attention, log-probs and fused ops. Packing is device-neutral and imported directly
+(kernels/packing.py); collectives follow `distributed_backend()`.
 """
 
 from __future__ import annotations
@@ -11,19 +15,13 @@ from __future__ import annotations
 import os
 import random
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
-from typing import Callable, ClassVar, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Callable, ClassVar, Iterator, Sequence
 
 import torch
 
-# The kernel ops a backend chooses implementations for.
-KERNEL_OPS = ("attention", "logprobs", "fused_ops", "packing", "collectives")
-
 # Variables every backend cares about; each backend adds its own.
-COMMON_ENV_VARS = (
-    "MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "DS_ACCELERATOR",
-    "LMM_R1_DEVICE", "LMM_R1_ATTENTION",
-)
+COMMON_ENV_VARS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "DS_ACCELERATOR", "LMM_R1_DEVICE")
 
 
 class BackendUnavailable(RuntimeError):
@@ -77,6 +75,53 @@ def choose(op: str, candidates: Sequence[tuple[str, Callable[[], tuple[bool, str
             return KernelChoice(op, name, why, tuple(rejected), fn, tuple(names))
         rejected.append((name, why))
     raise BackendUnavailable(f"no usable {op} implementation among {names}: " + "; ".join(f"{n}: {w}" for n, w in rejected))
+
+
+@dataclass(frozen=True)
+class KernelSet:
+    """The kernels the core calls, as one backend chose them (one `KernelChoice` per op).
+
+    attention.fn: varlen attention (contract in kernels/attention.py), registered for the
+        text decoder by models.loading.
+    logprobs.fn: token log-probs / entropies from hidden states and the output head
+        (contract in kernels/logprobs.py: hidden (N, H), weight (V, H), labels (N,) ->
+        float32 (N,) [, entropy (N,)]), called by models.forward.packed_log_probs.
+    fused_ops.fn: model -> None swapping in fused modules, or None when there are none.
+
+    Iterate it for every choice in order (doctor, parity stamp); `kernels["attention"]`
+    is the same as `kernels.attention` (for callers written against the old dict).
+    """
+
+    attention: KernelChoice
+    logprobs: KernelChoice
+    fused_ops: KernelChoice
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            choice = getattr(self, f.name)
+            if not isinstance(choice, KernelChoice) or choice.op != f.name:
+                raise TypeError(f"KernelSet.{f.name} must be a KernelChoice for op '{f.name}', got {choice!r}")
+
+    def __iter__(self) -> Iterator[KernelChoice]:
+        return (getattr(self, op) for op in KERNEL_OPS)
+
+    def __getitem__(self, op: str) -> KernelChoice:
+        if op not in KERNEL_OPS:
+            raise KeyError(f"no kernel op '{op}'; the kernel set has {list(KERNEL_OPS)}")
+        return getattr(self, op)
+
+
+# The kernel ops a backend chooses implementations for, in KernelSet order.
+KERNEL_OPS = tuple(f.name for f in fields(KernelSet))
+
+
+def check_overrides(overrides: dict[str, str] | None) -> dict[str, str]:
+    """`overrides` as a dict, refusing ops the kernel set has not (a typo must not be ignored)."""
+    overrides = dict(overrides or {})
+    unknown = sorted(set(overrides) - set(KERNEL_OPS))
+    if unknown:
+        raise ValueError(f"kernel override for unknown op(s) {unknown}; the ops are {list(KERNEL_OPS)}")
+    return overrides
 
 
 class Backend(ABC):
@@ -176,12 +221,13 @@ class Backend(ABC):
     # ---- kernels ------------------------------------------------------------------------
     @abstractmethod
     def select_kernels(self, overrides: dict[str, str] | None = None,
-                       dtype: torch.dtype | None = None) -> dict[str, KernelChoice]:
-        """One KernelChoice per op in KERNEL_OPS; overrides force an implementation by name."""
+                       dtype: torch.dtype | None = None) -> KernelSet:
+        """The kernel set for a model of `dtype` (None: unknown); overrides: {op: name} forces
+        an implementation by name (unknown name: ValueError; unusable: BackendUnavailable)."""
 
     def attention(self, overrides: dict[str, str] | None = None) -> Callable:
         """The varlen attention function (contract in kernels/attention.py)."""
-        return self.select_kernels(overrides)["attention"].fn
+        return self.select_kernels(overrides).attention.fn
 
     def describe(self) -> dict:
         """A JSON-able summary (used by doctor and stamped into run metadata)."""

@@ -9,7 +9,7 @@ from typing import ClassVar
 import torch
 
 from lmm_r1_ascend.backends import common_kernels as ck
-from lmm_r1_ascend.backends.base import Backend, KernelChoice, choose
+from lmm_r1_ascend.backends.base import Backend, KernelSet, check_overrides, choose
 
 
 def _rss_bytes() -> tuple[int, int]:
@@ -49,16 +49,16 @@ class CpuBackend(Backend):
         return 1
 
     def memory_stats(self, device: torch.device | None = None) -> dict[str, int]:
+        """Process RSS: `peak_allocated` is the lifetime maximum (reset_peak_memory_stats cannot reset it)."""
         current, peak = _rss_bytes()
         return {"allocated": current, "peak_allocated": peak, "reserved": current}
 
     def select_kernels(self, overrides: dict[str, str] | None = None,
-                       dtype: torch.dtype | None = None) -> dict[str, KernelChoice]:
-        overrides = overrides or {}
-        return {
-            "attention": choose("attention", [ck.reference_attention_candidate()], overrides.get("attention")),
-            "logprobs": ck.logprobs_choice(),
-            "fused_ops": ck.no_fused_ops_choice("no fused ops on CPU; transformers' own modules"),
-            "packing": ck.packing_choice(host_lengths_required=False),
-            "collectives": ck.collectives_choice(self.distributed_backend()),
-        }
+                       dtype: torch.dtype | None = None) -> KernelSet:
+        overrides = check_overrides(overrides)
+        return KernelSet(
+            attention=choose("attention", [ck.reference_attention_candidate()], overrides.get("attention")),
+            logprobs=ck.logprobs_choice(overrides.get("logprobs")),
+            fused_ops=ck.no_fused_ops_choice("no fused ops on CPU; transformers' own modules",
+                                             overrides.get("fused_ops")),
+        )

@@ -1,4 +1,4 @@
-"""NVIDIA CUDA backend: flash-attn or torch's varlen flash kernel, NCCL, CUDA IPC weight sync."""
+"""NVIDIA CUDA backend: flash-attn or torch's varlen flash kernel, NCCL, Ray `num_gpus`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 
 from lmm_r1_ascend.backends import common_kernels as ck
 from lmm_r1_ascend.backends.accelerator import AcceleratorBackend
-from lmm_r1_ascend.backends.base import KernelChoice, choose
+from lmm_r1_ascend.backends.base import KernelSet, check_overrides, choose
 
 
 class CudaBackend(AcceleratorBackend):
@@ -48,12 +48,12 @@ class CudaBackend(AcceleratorBackend):
         super().set_deterministic(enabled)
 
     def select_kernels(self, overrides: dict[str, str] | None = None,
-                       dtype: torch.dtype | None = None) -> dict[str, KernelChoice]:
+                       dtype: torch.dtype | None = None) -> KernelSet:
         """dtype: the model's; the flash kernels take fp16/bf16 only, so a float32 model falls
         back to the reference attention (with that reason) instead of failing at the first call."""
         from lmm_r1_ascend.kernels import attention as att
 
-        overrides = overrides or {}
+        overrides = check_overrides(overrides)
 
         def half_only(probe):
             def checked() -> tuple[bool, str]:
@@ -67,10 +67,9 @@ class CudaBackend(AcceleratorBackend):
             ("torch_varlen", half_only(lambda: att.probe_torch_varlen("cuda")), att.varlen_attention_torch_varlen),
             ck.reference_attention_candidate(),
         ], overrides.get("attention"))
-        return {
-            "attention": attention,
-            "logprobs": ck.logprobs_choice(),
-            "fused_ops": ck.no_fused_ops_choice("transformers' own modules (fused by torch/cuBLAS); no custom fused ops"),
-            "packing": ck.packing_choice(host_lengths_required=False),
-            "collectives": ck.collectives_choice(self.distributed_backend()),
-        }
+        return KernelSet(
+            attention=attention,
+            logprobs=ck.logprobs_choice(overrides.get("logprobs")),
+            fused_ops=ck.no_fused_ops_choice("transformers' own modules (fused by torch/cuBLAS); no custom fused ops",
+                                             overrides.get("fused_ops")),
+        )

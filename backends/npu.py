@@ -1,8 +1,9 @@
 """Ascend NPU backend (torch_npu + CANN) and its CPU emulation.
 
-`NpuBackend` calls torch_npu's fused ops through `self.ops`. `EmulatedNpuBackend` runs the
-very same code path with `self.ops` = lmm_r1_ascend.kernels.npu_emulation on CPU tensors,
-so CI and laptops exercise the NPU layouts, masks and length conventions. The emulation
+`NpuBackend` calls torch_npu's fused ops through `self.ops`. `EmulatedNpuBackend` is the
+CPU device with the NPU kernel set: the same `npu_kernels` selection over
+lmm_r1_ascend.kernels.npu_emulation instead of torch_npu, on CPU tensors, so CI and laptops
+exercise the NPU layouts, masks and length conventions. The emulation
 follows the documented op contracts, not the hardware: its numbers say nothing about
 Ascend precision.
 """
@@ -14,13 +15,13 @@ import importlib
 import importlib.util
 import os
 from types import ModuleType
-from typing import ClassVar
+from typing import ClassVar, Sequence
 
 import torch
 
 from lmm_r1_ascend.backends import common_kernels as ck
 from lmm_r1_ascend.backends.accelerator import AcceleratorBackend
-from lmm_r1_ascend.backends.base import Backend, KernelChoice, choose
+from lmm_r1_ascend.backends.base import KernelSet, check_overrides, choose
 from lmm_r1_ascend.backends.cpu import CpuBackend
 
 
@@ -68,58 +69,31 @@ class NpuBackend(AcceleratorBackend):
         os.environ["CLOSE_MATMUL_K_SHIFT"] = "1" if enabled else "0"
         super().set_deterministic(enabled)
 
+    def worker_env(self, visible_devices: Sequence[int] | None = None) -> dict[str, str]:
+        """The common worker variables plus VLLM_ASCEND_ENABLE_NZ=0 (the user's value if set).
+
+        vllm-ascend's NZ weight layout breaks in-place weight updates on reshaped weights
+        (ASCEND.md), and an RL rollout engine is updated every step. PYTORCH_NPU_ALLOC_CONF
+        is deliberately not defaulted: expandable segments conflict with vLLM's sleep mode on
+        NPU (ASCEND.md), so it stays whatever the user exported.
+        """
+        env = super().worker_env(visible_devices)
+        env["VLLM_ASCEND_ENABLE_NZ"] = os.environ.get("VLLM_ASCEND_ENABLE_NZ", "0")
+        return env
+
     def select_kernels(self, overrides: dict[str, str] | None = None,
-                       dtype: torch.dtype | None = None) -> dict[str, KernelChoice]:
-        from lmm_r1_ascend.kernels.attention import varlen_attention_npu_fusion
-        from lmm_r1_ascend.kernels.npu_fused import apply_npu_fused_ops
-
-        overrides = overrides or {}
-        ops_label = self._ops_label()
-
-        def fusion_probe() -> tuple[bool, str]:
-            ok = hasattr(self.ops, "npu_fusion_attention")
-            return ok, (f"{ops_label} npu_fusion_attention, TND layout, sparse_mode=3 causal" if ok
-                        else f"{ops_label} has no npu_fusion_attention")
-
-        attention = choose("attention", [
-            ("npu_fusion", fusion_probe, functools.partial(varlen_attention_npu_fusion, ops=self.ops)),
-            ck.reference_attention_candidate(),
-        ], overrides.get("attention"))
-        def fused_probe() -> tuple[bool, str]:
-            missing = [op for op in ("npu_rms_norm", "npu_rotary_mul", "npu_swiglu") if not hasattr(self.ops, op)]
-            if missing:
-                return False, f"{ops_label} lacks {', '.join(missing)}"
-            return True, f"{ops_label} npu_rms_norm / npu_rotary_mul / npu_swiglu swapped into the model"
-
-        fused = choose("fused_ops", [(
-            "npu_fused",
-            fused_probe,
-            functools.partial(apply_npu_fused_ops, ops=self.ops),
-        ), ("none", lambda: (True, "transformers' own modules"), None)], overrides.get("fused_ops"))
-        return {
-            "attention": attention,
-            "logprobs": ck.logprobs_choice(),
-            "fused_ops": fused,
-            "packing": ck.packing_choice(host_lengths_required=True),
-            "collectives": ck.collectives_choice(self.distributed_backend()),
-        }
-
-    def _ops_label(self) -> str:
-        return "torch_npu"
+                       dtype: torch.dtype | None = None) -> KernelSet:
+        return npu_kernels(self.ops, "torch_npu", overrides)
 
 
-class EmulatedNpuBackend(NpuBackend):
-    """The NPU code path on CPU tensors, with torch_npu's ops supplied by kernels/npu_emulation."""
+class EmulatedNpuBackend(CpuBackend):
+    """The CPU device with the NPU kernel set: torch_npu's ops supplied by kernels/npu_emulation.
+
+    Every device fact (device, counts, memory, collectives, Ray, env, dtype) is the CPU's;
+    only `select_kernels` follows the NPU path, through the same `npu_kernels` as NpuBackend.
+    """
 
     name: ClassVar[str] = "npu-emulated"
-    device_type: ClassVar[str] = "cpu"
-    dist_backend: ClassVar[str] = "gloo"
-    ray_resource: ClassVar[str | None] = None
-    visible_devices_env: ClassVar[str | None] = None
-    ds_accelerator: ClassVar[str] = "cpu"
-    weight_sync_transports: ClassVar[tuple[str, ...]] = ("in_process", "gloo_broadcast")
-    env_vars: ClassVar[tuple[str, ...]] = CpuBackend.env_vars
-    default_dtype: ClassVar[torch.dtype] = torch.float32
 
     @classmethod
     def probe(cls) -> tuple[bool, str]:
@@ -129,19 +103,39 @@ class EmulatedNpuBackend(NpuBackend):
     def ops(self) -> ModuleType:
         return importlib.import_module("lmm_r1_ascend.kernels.npu_emulation")
 
-    # Device queries are the CPU's; only the kernels follow the NPU path.
-    device = CpuBackend.device
-    device_count = CpuBackend.device_count
-    memory_stats = CpuBackend.memory_stats
+    def select_kernels(self, overrides: dict[str, str] | None = None,
+                       dtype: torch.dtype | None = None) -> KernelSet:
+        return npu_kernels(self.ops, "emulated (lmm_r1_ascend.kernels.npu_emulation)", overrides)
 
-    def empty_cache(self) -> None:
-        pass
 
-    def synchronize(self, device: torch.device | None = None) -> None:
-        pass
+def npu_kernels(ops: ModuleType, ops_label: str, overrides: dict[str, str] | None = None) -> KernelSet:
+    """The NPU kernel set over `ops`, a namespace with torch_npu's npu_fusion_attention,
+    npu_rms_norm, npu_rotary_mul and npu_swiglu (torch_npu itself, or the emulation).
 
-    def set_deterministic(self, enabled: bool = True) -> None:
-        Backend.set_deterministic(self, enabled)
+    ops_label: how reasons name `ops` ("torch_npu", "emulated (...)"); overrides: {op: name}.
+    """
+    from lmm_r1_ascend.kernels.attention import varlen_attention_npu_fusion
+    from lmm_r1_ascend.kernels.npu_fused import apply_npu_fused_ops
 
-    def _ops_label(self) -> str:
-        return "emulated (lmm_r1_ascend.kernels.npu_emulation)"
+    overrides = check_overrides(overrides)
+
+    def fusion_probe() -> tuple[bool, str]:
+        ok = hasattr(ops, "npu_fusion_attention")
+        return ok, (f"{ops_label} npu_fusion_attention, TND layout, sparse_mode=3 causal" if ok
+                    else f"{ops_label} has no npu_fusion_attention")
+
+    def fused_probe() -> tuple[bool, str]:
+        missing = [op for op in ("npu_rms_norm", "npu_rotary_mul", "npu_swiglu") if not hasattr(ops, op)]
+        if missing:
+            return False, f"{ops_label} lacks {', '.join(missing)}"
+        return True, f"{ops_label} npu_rms_norm / npu_rotary_mul / npu_swiglu swapped into the model"
+
+    attention = choose("attention", [
+        ("npu_fusion", fusion_probe, functools.partial(varlen_attention_npu_fusion, ops=ops)),
+        ck.reference_attention_candidate(),
+    ], overrides.get("attention"))
+    fused = choose("fused_ops", [
+        ("npu_fused", fused_probe, functools.partial(apply_npu_fused_ops, ops=ops)),
+        ("none", ck.always("transformers' own modules"), None),
+    ], overrides.get("fused_ops"))
+    return KernelSet(attention=attention, logprobs=ck.logprobs_choice(overrides.get("logprobs")), fused_ops=fused)

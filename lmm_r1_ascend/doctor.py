@@ -1,8 +1,10 @@
 """`python -m lmm_r1_ascend.doctor [--device NAME] [--json]`: what this machine will run and why.
 
 Prints the selected backend (and, for auto, why better devices were skipped), the device
-count, the software stack's versions, the kernel implementation chosen for every op with
-the reason for each fallback, and the relevant environment variables.
+count, the collective backend, the Ray actor options and the weight-sync transports the
+code uses, the kernel set the core calls (attention, log-probs, fused ops: the
+implementation chosen for each, with the reason for each fallback), the software stack's
+versions, and the relevant environment variables.
 """
 
 from __future__ import annotations
@@ -30,9 +32,9 @@ def collect(device: str = "auto") -> dict:
         "backend": backend.describe(),
         "why": why if device != "auto" or not skipped else f"{why} (auto: " + "; ".join(f"{n} skipped: {w}" for n, w in skipped) + ")",
         "skipped": [{"backend": n, "reason": w} for n, w in skipped],
-        "kernels": {op: {"implementation": c.name, "reason": c.reason,
-                         "fallbacks": [{"implementation": n, "reason": w} for n, w in c.rejected]}
-                    for op, c in kernels.items()},
+        "kernels": {c.op: {"implementation": c.name, "reason": c.reason,
+                           "fallbacks": [{"implementation": n, "reason": w} for n, w in c.rejected]}
+                    for c in kernels},
         "versions": {"python": platform.python_version(), **stack_versions()},
         "environment": {k: os.environ.get(k) for k in env_names},
         "known_backends": sorted(backend_names()),
@@ -44,9 +46,10 @@ def format_report(report: dict) -> str:
     lines = [
         f"backend     {b['name']}  ({report['why']})",
         f"devices     {b['device_count']} x {b['device_type']}",
-        f"collectives {b['dist_backend']} (mixed: {b['dist_backend_mixed']}); Ray resource: {b['ray_resource'] or 'CPU bundles'}",
+        f"collectives {b['dist_backend']} (mixed: {b['dist_backend_mixed']})",
+        f"ray         {b['ray_resource'] or 'CPU bundles'}; actor options per device: {b['ray_actor_options'] or '{}'}",
         f"weight sync {', '.join(b['weight_sync_transports'])}; DS_ACCELERATOR={b['ds_accelerator']}; dtype {b['default_dtype']}",
-        "kernels:",
+        "kernels chosen:",
     ]
     for op, k in report["kernels"].items():
         lines.append(f"  {op:<11} {k['implementation']}: {k['reason']}")

@@ -1,6 +1,7 @@
 """Packed forwards of actor, reference and critic: one row, no padding, no cross-sample attention.
 
-    enable_packed_forward(model, backend.attention())       # once (models.loading does it)
+    kernels = backend.select_kernels()                       # once (models.loading does it)
+    enable_packed_forward(model, kernels.attention.fn, logprobs_fn=kernels.logprobs.fn)
     out = packed_log_probs(policy, samples, temperature=1.0, return_entropy=True)
     values = packed_values(critic, samples)
 
@@ -13,8 +14,9 @@ pixel_values and image_grid_thw concatenated in sample order plus mm_token_type_
 Alignment: response token j of a sample (absolute position p = L - R + j) is scored from
 the hidden state at p - 1, the position that predicts it; its log-prob and entropy come
 from there, and so does the critic's value of the state before emitting it (as in the
-original code). Only those positions reach the LM head, through the chunked kernel
-(kernels.logprobs): full (T, V) fp32 logits never exist.
+original code). Only those positions reach the LM head, through the backend's log-prob
+kernel (its KernelSet.logprobs, recorded for the model by enable_packed_forward; the
+chunked kernels.logprobs everywhere today): full (T, V) fp32 logits never exist.
 
 VL models run their vision tower here (outside the packed decoder call, so the packing
 kwargs never reach it) and scatter its output into the image-pad embeddings. A micro-batch
@@ -27,18 +29,20 @@ parameters get zero gradients instead of none.
 from __future__ import annotations
 
 import operator
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-from lmm_r1_ascend.kernels.logprobs import token_logprobs
 from lmm_r1_ascend.kernels.mrope import mm_token_type_ids_from_input_ids, mrope_position_ids
 from lmm_r1_ascend.kernels.packing import cu_seqlens_from_lengths, position_ids_from_lengths
 from lmm_r1_ascend.models.packed_attention import packed_kwargs, use_packed_attention
 
 _PACKED_NAMES: set[str] = set()  # attention names registered through enable_packed_forward
+# model -> the log-prob kernel (kernels/logprobs.py contract) its backend chose
+_LOGPROBS: weakref.WeakKeyDictionary[torch.nn.Module, Callable] = weakref.WeakKeyDictionary()
 
 
 @dataclass
@@ -96,11 +100,31 @@ class LogProbOutput:
     entropy: list[torch.Tensor] | None = None
 
 
-def enable_packed_forward(model: torch.nn.Module, attention_fn: Callable, name: str = "lmm_r1_varlen") -> str:
-    """Register ``attention_fn`` (kernels/attention contract) and select it for the text decoder."""
+def enable_packed_forward(model: torch.nn.Module, attention_fn: Callable, name: str = "lmm_r1_varlen", *,
+                          logprobs_fn: Callable | None = None) -> str:
+    """Register ``attention_fn`` (kernels/attention contract) and select it for the text decoder.
+
+    logprobs_fn: the backend's log-prob kernel (``KernelSet.logprobs.fn``, kernels/logprobs
+    contract) that ``packed_log_probs(model, ...)`` will call; None keeps the one recorded
+    before (e.g. a parity plant that swaps only the attention).
+    """
     use_packed_attention(model, attention_fn, name)
     _PACKED_NAMES.add(name)
+    if logprobs_fn is not None:
+        _LOGPROBS[model] = logprobs_fn
     return name
+
+
+def logprobs_kernel(model: torch.nn.Module) -> Callable:
+    """The log-prob kernel recorded for ``model`` by enable_packed_forward (models.loading does it)."""
+    fn = _LOGPROBS.get(model)
+    if fn is None:
+        raise ValueError(
+            f"no log-prob kernel is recorded for this {type(model).__name__}: load it with models.loading (given a "
+            "backend) or call enable_packed_forward(model, kernels.attention.fn, logprobs_fn=kernels.logprobs.fn) "
+            "with kernels = backend.select_kernels()"
+        )
+    return fn
 
 
 def _text_config(config):
@@ -113,7 +137,7 @@ def _check_packed_attention(backbone: torch.nn.Module) -> None:
         raise ValueError(
             f"the model's text attention is '{impl}', which ignores packing: packed samples would attend to each "
             "other. Load it with models.loading (given a backend) or call enable_packed_forward(model, "
-            "backend.attention()) first"
+            "kernels.attention.fn, logprobs_fn=kernels.logprobs.fn) first"
         )
 
 
@@ -269,17 +293,20 @@ def packed_log_probs(policy: torch.nn.Module, samples: Sequence[Sample] | Packed
                      keep_vision_in_graph: bool = True) -> LogProbOutput:
     """Log-probs (and entropies) of each sample's response tokens under ``policy``.
 
-    policy: a causal / image-text LM (actor or reference) with packed attention selected.
+    policy: a causal / image-text LM (actor or reference) with packed attention selected and
+    a log-prob kernel recorded (both done by models.loading given a backend).
     temperature: logits are divided by it in fp32 (RECIPE.md), as the rollout sampled.
     Returns per-sample float32 (R_i,) tensors, differentiable when grad is enabled.
     """
+    _check_packed_attention(policy.base_model)
+    logprobs_fn = logprobs_kernel(policy)
     packed = _packed(policy, samples)
     hidden = packed_hidden_states(policy.base_model, packed, keep_vision_in_graph=keep_vision_in_graph)
     head = policy.get_output_embeddings()
     index = packed.score_index.to(hidden.device)
     labels = packed.score_labels.to(hidden.device)
-    out = token_logprobs(hidden[index], head.weight, labels, temperature=temperature,
-                         bias=getattr(head, "bias", None), chunk_size=chunk_size, return_entropy=return_entropy)
+    out = logprobs_fn(hidden[index], head.weight, labels, temperature=temperature,
+                      bias=getattr(head, "bias", None), chunk_size=chunk_size, return_entropy=return_entropy)
     if return_entropy:
         logp, ent = out
         return LogProbOutput(list(logp.split(packed.response_lengths)), list(ent.split(packed.response_lengths)))
@@ -303,6 +330,7 @@ def samples_from_experience(batch) -> list[Sample]:
 
 
 __all__ = [
-    "LogProbOutput", "PackedInputs", "Sample", "enable_packed_forward", "pack_samples", "packed_hidden_states",
+    "LogProbOutput", "PackedInputs", "Sample", "enable_packed_forward", "logprobs_kernel", "pack_samples",
+    "packed_hidden_states",
     "packed_log_probs", "packed_values", "samples_from_experience",
 ]

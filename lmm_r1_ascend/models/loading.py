@@ -11,9 +11,10 @@ Text models load through ``AutoModelForCausalLM``, Qwen2-VL / Qwen2.5-VL (any co
 ``AutoModel`` (the same weights without the LM head). Nothing is ever downloaded: a path
 must be a local directory, or one of the built-in tiny model names.
 
-With a backend, the loaded model is made ready for packed forwards on it: the backend's
-varlen attention is registered and selected for the text decoder (``models.forward``) and,
-where the backend has them (NPU, NPU emulation), its fused ops are swapped in.
+With a backend, the loaded model is made ready for packed forwards on it with the
+backend's kernel set: its varlen attention is registered and selected for the text decoder
+and its log-prob kernel recorded for ``packed_log_probs`` (``models.forward``) and, where
+the backend has them (NPU, NPU emulation), its fused ops are swapped in.
 """
 
 from __future__ import annotations
@@ -152,15 +153,17 @@ def freeze_by_prefix(model: torch.nn.Module, prefixes: str | tuple[str, ...] | l
 
 def prepare_for_backend(model: torch.nn.Module, backend: Backend, *, attention: str | None = None,
                         fused_ops: bool | None = None) -> str:
-    """Select the backend's varlen attention (and fused ops, see ModelSpec) for ``model``; return its name."""
+    """Give ``model`` the backend's kernel set: varlen attention and log-prob kernel (models.forward),
+    and fused ops (see ModelSpec). Returns the registered attention name."""
     from lmm_r1_ascend.models.forward import enable_packed_forward
 
     param = next(model.parameters(), None)
     kernels = backend.select_kernels({"attention": attention} if attention else None,
                                      dtype=param.dtype if param is not None else None)
-    choice = kernels["attention"]
-    name = enable_packed_forward(model, choice.fn, name=f"lmm_r1_varlen_{backend.name}_{choice.name}")
-    fused = kernels["fused_ops"].fn
+    choice = kernels.attention
+    name = enable_packed_forward(model, choice.fn, name=f"lmm_r1_varlen_{backend.name}_{choice.name}",
+                                 logprobs_fn=kernels.logprobs.fn)
+    fused = kernels.fused_ops.fn
     if fused_ops is False or fused is None:
         return name
     try:

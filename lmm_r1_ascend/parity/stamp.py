@@ -20,10 +20,11 @@ def utc_now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
 
 
-def describe_kernels(kernels: dict) -> dict[str, dict[str, Any]]:
-    """{op: {"name", "reason", "rejected": [[name, why], ...]}} from backend.select_kernels()."""
-    return {op: {"name": c.name, "reason": c.reason, "rejected": [list(r) for r in c.rejected]}
-            for op, c in sorted(kernels.items())}
+def describe_kernels(kernels) -> dict[str, dict[str, Any]]:
+    """{op: {"name", "reason", "rejected": [[name, why], ...]}} for every choice of the KernelSet
+    ``kernels`` (backend.select_kernels()), ops sorted by name."""
+    return {c.op: {"name": c.name, "reason": c.reason, "rejected": [list(r) for r in c.rejected]}
+            for c in sorted(kernels, key=lambda c: c.op)}
 
 
 def attention_implementations(backend) -> dict[str, tuple[bool, str]]:
@@ -34,20 +35,20 @@ def attention_implementations(backend) -> dict[str, tuple[bool, str]]:
     """
     from lmm_r1_ascend.backends.base import BackendUnavailable
 
-    names = backend.select_kernels()["attention"].candidates
+    names = backend.select_kernels().attention.candidates
     out = {}
     for name in names:
         try:
-            reason = backend.select_kernels({"attention": name})["attention"].reason
+            reason = backend.select_kernels({"attention": name}).attention.reason
             out[name] = (True, reason.removeprefix("requested explicitly; "))
         except BackendUnavailable as exc:
             out[name] = (False, str(exc))
     return out
 
 
-def environment(backend, *, device: torch.device, kernels: dict, dtype: torch.dtype, seed: int,
+def environment(backend, *, device: torch.device, kernels, dtype: torch.dtype, seed: int,
                 plant: str | None) -> dict[str, Any]:
-    """A JSON-able description of where and how a parity run ran."""
+    """A JSON-able description of where and how a parity run ran (kernels: the run's KernelSet)."""
     from lmm_r1_ascend.backends.stack import stack_versions
 
     versions = {"python": platform.python_version()}

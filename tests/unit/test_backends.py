@@ -1,4 +1,4 @@
-"""Backends: registry, auto order, one-line errors, per-device facts, kernel choice."""
+"""Backends: registry, auto order, one-line errors, per-device facts, kernel set, Ray options."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import torch
 
 from lmm_r1_ascend.backends import Backend, BackendUnavailable, get_backend
 from lmm_r1_ascend.backends import registry
-from lmm_r1_ascend.backends.base import KERNEL_OPS, choose
+from lmm_r1_ascend.backends.base import COMMON_ENV_VARS, KERNEL_OPS, KernelSet, choose
+from lmm_r1_ascend.backends.cpu import CpuBackend
 from lmm_r1_ascend.backends.cuda import CudaBackend
 from lmm_r1_ascend.backends.npu import EmulatedNpuBackend, NpuBackend
 
@@ -88,17 +89,45 @@ def test_npu_has_no_cuda_ipc_and_cuda_does():
     assert "cuda_ipc" in CudaBackend.weight_sync_transports
 
 
-def test_cpu_kernel_choice_covers_every_op_with_reasons():
+def test_no_common_variable_is_advertised_without_a_reader():
+    assert "LMM_R1_ATTENTION" not in COMMON_ENV_VARS
+    assert "LMM_R1_DEVICE" in COMMON_ENV_VARS  # doctor's --device default and worker_env
+
+
+def test_cpu_kernel_set_holds_the_ops_the_core_calls_with_reasons():
     kernels = get_backend("cpu").select_kernels()
-    assert set(kernels) == set(KERNEL_OPS)
-    assert kernels["attention"].name == "reference"
-    assert all(k.reason for k in kernels.values())
+    assert isinstance(kernels, KernelSet)
+    assert KERNEL_OPS == ("attention", "logprobs", "fused_ops")
+    assert [c.op for c in kernels] == list(KERNEL_OPS)
+    assert kernels.attention.name == "reference" and kernels["attention"] is kernels.attention
+    assert kernels.logprobs.name == "chunked" and callable(kernels.logprobs.fn)
+    assert kernels.fused_ops.name == "none" and kernels.fused_ops.fn is None
+    assert all(c.reason for c in kernels)
+    with pytest.raises(KeyError, match="no kernel op 'packing'"):
+        kernels["packing"]
+
+
+def test_kernel_set_refuses_a_choice_for_the_wrong_op():
+    ks = get_backend("cpu").select_kernels()
+    with pytest.raises(TypeError, match="KernelSet.logprobs must be a KernelChoice for op 'logprobs'"):
+        KernelSet(attention=ks.attention, logprobs=ks.attention, fused_ops=ks.fused_ops)
+
+
+@pytest.mark.parametrize("name", ["cpu", "npu-emulated"])
+def test_every_op_is_overridable_by_name_and_unknown_ops_are_refused(name):
+    backend = get_backend(name)
+    assert backend.select_kernels({"logprobs": "chunked"}).logprobs.reason.startswith("requested explicitly")
+    assert backend.select_kernels({"fused_ops": "none"}).fused_ops.fn is None
+    with pytest.raises(ValueError, match="unknown logprobs implementation 'nope'"):
+        backend.select_kernels({"logprobs": "nope"})
+    with pytest.raises(ValueError, match=r"unknown op\(s\) \['packing'\]"):
+        backend.select_kernels({"packing": "packed"})
 
 
 def test_emulated_npu_runs_the_npu_attention_path():
     backend = get_backend("npu-emulated")
     kernels = backend.select_kernels()
-    assert kernels["attention"].name == "npu_fusion" and "emulated" in kernels["attention"].reason
+    assert kernels.attention.name == "npu_fusion" and "emulated" in kernels.attention.reason
     assert kernels["fused_ops"].name == "npu_fused"
     assert backend.ops.__name__ == "lmm_r1_ascend.kernels.npu_emulation"
     assert backend.device() == torch.device("cpu")
@@ -186,31 +215,49 @@ def test_third_party_backend_through_entry_point(monkeypatch):
         registry.backend_class("baddev")
 
 
+# ----------------------------------------------------------------- the emulated NPU is the CPU + NPU kernels
+
+def test_emulated_npu_has_exactly_the_cpu_device_facts():
+    emu, cpu = get_backend("npu-emulated"), get_backend("cpu")
+    assert isinstance(emu, CpuBackend) and not isinstance(emu, NpuBackend)
+    assert emu.name == "npu-emulated" and "documented contract, not the hardware" in emu.probe()[1]
+    facts = dict(emu.describe(), name="cpu")
+    assert facts == cpu.describe()
+    assert emu.env_vars == cpu.env_vars and emu.default_dtype == cpu.default_dtype == torch.float32
+    assert dict(emu.worker_env([0]), LMM_R1_DEVICE="cpu") == cpu.worker_env([0])
+    assert emu.device(2) == cpu.device(2) and emu.ray_actor_options(1) == {}
+    assert set(emu.memory_stats()) == set(cpu.memory_stats())
+
+
+def test_npu_and_its_emulation_share_one_kernel_selection():
+    """NpuBackend over the emulated ops chooses what EmulatedNpuBackend chooses; only the label differs."""
+    emu = get_backend("npu-emulated")
+    npu = object.__new__(NpuBackend)
+    npu.__dict__["ops"] = emu.ops  # the cached_property's slot: torch_npu is not installed here
+    for a, b in zip(npu.select_kernels(), emu.select_kernels()):
+        assert (a.op, a.name, a.candidates) == (b.op, b.name, b.candidates)
+        assert a.reason.replace("torch_npu", "emulated (lmm_r1_ascend.kernels.npu_emulation)") == b.reason
+    assert npu.select_kernels().attention.fn.keywords["ops"] is emu.ops
+
+
 def test_kernel_choice_lists_every_candidate_in_preference_order():
     from lmm_r1_ascend.backends import get_backend
 
-    choice = get_backend("npu-emulated").select_kernels()["attention"]
+    choice = get_backend("npu-emulated").select_kernels().attention
     assert choice.candidates[0] == "npu_fusion" and "reference" in choice.candidates
     assert choice.name in choice.candidates
-    forced = get_backend("cpu").select_kernels({"attention": "reference"})["attention"]
-    assert forced.candidates == get_backend("cpu").select_kernels()["attention"].candidates
+    forced = get_backend("cpu").select_kernels({"attention": "reference"}).attention
+    assert forced.candidates == get_backend("cpu").select_kernels().attention.candidates
 
 
-def test_cuda_attention_choice_skips_the_half_only_kernels_for_a_float32_model(monkeypatch):
+def test_cuda_attention_choice_skips_the_half_only_kernels_for_a_float32_model():
     """Runs on CPU: the CUDA backend's selection logic is plain Python (its probes say why)."""
-    import torch
-
-    from lmm_r1_ascend.backends import common_kernels
-    from lmm_r1_ascend.backends.cuda import CudaBackend
-
     backend = CudaBackend.__new__(CudaBackend)  # no device needed to ask what it would choose
-    # this CPU torch build has no nccl; the collectives choice is not what is tested here
-    monkeypatch.setattr(common_kernels, "collectives_choice", lambda name: None)
-    fp32 = backend.select_kernels(dtype=torch.float32)["attention"]
+    fp32 = backend.select_kernels(dtype=torch.float32).attention
     assert fp32.name == "reference"
     assert [name for name, _ in fp32.rejected] == ["flash_attn", "torch_varlen"]
     assert all("float16/bfloat16 only; the model is float32" in why for _, why in fp32.rejected)
-    bf16 = backend.select_kernels(dtype=torch.bfloat16)["attention"]
+    bf16 = backend.select_kernels(dtype=torch.bfloat16).attention
     assert all("float32" not in why for _, why in bf16.rejected)  # rejected here for lack of a GPU instead
 
 
@@ -228,6 +275,18 @@ def test_ray_actor_options_per_backend():
     assert registry.ray_actor_options_for_resource(None, 1) == {}
     with pytest.raises(ValueError, match="no backend uses the Ray resource 'TPU'"):
         registry.ray_actor_options_for_resource("TPU", 1)
+
+
+def test_npu_worker_env_turns_nz_off_unless_the_user_chose(monkeypatch):
+    npu = object.__new__(NpuBackend)
+    monkeypatch.delenv("VLLM_ASCEND_ENABLE_NZ", raising=False)
+    monkeypatch.delenv("PYTORCH_NPU_ALLOC_CONF", raising=False)
+    env = npu.worker_env()
+    assert env["VLLM_ASCEND_ENABLE_NZ"] == "0"
+    assert "PYTORCH_NPU_ALLOC_CONF" not in env  # no expandable-segments default (vLLM sleep mode, ASCEND.md)
+    monkeypatch.setenv("VLLM_ASCEND_ENABLE_NZ", "1")
+    assert npu.worker_env()["VLLM_ASCEND_ENABLE_NZ"] == "1"
+    assert "VLLM_ASCEND_ENABLE_NZ" not in get_backend("npu-emulated").worker_env()
 
 
 def test_reset_peak_memory_stats(monkeypatch):

@@ -22,6 +22,9 @@ def test_json_report_on_cpu():
     report = json.loads(proc.stdout)
     assert report["backend"]["name"] == "cpu" and report["backend"]["device_count"] == 1
     assert report["kernels"]["attention"]["implementation"] == "reference"
+    assert list(report["kernels"]) == ["attention", "logprobs", "fused_ops"]  # what the core calls, no more
+    assert report["backend"]["ray_actor_options"] == {}
+    assert "LMM_R1_ATTENTION" not in report["environment"]  # read by nothing, so not shown
     for pkg in ("torch", "transformers", "deepspeed", "vllm", "vllm-ascend", "ray", "torch-npu", "math-verify"):
         assert pkg in report["versions"]
     assert report["versions"]["torch"].startswith("2.")
@@ -33,6 +36,8 @@ def test_human_report_shows_fallbacks_for_emulated_npu():
     assert proc.returncode == 0, proc.stderr
     assert "backend     npu-emulated" in proc.stdout
     assert "npu_fusion" in proc.stdout and "emulated" in proc.stdout
+    assert "kernels chosen:" in proc.stdout and "logprobs    chunked" in proc.stdout
+    assert "packing" not in proc.stdout and "collectives gloo" in proc.stdout
     assert "OMP_NUM_THREADS" in proc.stdout  # device variables are the CPU's: tensors live there
 
 

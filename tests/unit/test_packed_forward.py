@@ -328,3 +328,44 @@ def test_image_pad_sampled_in_a_response_is_text(cache, rng_seed):
     # Causality: the scores up to and including the first sampled pad equal those of the sample cut there.
     cut = Sample(sample.input_ids[:-2], 3 + 2, base.pixel_values, base.image_grid_thw)
     torch.testing.assert_close(full[:5], packed_log_probs(policy, [cut]).log_probs[0], rtol=1e-5, atol=1e-5)
+
+
+def test_log_probs_come_from_the_backends_kernel_set(cache):
+    """packed_log_probs calls the log-prob kernel the backend chose (swapped here for a recording
+    one), not a kernel it imports itself; the numbers are the chunked kernel's, unchanged."""
+    import dataclasses
+
+    from lmm_r1_ascend.backends.base import KernelChoice
+    from lmm_r1_ascend.backends.cpu import CpuBackend
+
+    calls = []
+
+    class RecordingCpu(CpuBackend):
+        name = "cpu-recording"
+
+        def select_kernels(self, overrides=None, dtype=None):
+            kernels = super().select_kernels(overrides, dtype)
+            chunked = kernels.logprobs.fn
+
+            def recording(hidden, weight, labels, **kw):
+                calls.append((tuple(hidden.shape), tuple(labels.shape)))
+                return chunked(hidden, weight, labels, **kw)
+
+            return dataclasses.replace(kernels, logprobs=KernelChoice("logprobs", "recording", "test", fn=recording))
+
+    spec, samples = ModelSpec(cache["tiny-qwen2"]), _text_samples([(7, 3), (5, 2)])
+    policy = load_reference(spec, RecordingCpu())
+    got = packed_log_probs(policy, samples, return_entropy=True)
+    assert calls == [((5, policy.config.hidden_size), (5,))]  # sum of R_i scored positions, once
+    want = packed_log_probs(load_reference(spec, get_backend("cpu")), samples, return_entropy=True)
+    for g, w in zip(got.log_probs + got.entropy, want.log_probs + want.entropy):
+        assert torch.equal(g, w)
+
+
+def test_model_without_a_log_prob_kernel_is_refused(cache):
+    from lmm_r1_ascend.models.forward import enable_packed_forward
+
+    policy = load_policy(ModelSpec(cache["tiny-qwen2"]))
+    enable_packed_forward(policy, get_backend("cpu").select_kernels().attention.fn, name="test_no_logprobs")
+    with pytest.raises(ValueError, match="no log-prob kernel is recorded.*logprobs_fn=kernels.logprobs.fn"):
+        packed_log_probs(policy, _text_samples([(4, 2)]))
