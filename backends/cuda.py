@@ -19,7 +19,8 @@ class CudaBackend(AcceleratorBackend):
     ray_resource: ClassVar[str | None] = "GPU"
     visible_devices_env: ClassVar[str | None] = "CUDA_VISIBLE_DEVICES"
     ds_accelerator: ClassVar[str] = "cuda"
-    weight_sync_transports: ClassVar[tuple[str, ...]] = ("in_process", "cuda_ipc", "nccl_broadcast")
+    # What rollout/ and kernels/weight_sync.py implement; no CUDA IPC handles (not built).
+    weight_sync_transports: ClassVar[tuple[str, ...]] = ("in_process", "nccl_broadcast")
     env_vars: ClassVar[tuple[str, ...]] = (
         "CUDA_VISIBLE_DEVICES", "PYTORCH_CUDA_ALLOC_CONF", "CUBLAS_WORKSPACE_CONFIG",
         "NCCL_DEBUG", "NCCL_SOCKET_IFNAME", "NCCL_IB_DISABLE", "VLLM_USE_V1",

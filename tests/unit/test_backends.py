@@ -83,10 +83,13 @@ def test_npu_lists_the_hccl_and_ascend_variables():
     assert "CUDA_VISIBLE_DEVICES" in CudaBackend.env_vars and "CUBLAS_WORKSPACE_CONFIG" in CudaBackend.env_vars
 
 
-def test_npu_has_no_cuda_ipc_and_cuda_does():
-    assert "cuda_ipc" not in NpuBackend.weight_sync_transports
-    assert "hccl_broadcast" in NpuBackend.weight_sync_transports
-    assert "cuda_ipc" in CudaBackend.weight_sync_transports
+def test_weight_sync_transports_are_the_built_ones():
+    """In place, or a broadcast over the backend's own collective library; no CUDA IPC (not built).
+    That each one has an implementation is checked in test_kernel_seam.py."""
+    assert CpuBackend.weight_sync_transports == ("in_process", "gloo_broadcast")
+    assert CudaBackend.weight_sync_transports == ("in_process", "nccl_broadcast")
+    assert NpuBackend.weight_sync_transports == ("in_process", "hccl_broadcast")
+    assert EmulatedNpuBackend.weight_sync_transports == CpuBackend.weight_sync_transports
 
 
 def test_no_common_variable_is_advertised_without_a_reader():

@@ -10,8 +10,9 @@ import pytest
 
 from lmm_r1_ascend.backends import get_backend
 from lmm_r1_ascend.backends.base import KERNEL_OPS
+from lmm_r1_ascend.backends.cpu import CpuBackend
 from lmm_r1_ascend.backends.cuda import CudaBackend
-from lmm_r1_ascend.backends.npu import NpuBackend
+from lmm_r1_ascend.backends.npu import EmulatedNpuBackend, NpuBackend
 
 ROOT = Path(__file__).resolve().parents[2]
 # Ops the core must reach through backend.select_kernels(), never by importing the module.
@@ -47,6 +48,34 @@ def test_lint_catches_a_planted_import(tmp_path):
     (tmp_path / "ok.py").write_text("from lmm_r1_ascend.kernels.packing import cu_seqlens_from_lengths\n")
     assert direct_imports(tmp_path) == [f"{tmp_path.name}/a.py:1", f"{tmp_path.name}/b.py:2",
                                         f"{tmp_path.name}/c.py:1"]
+
+
+@pytest.mark.parametrize("cls", [CpuBackend, CudaBackend, NpuBackend, EmulatedNpuBackend])
+def test_every_advertised_weight_sync_transport_is_built(cls, monkeypatch):
+    """"in_process" is the engines' update_weights; "<lib>_broadcast" is a weight_sync side group
+    over <lib>. Stores and process groups are faked: only the dispatch on the name is checked."""
+    import torch.distributed as dist
+
+    from lmm_r1_ascend.kernels import weight_sync
+    from lmm_r1_ascend.rollout.base import RolloutEngine
+
+    monkeypatch.setattr(dist, "TCPStore", lambda *a, **k: object())
+    monkeypatch.setattr(dist, "PrefixStore", lambda *a, **k: object())
+    monkeypatch.setattr(dist, "ProcessGroupGloo", lambda *a, **k: "gloo group", raising=False)
+    for transport in cls.weight_sync_transports:
+        if transport == "in_process":
+            assert callable(getattr(RolloutEngine, "update_weights", None))
+            continue
+        lib, _, kind = transport.partition("_")
+        assert kind == "broadcast", transport
+        try:
+            weight_sync.stateless_group(lib, "127.0.0.1", 1, 0, 1)
+        except ValueError as err:  # missing hardware library is fine; an unknown name is not
+            assert "unknown weight-sync backend" not in str(err), transport
+        except (AttributeError, RuntimeError, TypeError):  # e.g. no ProcessGroupNCCL in a CPU build
+            pass
+    with pytest.raises(ValueError, match="unknown weight-sync backend"):
+        weight_sync.stateless_group("cuda_ipc", "127.0.0.1", 1, 0, 1)
 
 
 def test_ray_bundles_follow_the_backends_actor_options():
