@@ -75,19 +75,3 @@ def get_backend(name: str = "auto") -> Backend:
         raise BackendUnavailable(f"device '{resolved}' is not usable here: {why}" + (f"; {hint}" if hint else ""))
     backend = _instances[resolved] = cls()
     return backend
-
-
-def ray_actor_options_for_resource(resource: str | None, devices_per_rank: float) -> dict:
-    """`Backend.ray_actor_options` of the backend whose Ray resource is `resource` ({} for None).
-
-    For callers that carry only `backend.ray_resource`; pass `backend.ray_actor_options(n)`
-    directly where the backend is at hand. Built-ins are asked first, then plugins.
-    """
-    if not resource:
-        return {}
-    for name in dict.fromkeys([*_BUILTIN, *backend_names()]):
-        cls = backend_class(name)
-        if cls.ray_resource == resource:
-            return cls().ray_actor_options(devices_per_rank)
-    raise ValueError(f"no backend uses the Ray resource '{resource}' (known: "
-                     f"{sorted({r for n in backend_names() if (r := backend_class(n).ray_resource)})})")

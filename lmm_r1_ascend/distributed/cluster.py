@@ -146,7 +146,8 @@ def start_cluster(cfg: TrainConfig, backend, actor_path: str, updates: int, *,
         return RayWorkerGroup(TrainRank, d.world_size, name=name, args=(plain,),
                               kwargs={"actor_path": actor_path, "total_updates": updates, "roles": roles},
                               per_rank_kwargs=[{"colocate_rollout": here} for here in engine_here],
-                              resource=backend.ray_resource, cpus_per_rank=d.cpus_per_rank, env=backend.worker_env(),
+                              actor_options=backend.ray_actor_options(1), cpus_per_rank=d.cpus_per_rank,
+                              env=backend.worker_env(),
                               strategy=d.placement_strategy, ready_timeout_s=d.timeout_s)
 
     own = ("actor",) + tuple(r for r in ("critic", "reference") if r not in separate)

@@ -45,26 +45,20 @@ def ray_init(address: str = "", *, num_cpus: int | None = None) -> None:
 class RayWorkerGroup(WorkerGroup):
     """worker_cls: a plain class; its constructor gets (*args, rank=r, world_size=n, **kwargs, **per_rank_kwargs[r]).
 
-    actor_options: the backend's `ray_actor_options(devices_per_rank)` ({} on CPU). Without
-    it, `resource` (the backend's `ray_resource`, None: CPU only) and devices_per_rank stand
-    for the backend whose resource it is (backends.registry.ray_actor_options_for_resource).
+    actor_options: the backend's `ray_actor_options(devices per rank)` ({}: CPU cores only).
     env: extra environment for every rank; master: add MASTER_ADDR/PORT/RANK/WORLD_SIZE (rank 0's node).
     """
 
     def __init__(self, worker_cls: type, world_size: int, *, name: str, args: tuple = (), kwargs: dict | None = None,
-                 per_rank_kwargs: Sequence[dict] | None = None, resource: str | None = None,
-                 devices_per_rank: float = 1, cpus_per_rank: float = 1, env: dict[str, str] | None = None,
-                 strategy: str = "PACK", master: bool = True, ready_timeout_s: float = 600,
-                 actor_options: dict[str, Any] | None = None):
+                 per_rank_kwargs: Sequence[dict] | None = None, actor_options: dict[str, Any] | None = None,
+                 cpus_per_rank: float = 1, env: dict[str, str] | None = None,
+                 strategy: str = "PACK", master: bool = True, ready_timeout_s: float = 600):
         import ray
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         self.name, self.world_size = name, world_size
-        if actor_options is None:
-            from lmm_r1_ascend.backends.registry import ray_actor_options_for_resource
-
-            actor_options = ray_actor_options_for_resource(resource, devices_per_rank)
+        actor_options = dict(actor_options or {})
         bundle = {"CPU": cpus_per_rank, **device_bundle(actor_options)}
         check_resources({k: v * world_size for k, v in bundle.items()}, f"worker group '{name}'")
         self.placement_group = placement_group([dict(bundle) for _ in range(world_size)], strategy=strategy,

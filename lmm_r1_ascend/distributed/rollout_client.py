@@ -138,7 +138,7 @@ def start_remote_rollout(cfg: TrainConfig, backend, actor_path: str, train: Work
     d = cfg.distributed
     tp = engine_class(cfg.rollout.engine).devices_per_engine(cfg.rollout)
     engines = RayWorkerGroup(RolloutActor, d.rollout_engines, name="rollout", args=(to_dict(cfg), actor_path),
-                             resource=backend.ray_resource, devices_per_rank=tp, cpus_per_rank=d.cpus_per_rank,
+                             actor_options=backend.ray_actor_options(tp), cpus_per_rank=d.cpus_per_rank,
                              env=backend.worker_env(), strategy=d.placement_strategy, master=False,
                              ready_timeout_s=d.timeout_s)
     try:

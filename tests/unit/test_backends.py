@@ -272,12 +272,6 @@ def test_ray_actor_options_per_backend():
     assert object.__new__(NpuBackend).ray_actor_options(4) == {"resources": {"NPU": 4}}
     with pytest.raises(ValueError, match="devices_per_rank must be > 0"):
         object.__new__(NpuBackend).ray_actor_options(0)
-    # callers that carry only backend.ray_resource get the same answer through the registry
-    assert registry.ray_actor_options_for_resource("GPU", 2) == {"num_gpus": 2}
-    assert registry.ray_actor_options_for_resource("NPU", 1) == {"resources": {"NPU": 1}}
-    assert registry.ray_actor_options_for_resource(None, 1) == {}
-    with pytest.raises(ValueError, match="no backend uses the Ray resource 'TPU'"):
-        registry.ray_actor_options_for_resource("TPU", 1)
 
 
 def test_npu_worker_env_turns_nz_off_unless_the_user_chose(monkeypatch):
