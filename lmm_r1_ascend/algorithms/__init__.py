@@ -2,7 +2,9 @@
 
 Modules: advantages (group baselines, token rewards, returns, GAE), kl (k1/k2/k3 and KL
 controllers), whitening, aggregation (loss modes and mini-batch normalisers), losses
-(policy / value / entropy / KL), config (AlgorithmConfig), pipeline (rewards ->
+(policy / value / entropy / KL; PPO and GSPO), rollout_correction (rollout/trainer
+mismatch metrics and importance corrections), shaping (DAPO's overlong penalty and
+dynamic-sampling filter), config (AlgorithmConfig), pipeline (rewards ->
 advantages for a rollout) and objectives (config-driven actor / critic losses).
 """
 
@@ -19,7 +21,14 @@ from lmm_r1_ascend.algorithms.advantages import (
     rloo_rewards,
     token_rewards,
 )
-from lmm_r1_ascend.algorithms.aggregation import AGG_MODES, aggregate, loss_normaliser, sequence_sums, token_counts
+from lmm_r1_ascend.algorithms.aggregation import (
+    AGG_MODES,
+    aggregate,
+    broadcast_sequences,
+    loss_normaliser,
+    sequence_sums,
+    token_counts,
+)
 from lmm_r1_ascend.algorithms.config import AlgorithmConfig
 from lmm_r1_ascend.algorithms.kl import (
     KL_ESTIMATORS,
@@ -33,6 +42,7 @@ from lmm_r1_ascend.algorithms.losses import (
     PolicyLossOutput,
     ValueLossOutput,
     entropy_term,
+    gspo_policy_loss,
     kl_loss,
     ppo_policy_loss,
     value_loss,
@@ -40,15 +50,24 @@ from lmm_r1_ascend.algorithms.losses import (
 from lmm_r1_ascend.algorithms.objectives import ActorLossOutput, actor_loss, critic_loss
 from lmm_r1_ascend.algorithms.pipeline import AdvantageResult, compute_advantages
 from lmm_r1_ascend.algorithms.registry import Registry
+from lmm_r1_ascend.algorithms.rollout_correction import (
+    ROLLOUT_CORRECTIONS,
+    CorrectionOutput,
+    correction_weights,
+    mismatch_metrics,
+)
+from lmm_r1_ascend.algorithms.shaping import informative_groups, overlong_penalty
 from lmm_r1_ascend.algorithms.whitening import masked_mean, masked_sum, whiten
 
 __all__ = [
-    "ADVANTAGE_ESTIMATORS", "AGG_MODES", "KL_ESTIMATORS", "POLICY_LOSSES",
+    "ADVANTAGE_ESTIMATORS", "AGG_MODES", "KL_ESTIMATORS", "POLICY_LOSSES", "ROLLOUT_CORRECTIONS",
     "ActorLossOutput", "AdaptiveKLController", "AdvantageEstimator", "AdvantageResult",
-    "AlgorithmConfig", "FixedKLController", "PolicyLossOutput", "Registry", "ValueLossOutput",
-    "actor_loss", "aggregate", "baseline_rewards", "compute_advantages", "compute_kl",
-    "critic_loss", "discounted_returns", "entropy_term", "gae", "group_norm_rewards",
+    "AlgorithmConfig", "CorrectionOutput", "FixedKLController", "PolicyLossOutput", "Registry",
+    "ValueLossOutput", "actor_loss", "aggregate", "baseline_rewards", "broadcast_sequences",
+    "compute_advantages", "compute_kl", "correction_weights", "critic_loss", "discounted_returns",
+    "entropy_term", "gae", "group_norm_rewards", "gspo_policy_loss", "informative_groups",
     "kl_loss", "last_action_index", "loss_normaliser", "make_kl_controller", "masked_mean",
-    "masked_sum", "ppo_policy_loss", "rloo_rewards", "sequence_sums", "token_counts",
+    "masked_sum", "mismatch_metrics", "overlong_penalty", "ppo_policy_loss", "rloo_rewards",
+    "sequence_sums", "token_counts",
     "token_rewards", "value_loss", "whiten",
 ]

@@ -148,3 +148,24 @@ def aggregate(
     elif not normaliser > 0:
         raise ValueError(f"the loss normaliser must be > 0, got {normaliser}")
     return spec.per_sequence(s, c).sum() / normaliser
+
+
+def broadcast_sequences(
+    values: torch.Tensor, mask: torch.Tensor, cu_seqlens: torch.Tensor | Sequence[int] | None = None
+) -> torch.Tensor:
+    """Spread one value per sequence (B,) over its tokens: the inverse of ``sequence_sums``.
+
+    Returns a tensor of ``mask``'s shape ((B, L) padded, or (T,) packed with ``cu_seqlens``)
+    holding ``values[i]`` on every token of sequence i (masked-out tokens included).
+    """
+    if cu_seqlens is None:
+        if mask.dim() != 2 or values.shape != mask.shape[:1]:
+            raise ValueError(f"padded layout needs (B,) values for a (B, L) mask, got {tuple(values.shape)} "
+                             f"and {tuple(mask.shape)}")
+        return values[:, None].expand(mask.shape)
+    cu = cu_seqlens.tolist() if isinstance(cu_seqlens, torch.Tensor) else [int(v) for v in cu_seqlens]
+    lengths = torch.tensor([b - a for a, b in zip(cu[:-1], cu[1:])], device=values.device)
+    if values.shape != lengths.shape or mask.dim() != 1 or cu[-1] != mask.shape[0]:
+        raise ValueError(f"packed layout needs (B,) values, a (T,) mask and B+1 offsets ending at T; got "
+                         f"{tuple(values.shape)}, {tuple(mask.shape)}, {cu}")
+    return torch.repeat_interleave(values, lengths, output_size=mask.shape[0])

@@ -5,15 +5,17 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from lmm_r1_ascend.algorithms.advantages import ADVANTAGE_ESTIMATORS, AdvantageEstimator
 from lmm_r1_ascend.algorithms.aggregation import AGG_MODES
 from lmm_r1_ascend.algorithms.kl import KL_ESTIMATORS
 from lmm_r1_ascend.algorithms.losses import POLICY_LOSSES
+from lmm_r1_ascend.algorithms.rollout_correction import ROLLOUT_CORRECTIONS, check_bounds
 
 NORMALIZATIONS = ("auto", "whiten", "center", "none")
+OLD_LOGPROBS = ("recompute", "rollout")
 
 
 @dataclass
@@ -33,11 +35,22 @@ class AlgorithmConfig:
     kl_target, kl_horizon: adaptive KL controller (None: fixed coefficient).
     use_kl_loss, kl_loss_coef, kl_loss_estimator: KL as a loss term instead of (or as
         well as) the reward penalty. k3 by default: k1's gradient is zero in expectation.
-    policy_loss: "ppo". eps_clip: clip range; eps_clip_low/high override either side.
-    dual_clip: dual-clip constant c > 1, or None. value_clip: critic clip, or None.
+    policy_loss: "ppo" or "gspo" (sequence-ratio clipping, Zheng et al. 2025).
+    eps_clip: clip range; eps_clip_low/high override either side (ppo; DAPO's clip-higher
+        is eps_clip_high > eps_clip_low). gspo_clip_low/high: gspo's (much smaller) range.
+    dual_clip: dual-clip constant c > 1, or None (ppo only). value_clip: critic clip, or None.
     entropy_loss_coef: entropy bonus weight (loss -= coef * entropy).
     loss_agg_mode: token-mean | seq-mean-token-mean | seq-mean-token-sum |
         seq-mean-token-sum-norm (Dr. GRPO, divides by loss_agg_constant, e.g. generate_max_len).
+    old_logprobs: where the PPO ratio's old log-probs come from: "recompute" (the actor
+        recomputes them before the update; the engine's are kept as the behaviour policy)
+        or "rollout" (the engine's, as they were sampled; saves one forward pass).
+    rollout_correction: ["none"] or any of token_tis | seq_tis | token_mask | seq_mask |
+        icepop (their weights multiply), see rollout_correction.py; needs recompute.
+    rollout_correction_bounds: [low, high] ratio band of the corrections (0 <= low <= 1 <= high).
+    mismatch_warn_threshold: warn once when mean |p_rollout - p_trainer| exceeds this.
+    dynamic_sampling: DAPO's filter: drop prompt groups whose rewards are all equal and
+        draw more prompts, up to max_sample_batches draws per step (needs n_samples_per_prompt >= 2).
     """
 
     advantage_estimator: str = "reinforce_baseline"
@@ -64,10 +77,22 @@ class AlgorithmConfig:
     entropy_loss_coef: float = 0.0
     loss_agg_mode: str = "token-mean"
     loss_agg_constant: float | None = None
+    old_logprobs: str = "recompute"
+    rollout_correction: list[str] = field(default_factory=lambda: ["none"])
+    rollout_correction_bounds: tuple[float, float] = (0.5, 5.0)
+    mismatch_warn_threshold: float = 0.01
+    gspo_clip_low: float = 3e-4
+    gspo_clip_high: float = 4e-4
+    dynamic_sampling: bool = False
+    max_sample_batches: int = 4
 
     def __post_init__(self) -> None:
         if isinstance(self.reward_clip_range, list):  # YAML gives lists
             self.reward_clip_range = tuple(self.reward_clip_range)
+        if isinstance(self.rollout_correction_bounds, list):
+            self.rollout_correction_bounds = tuple(self.rollout_correction_bounds)
+        if isinstance(self.rollout_correction, str):
+            self.rollout_correction = [self.rollout_correction]
         self.validate()
 
     @classmethod
@@ -91,6 +116,11 @@ class AlgorithmConfig:
     def uses_reference(self) -> bool:
         """A frozen reference model is needed: KL in the reward or as a loss term."""
         return self.init_kl_coef > 0 or self.use_kl_loss
+
+    @property
+    def corrections(self) -> list[str]:
+        """The rollout corrections to apply (rollout_correction without "none")."""
+        return [n for n in self.rollout_correction if n != "none"]
 
     @property
     def clip_low(self) -> float:
@@ -148,7 +178,46 @@ class AlgorithmConfig:
         rc = self.reward_clip_range
         if rc is not None and (len(rc) != 2 or not rc[0] < rc[1]):
             raise ValueError(f"reward_clip_range must be [low, high] with low < high (or null), got {rc!r}")
+        self._validate_mismatch()
+        for key in ("gspo_clip_low", "gspo_clip_high"):
+            _positive(self, key)
+        if self.gspo_clip_low >= 1:
+            raise ValueError(f"gspo_clip_low must be < 1, got {self.gspo_clip_low}")
+        if self.policy_loss == "gspo":
+            if self.dual_clip is not None:
+                raise ValueError("policy_loss 'gspo' clips sequence ratios and takes no dual_clip; set dual_clip: null")
+        if not isinstance(self.dynamic_sampling, bool):
+            raise ValueError(f"dynamic_sampling must be true or false, got {self.dynamic_sampling!r}")
+        if isinstance(self.max_sample_batches, bool) or not isinstance(self.max_sample_batches, int) \
+                or self.max_sample_batches < 1:
+            raise ValueError(f"max_sample_batches must be an int >= 1, got {self.max_sample_batches!r}")
+        if self.dynamic_sampling and self.n_samples_per_prompt < 2:
+            raise ValueError("dynamic_sampling keeps prompt groups whose rewards differ and needs "
+                             f"n_samples_per_prompt >= 2 (got {self.n_samples_per_prompt})")
         return self
+
+    def _validate_mismatch(self) -> None:
+        if self.old_logprobs not in OLD_LOGPROBS:
+            raise ValueError(f"old_logprobs must be one of {', '.join(OLD_LOGPROBS)}, got {self.old_logprobs!r}")
+        names = list(self.rollout_correction)
+        if not names:
+            raise ValueError('rollout_correction must name at least one correction, or be ["none"]')
+        for name in names:
+            if name != "none":
+                _named(ROLLOUT_CORRECTIONS, name, "rollout_correction")
+        if "none" in names and len(names) > 1:
+            raise ValueError(f"rollout_correction: 'none' cannot be combined with other corrections, got {names}")
+        if len(set(names)) != len(names):
+            raise ValueError(f"rollout_correction names a correction twice: {names}")
+        b = self.rollout_correction_bounds
+        if len(b) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in b):
+            raise ValueError(f"rollout_correction_bounds must be [low, high], got {b!r}")
+        check_bounds(*b)
+        if self.corrections and self.old_logprobs == "rollout":
+            raise ValueError(
+                f"rollout_correction {self.corrections} compares the trainer's recomputed log-probs with the "
+                "engine's, so it needs old_logprobs: recompute (got rollout)")
+        _positive(self, "mismatch_warn_threshold")
 
 
 def _named(registry, name: str, key: str) -> None:

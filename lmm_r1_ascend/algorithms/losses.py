@@ -1,4 +1,4 @@
-"""Policy (PPO clip, dual clip), value, entropy and KL losses.
+"""Policy (PPO clip, dual clip; GSPO sequence clip), value, entropy and KL losses.
 
 All token inputs share one shape: (B, L) padded, or (T,) packed with ``cu_seqlens``;
 ``mask`` is bool and True on action tokens. Each loss is reduced by ``aggregate`` with a
@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from lmm_r1_ascend.algorithms.aggregation import aggregate
+from lmm_r1_ascend.algorithms.aggregation import aggregate, broadcast_sequences, sequence_sums, token_counts
 from lmm_r1_ascend.algorithms.kl import compute_kl, upcast
 from lmm_r1_ascend.algorithms.registry import Registry
 from lmm_r1_ascend.algorithms.whitening import masked_mean
@@ -39,6 +39,11 @@ def _masked_extreme(x: torch.Tensor, mask: torch.Tensor, largest: bool) -> torch
     filled = torch.where(mask, x, torch.full_like(x, fill))
     value = filled.max() if largest else filled.min()
     return torch.where(mask.any(), value, torch.full_like(value, float("nan")))
+
+
+def _check_weights(weights: torch.Tensor | None, mask: torch.Tensor) -> None:
+    if weights is not None and weights.shape != mask.shape:
+        raise ValueError(f"weights {tuple(weights.shape)} must have the mask's shape {tuple(mask.shape)}")
 
 
 @dataclass
@@ -82,15 +87,18 @@ def ppo_policy_loss(
     normaliser: float | None = None,
     cu_seqlens: torch.Tensor | Sequence[int] | None = None,
     constant: float | None = None,
+    weights: torch.Tensor | None = None,
 ) -> PolicyLossOutput:
     """PPO clipped surrogate, per token: ``max(-A r, -A clip(r, 1 - eps_low, 1 + eps_high))``.
 
     With ``dual_clip = c > 1`` (Ye et al. 2020), tokens with ``A < 0`` are further
     bounded: ``min(that, -c A)``, so a huge ratio cannot give an unbounded loss.
     ``r = exp(log_probs - old_log_probs)``; old log-probs come from the rollout and
-    carry no gradient. Log-ratios are clamped to +-20 before exp.
+    carry no gradient. Log-ratios are clamped to +-20 before exp. ``weights`` (the mask's
+    shape, detached; e.g. rollout-correction importance weights) multiply each token's loss.
     """
     _check_same_shape(mask, log_probs=log_probs, old_log_probs=old_log_probs, advantages=advantages)
+    _check_weights(weights, mask)
     if not (0 < eps_clip_low < 1 and eps_clip_high > 0):
         raise ValueError(f"need 0 < eps_clip_low < 1 and eps_clip_high > 0, got {eps_clip_low}, {eps_clip_high}")
     if dual_clip is not None and not dual_clip > 1:
@@ -107,6 +115,8 @@ def ppo_policy_loss(
         bound = -adv * dual_clip
         dual_active = (adv < 0) & (bound < token_loss)
         token_loss = torch.where(dual_active, bound, token_loss)
+    if weights is not None:
+        token_loss = token_loss * upcast(weights).detach()
     loss = aggregate(token_loss, mask, agg_mode, normaliser, cu_seqlens=cu_seqlens, constant=constant)
     with torch.no_grad():
         r = ratio.detach()
@@ -115,6 +125,64 @@ def ppo_policy_loss(
             clip_frac=masked_mean(clip_active.to(r.dtype), mask),
             dual_clip_frac=masked_mean(dual_active.to(r.dtype), mask),
             approx_kl=masked_mean((r - 1) - log_ratio.detach(), mask),
+            ratio_min=_masked_extreme(r, mask, largest=False),
+            ratio_max=_masked_extreme(r, mask, largest=True),
+            ratio_mean=masked_mean(r, mask),
+        )
+
+
+@POLICY_LOSSES.register("gspo")
+def gspo_policy_loss(
+    log_probs: torch.Tensor,
+    old_log_probs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    eps_clip_low: float = 3e-4,
+    eps_clip_high: float = 4e-4,
+    dual_clip: float | None = None,
+    agg_mode: str = "seq-mean-token-mean",
+    normaliser: float | None = None,
+    cu_seqlens: torch.Tensor | Sequence[int] | None = None,
+    constant: float | None = None,
+    weights: torch.Tensor | None = None,
+) -> PolicyLossOutput:
+    """GSPO (Zheng et al. 2025, arXiv 2507.18071): PPO clipping on a *sequence* ratio.
+
+    ``s_i = exp(mean_t (log_probs - old_log_probs))`` over sequence i's action tokens, in its
+    token form (GSPO-token) ``s_it = exp(sg(mean_lr_i) + lp_it - sg(lp_it))``: the value is
+    s_i on every token and the gradient of each token is ``s_i * grad lp_it``. Per token the
+    loss is ``max(-A s_it, -A clip(s_it, 1 - eps_low, 1 + eps_high))``; whole sequences are
+    clipped together, so the clip range is tiny (3e-4 / 4e-4 in the paper). Packed (T,) with
+    ``cu_seqlens`` or padded (B, L) rows; ``weights`` multiply the token loss. The ratio
+    diagnostics are of s_i (per token).
+    """
+    _check_same_shape(mask, log_probs=log_probs, old_log_probs=old_log_probs, advantages=advantages)
+    _check_weights(weights, mask)
+    if not (0 < eps_clip_low < 1 and eps_clip_high > 0):
+        raise ValueError(f"need 0 < eps_clip_low < 1 and eps_clip_high > 0, got {eps_clip_low}, {eps_clip_high}")
+    if dual_clip is not None:
+        raise ValueError("policy_loss 'gspo' clips sequence ratios and takes no dual_clip; set dual_clip: null")
+    lp, old, adv = upcast(log_probs), upcast(old_log_probs).detach(), upcast(advantages).detach()
+    token_lr = torch.where(mask, lp - old, torch.zeros_like(lp))
+    counts = token_counts(mask, cu_seqlens).clamp(min=1).to(lp.dtype)
+    seq_lr = (sequence_sums(token_lr.detach(), mask, cu_seqlens) / counts).clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)
+    log_s = broadcast_sequences(seq_lr, mask, cu_seqlens) + lp - lp.detach()
+    ratio = torch.where(mask, log_s, torch.zeros_like(log_s)).exp()
+    unclipped = -adv * ratio
+    clipped = -adv * ratio.clamp(1.0 - eps_clip_low, 1.0 + eps_clip_high)
+    token_loss = torch.maximum(unclipped, clipped)
+    if weights is not None:
+        token_loss = token_loss * upcast(weights).detach()
+    loss = aggregate(token_loss, mask, agg_mode, normaliser, cu_seqlens=cu_seqlens, constant=constant)
+    with torch.no_grad():
+        r = ratio.detach()
+        log_r = torch.where(mask, log_s.detach(), torch.zeros_like(r))
+        return PolicyLossOutput(
+            loss=loss,
+            clip_frac=masked_mean((clipped > unclipped).to(r.dtype), mask),
+            dual_clip_frac=torch.zeros((), dtype=r.dtype, device=r.device),
+            approx_kl=masked_mean((r - 1) - log_r, mask),
             ratio_min=_masked_extreme(r, mask, largest=False),
             ratio_max=_masked_extreme(r, mask, largest=True),
             ratio_mean=masked_mean(r, mask),

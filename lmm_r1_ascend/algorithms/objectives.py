@@ -53,16 +53,22 @@ def actor_loss(
     ref_log_probs: torch.Tensor | None = None,
     entropy: torch.Tensor | None = None,
     cu_seqlens: torch.Tensor | Sequence[int] | None = None,
+    correction_weights: torch.Tensor | None = None,
 ) -> ActorLossOutput:
     """The actor's loss on one micro-batch, with every term aggregated the same way.
 
     ``ref_log_probs`` is required when ``cfg.use_kl_loss``. ``entropy`` (token
     entropies) is required when ``cfg.entropy_loss_coef != 0`` and reported otherwise.
+    ``correction_weights`` (mask's shape, from ``cfg.rollout_correction``) weight the
+    policy-gradient term's tokens only; KL and entropy terms are not reweighted.
     """
     agg = dict(agg_mode=cfg.loss_agg_mode, normaliser=normaliser, cu_seqlens=cu_seqlens, constant=cfg.loss_agg_constant)
+    if cfg.policy_loss == "gspo":
+        clip = dict(eps_clip_low=cfg.gspo_clip_low, eps_clip_high=cfg.gspo_clip_high, dual_clip=None)
+    else:
+        clip = dict(eps_clip_low=cfg.clip_low, eps_clip_high=cfg.clip_high, dual_clip=cfg.dual_clip)
     policy = POLICY_LOSSES.get(cfg.policy_loss)(
-        log_probs, old_log_probs, advantages, mask,
-        eps_clip_low=cfg.clip_low, eps_clip_high=cfg.clip_high, dual_clip=cfg.dual_clip, **agg,
+        log_probs, old_log_probs, advantages, mask, weights=correction_weights, **clip, **agg,
     )
     loss = policy.loss
     kl = None

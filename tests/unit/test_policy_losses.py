@@ -13,11 +13,14 @@ from lmm_r1_ascend.algorithms import (
     AlgorithmConfig,
     actor_loss,
     aggregate,
+    broadcast_sequences,
     critic_loss,
     entropy_term,
     kl_loss,
     loss_normaliser,
     ppo_policy_loss,
+    sequence_sums,
+    token_counts,
     value_loss,
 )
 
@@ -222,3 +225,80 @@ def test_actor_and_critic_loss_compose(rng_seed):
     assert float(critic_loss(vcfg, lp, old, adv, mask).loss) == pytest.approx(
         float(value_loss(lp, old, adv, mask, value_clip=None).loss), rel=1e-12
     )
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_ppo_weights_multiply_the_token_loss(rng_seed, mode):
+    gen, mask, old, lp, adv = _inputs(rng_seed)
+    lp = lp.clone().requires_grad_(True)
+    kw = dict(eps_clip_low=0.2, eps_clip_high=0.28, dual_clip=3.0, agg_mode=mode, constant=CONST)
+    plain = ppo_policy_loss(lp, old, adv, mask, **kw)
+    (g_plain,) = torch.autograd.grad(plain.loss, lp)
+    ones = ppo_policy_loss(lp, old, adv, mask, weights=torch.ones_like(old), **kw)
+    (g_ones,) = torch.autograd.grad(ones.loss, lp)
+    assert float(ones.loss.detach()) == float(plain.loss.detach())
+    torch.testing.assert_close(g_ones, g_plain, rtol=0, atol=0)
+    zeros = ppo_policy_loss(lp, old, adv, mask, weights=torch.zeros_like(old), **kw)
+    assert float(zeros.loss.detach()) == 0.0 and torch.autograd.grad(zeros.loss, lp)[0].eq(0).all()
+    assert float(zeros.clip_frac) == float(plain.clip_frac)  # diagnostics are unweighted
+    # random weights (garbage off the mask; requiring grad, which must not reach them)
+    w = (torch.rand(old.shape, generator=gen, dtype=torch.float64) * 2).requires_grad_(True)
+    out = ppo_policy_loss(lp, old, adv, mask, weights=w, **kw)
+    tok = []
+    for rows in zip(to_rows(lp.detach()), to_rows(old), to_rows(adv), to_rows(w.detach())):
+        tok.append([ref_ppo_token(a, o, g, 0.2, 0.28, 3.0)[0] * x for a, o, g, x in zip(*rows)])
+    assert float(out.loss.detach()) == pytest.approx(ref_aggregate(tok, to_rows(mask), mode, CONST), rel=1e-9)
+    g_lp, g_w = torch.autograd.grad(out.loss, [lp, w], allow_unused=True)
+    assert g_w is None or g_w.eq(0).all()
+    # weighting a token scales its gradient: d/d lp of w * l is w * d l / d lp
+    torch.testing.assert_close(g_lp, g_plain * w.detach(), **TOL64)
+
+
+def test_ppo_weights_of_the_wrong_shape_raise():
+    z, m = torch.zeros(2, 3), torch.ones(2, 3, dtype=torch.bool)
+    for bad in (torch.ones(3), torch.ones(2, 4), torch.ones(6)):
+        with pytest.raises(ValueError, match=r"weights .* must have the mask's shape"):
+            ppo_policy_loss(z, z, z, m, weights=bad)
+
+
+def test_broadcast_sequences_round_trips_with_sequence_sums(rng_seed):
+    gen = torch.Generator().manual_seed(rng_seed)
+    values = torch.randn(4, generator=gen, dtype=torch.float64)
+    # padded: row i holds values[i] everywhere, masked-out tokens included
+    mask = torch.tensor([[True, False, True], [False, False, False], [True, True, True], [False, True, False]])
+    spread = broadcast_sequences(values, mask)
+    assert spread.shape == mask.shape
+    for i in range(4):
+        assert spread[i].tolist() == [float(values[i])] * 3
+    torch.testing.assert_close(sequence_sums(spread, mask), values * token_counts(mask), **TOL64)
+    # packed, with an empty sequence: the same per-sequence sums
+    cu = [0, 2, 2, 7, 8]
+    packed_mask = torch.tensor([True, True, True, False, True, True, False, True])
+    spread = broadcast_sequences(values, packed_mask, cu)
+    want = [float(values[i]) for i, (a, b) in enumerate(zip(cu[:-1], cu[1:])) for _ in range(b - a)]
+    assert spread.tolist() == want
+    for offsets in (cu, torch.tensor(cu)):
+        torch.testing.assert_close(
+            sequence_sums(broadcast_sequences(values, packed_mask, offsets), packed_mask, offsets),
+            values * token_counts(packed_mask, offsets), **TOL64)
+    # sums -> broadcast -> sums: a per-sequence mean spread back sums to the original sums
+    x = torch.randn(8, generator=gen, dtype=torch.float64)
+    sums, counts = sequence_sums(x, packed_mask, cu), token_counts(packed_mask, cu)
+    means = sums / counts.clamp(min=1)
+    torch.testing.assert_close(sequence_sums(broadcast_sequences(means, packed_mask, cu), packed_mask, cu),
+                               sums, **TOL64)
+    # gradients flow back to the per-sequence values
+    v = values.clone().requires_grad_(True)
+    sequence_sums(broadcast_sequences(v, packed_mask, cu), packed_mask, cu).sum().backward()
+    torch.testing.assert_close(v.grad, token_counts(packed_mask, cu).to(torch.float64), **TOL64)
+
+
+def test_broadcast_sequences_errors():
+    with pytest.raises(ValueError, match="padded layout needs"):
+        broadcast_sequences(torch.ones(3), torch.ones(2, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="padded layout needs"):
+        broadcast_sequences(torch.ones(2), torch.ones(4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="packed layout needs"):
+        broadcast_sequences(torch.ones(3), torch.ones(4, dtype=torch.bool), [0, 1, 4])
+    with pytest.raises(ValueError, match="packed layout needs"):
+        broadcast_sequences(torch.ones(2), torch.ones(5, dtype=torch.bool), [0, 1, 4])
