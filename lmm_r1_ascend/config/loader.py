@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from pathlib import Path
@@ -57,6 +58,23 @@ def recipe_path(name: str) -> Path:
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         raise ConfigError(f"unknown recipe '{name}'{hint}; recipes: {', '.join(list_recipes())}")
     return path
+
+
+def _with_parents(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """A recipe or config file merged over the recipe its `extends:` names (and so on up):
+    a variant states only what differs from its parent."""
+    data = _read_yaml(path)
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str):
+        raise ConfigError(f"{path}: extends must name one built-in recipe, got {parent!r}")
+    chain = (*seen, path.resolve())
+    parent_path = recipe_path(parent)
+    if parent_path.resolve() in chain:
+        names = " -> ".join(p.stem for p in (*chain, parent_path))
+        raise ConfigError(f"{path}: recipes extend each other in a circle: {names}")
+    return deep_merge(_with_parents(parent_path, chain), data)
 
 
 def deep_merge(base: dict, update: Mapping) -> dict:
@@ -194,6 +212,12 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if cfg.rollout.micro_rollout_batch_size < 1:
         raise ConfigError(f"rollout.micro_rollout_batch_size: must be >= 1, got {cfg.rollout.micro_rollout_batch_size}")
     _validate_distributed(cfg)
+    r = cfg.reward
+    if r.overlong_shaping and not 0 < r.overlong_buffer_len <= cfg.rollout.max_new_tokens:
+        raise ConfigError(f"reward.overlong_buffer_len ({r.overlong_buffer_len}) must be in [1, rollout.max_new_tokens "
+                          f"= {cfg.rollout.max_new_tokens}] when reward.overlong_shaping is on")
+    if r.overlong_shaping and not (math.isfinite(r.overlong_penalty) and r.overlong_penalty >= 0):
+        raise ConfigError(f"reward.overlong_penalty must be a finite number >= 0, got {r.overlong_penalty}")
     if cfg.data.on_bad_line not in ("raise", "skip"):
         raise ConfigError(f"data.on_bad_line: must be raise or skip, got '{cfg.data.on_bad_line}'")
     for key in ("max_prompt_len",):
@@ -249,9 +273,9 @@ def load_config(recipe: str | None = None, config_file: str | None = None,
     """Merge, in order: defaults, `base`, the recipe, the config file, the overrides."""
     data: dict = dict(base or {})
     if recipe:
-        data = deep_merge(data, _read_yaml(recipe_path(recipe)))
+        data = deep_merge(data, _with_parents(recipe_path(recipe)))
         data["recipe"] = recipe
     if config_file:
-        data = deep_merge(data, _read_yaml(Path(config_file)))
+        data = deep_merge(data, _with_parents(Path(config_file)))
     data = deep_merge(data, parse_overrides(overrides))
     return validate(build(TrainConfig, data))

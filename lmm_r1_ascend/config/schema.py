@@ -71,7 +71,11 @@ class RolloutConfig:
 @dataclass
 class RewardConfig:
     """default: the reward for rows whose datasource no route matches: math | sokoban |
-    custom:PATH.py | http(s)://URL. routes: {datasource glob: spec}."""
+    custom:PATH.py | http(s)://URL. routes: {datasource glob: spec}.
+    overlong_shaping: DAPO's soft overlong penalty, added to the reward: 0 up to
+      max_new_tokens - overlong_buffer_len response tokens, then falling linearly to
+      -overlong_penalty at rollout.max_new_tokens (algorithms/shaping.py).
+    """
 
     default: str = "math"
     routes: dict[str, str] = field(default_factory=dict)
@@ -80,6 +84,9 @@ class RewardConfig:
     timeout_s: float = 10.0
     workers: int = 2
     on_error: str = "raise"
+    overlong_shaping: bool = False
+    overlong_buffer_len: int = 1024
+    overlong_penalty: float = 1.0
 
 
 @dataclass

@@ -75,8 +75,9 @@ class TrainingCluster:
         return self._gather(batch, "critic_values", "critic", pad_forwards=self.zero3)
 
     def actor_log_probs(self, batch: ExperienceBatch) -> list[torch.Tensor]:
-        """Every rank computes the whole batch (equal forward counts under ZeRO-3); rank 0's answer."""
-        return self.group.call("actor_log_probs", batch)[0]
+        """The actor's log-probs of the responses (the recomputed old log-probs), sharded over the
+        ranks like the critic's values (ZeRO-3 ranks pad their forward counts to stay in step)."""
+        return self._gather(batch, "actor_log_probs", "actor", pad_forwards=self.zero3)
 
     # ------------------------------------------------------------------ updates
     def _train(self, method: str, role: str, minibatch: ExperienceBatch, cfg: AlgorithmConfig) -> dict[str, float]:

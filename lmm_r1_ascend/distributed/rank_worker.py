@@ -98,8 +98,8 @@ class TrainRank:
     def critic_values(self, batch: ExperienceBatch, n_chunks: int | None = None) -> list[torch.Tensor]:
         return self.critic.values(batch, n_chunks)
 
-    def actor_log_probs(self, batch: ExperienceBatch) -> list[torch.Tensor]:
-        return self.actor.log_probs(batch)
+    def actor_log_probs(self, batch: ExperienceBatch, n_chunks: int | None = None) -> list[torch.Tensor]:
+        return self.actor.log_probs(batch, n_chunks)
 
     # ------------------------------------------------------------------ updates
     def train_actor(self, shard: ExperienceBatch, cfg: AlgorithmConfig, normaliser: float, n_micro: int,

@@ -19,7 +19,8 @@ from lmm_r1_ascend.algorithms.config import AlgorithmConfig
 from lmm_r1_ascend.algorithms.pipeline import AdvantageResult, compute_advantages
 
 # Token-level fields: list of B tensors (R_i,). The first two are required.
-TOKEN_FIELDS = ("action_mask", "log_probs", "ref_log_probs", "values", "advantages", "returns", "kl")
+TOKEN_FIELDS = ("action_mask", "log_probs", "ref_log_probs", "values", "advantages", "returns", "kl",
+                "rollout_log_probs", "correction_weights")
 OPTIONAL_TOKEN_FIELDS = TOKEN_FIELDS[2:]
 
 
@@ -29,9 +30,15 @@ class ExperienceBatch:
 
     prompt_ids: B int64 tensors (P_i,). response_ids: B int64 tensors (R_i,), R_i >= 1.
     action_mask: B bool tensors (R_i,), True on tokens the policy chose and is trained on.
-    log_probs: B float tensors (R_i,), the rollout (old) policy's log-probs.
+    log_probs: B float tensors (R_i,), the old policy's log-probs: the PPO ratio's
+        denominator. The rollout engine's own until the trainer recomputes them
+        (algorithm.old_logprobs=recompute), which moves the engine's into rollout_log_probs.
     rewards: (B,) float scalar rewards. group_ids: (B,) int64, the prompt of each sample.
     ref_log_probs, values, advantages, returns, kl: None or B float tensors (R_i,).
+    rollout_log_probs: None or B float tensors (R_i,): the behaviour policy's log-probs as the
+        rollout engine sampled them, kept beside recomputed log_probs.
+    correction_weights: None or B float tensors (R_i,): detached per-token weights of the
+        policy-gradient loss from algorithm.rollout_correction (0 drops a token).
     multimodal: None or B dicts of tensors (e.g. pixel_values, image_grid_thw); {} for a
         text-only sample.
     info: extra per-sample (B,) tensors (e.g. format reward), carried along by select/cat.
@@ -48,6 +55,8 @@ class ExperienceBatch:
     advantages: list[torch.Tensor] | None = None
     returns: list[torch.Tensor] | None = None
     kl: list[torch.Tensor] | None = None
+    rollout_log_probs: list[torch.Tensor] | None = None
+    correction_weights: list[torch.Tensor] | None = None
     multimodal: list[dict[str, torch.Tensor]] | None = None
     info: dict[str, torch.Tensor] = field(default_factory=dict)
 

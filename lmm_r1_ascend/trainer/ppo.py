@@ -1,9 +1,12 @@
 """The PPO controller loop (DESIGN.md "One training step"): one loop for every backend and
 every placement (local: one process; ray: one actor per rank, see lmm_r1_ascend/distributed).
 
-Per step: rollout (n samples per prompt) -> rewards -> reference log-probs and critic
-values on packed micro-batches -> KL-shaped advantages -> critic update -> actor update ->
-new actor weights into the rollout engine -> metrics -> checkpoint. The controller only
+Per step: rollout (n samples per prompt) -> rewards (overlong shaping; dynamic sampling
+draws more prompts while groups are uninformative, trainer/rollout_collect.py) -> the old
+policy's log-probs recomputed by the actor, the rollout/trainer mismatch and its correction
+weights -> reference log-probs and critic values on packed micro-batches -> KL-shaped
+advantages -> critic update -> actor update -> new actor weights into the rollout engine
+-> metrics -> checkpoint. The controller only
 holds small CPU tensors; the workers own the models.
 """
 
@@ -19,6 +22,7 @@ import torch
 import yaml
 
 from lmm_r1_ascend.algorithms.kl import make_kl_controller
+from lmm_r1_ascend.algorithms.rollout_correction import MISMATCH_WARNING_CAUSES
 from lmm_r1_ascend.backends import get_backend
 from lmm_r1_ascend.config import TrainConfig, to_dict
 from lmm_r1_ascend.distributed.worker_group import WorkerDiedError
@@ -28,7 +32,8 @@ from lmm_r1_ascend.trainer import checkpoint as ckpt
 from lmm_r1_ascend.trainer.metrics import MetricsWriter
 from lmm_r1_ascend.trainer.ppo_update import ppo_update
 from lmm_r1_ascend.config.errors import SetupError
-from lmm_r1_ascend.trainer.setup import build_components
+from lmm_r1_ascend.trainer.rollout_collect import collect, shape_overlong
+from lmm_r1_ascend.trainer.setup import Scored, build_components, reward_metrics
 from lmm_r1_ascend.workers.builders import planned_rollouts
 from lmm_r1_ascend.workers.roles import average_metrics
 
@@ -48,6 +53,7 @@ class PPOTrainer:
         self.kl_ctl = make_kl_controller(alg.init_kl_coef, alg.kl_target, alg.kl_horizon)
         self.total_steps = planned_rollouts(cfg, len(c.dataset))
         self.step = 0
+        self._mismatch_warned = False
         self.sampling = SamplingConfig(
             n=alg.n_samples_per_prompt, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
             top_k=cfg.rollout.top_k, max_new_tokens=cfg.rollout.max_new_tokens)
@@ -101,6 +107,34 @@ class PPOTrainer:
             multimodal=[s.multimodal for s in samples] if any(s.multimodal for s in samples) else None,
             info=info)
 
+    def _draw(self, k: int, timed) -> tuple[list[RolloutSample], Scored]:
+        """The k-th prompt batch of this step (k > 0 only under dynamic sampling), sampled and scored."""
+        c, cfg = self.parts, self.cfg
+        with timed("rollout"):
+            prompts = self._next_prompts()
+            # draw 0 keeps the seed it always had; further draws get seeds no other step uses
+            sampling = dataclasses.replace(self.sampling, seed=cfg.seed * 100003 + self.step + k * 1_000_003)
+            samples = c.rollout.generate(prompts, sampling)
+        with timed("reward"):
+            scored = c.score_samples(samples)
+            r = cfg.reward
+            if r.overlong_shaping:
+                scored = shape_overlong(samples, scored, max_new_tokens=cfg.rollout.max_new_tokens,
+                                        buffer_len=r.overlong_buffer_len, penalty=r.overlong_penalty)
+        return samples, scored
+
+    def _check_mismatch(self, metrics: dict[str, float], step: int) -> None:
+        """Warn once per run when the rollout engine's token probabilities drift from the trainer's."""
+        diff = metrics.get("mismatch/probs_diff_mean")
+        limit = self.cfg.algorithm.mismatch_warn_threshold
+        if diff is None or self._mismatch_warned or not diff > limit:
+            return
+        self._mismatch_warned = True
+        self.log(f"warning: step {step}: rollout/trainer mismatch: mean |p_rollout - p_trainer| = {diff:.4g} "
+                 f"over response tokens (> algorithm.mismatch_warn_threshold={limit}; max "
+                 f"{metrics['mismatch/probs_diff_max']:.3g}, k3 KL {metrics['mismatch/kl']:.3g}). "
+                 + MISMATCH_WARNING_CAUSES)
+
     def train_step(self) -> dict[str, float]:
         c, cfg, alg = self.parts, self.cfg, self.cfg.algorithm
         timings: dict[str, float] = {}
@@ -110,38 +144,43 @@ class PPOTrainer:
             start = time.perf_counter()
             yield
             self.backend.synchronize()
-            timings[f"timing/{name}"] = time.perf_counter() - start
+            timings[f"timing/{name}"] = timings.get(f"timing/{name}", 0.0) + time.perf_counter() - start
 
+        upd = None
         with timed("step"):
-            with timed("rollout"):
-                prompts = self._next_prompts()
-                sampling = dataclasses.replace(self.sampling, seed=cfg.seed * 100003 + self.step)
-                samples = c.rollout.generate(prompts, sampling)
-            with timed("reward"):
-                rewards, reward_metrics, info = c.score(samples)
-            batch = self._experience(samples, rewards, info)
-            upd = ppo_update(c.cluster, batch, alg, kl_ctl=self.kl_ctl, train_batch_size=cfg.trainer.train_batch_size,
-                             max_epochs=cfg.trainer.max_epochs, seed=cfg.seed, step=self.step, timed=timed)
-            batch, adv, kl_coef = upd.batch, upd.advantages, upd.kl_coef
-            train_rows = upd.critic_rows + upd.actor_rows
-            with timed("weight_sync"):
-                c.rollout.sync_weights()
+            got = collect(lambda k: self._draw(k, timed), n=alg.n_samples_per_prompt,
+                          want_groups=cfg.rollout.rollout_batch_size, dynamic=alg.dynamic_sampling,
+                          max_draws=alg.max_sample_batches, log=self.log, step=self.step)
+            if got.samples:
+                batch = self._experience(got.samples, got.scored.totals, got.scored.info)
+                upd = ppo_update(c.cluster, batch, alg, kl_ctl=self.kl_ctl, train_batch_size=cfg.trainer.train_batch_size,
+                                 max_epochs=cfg.trainer.max_epochs, seed=cfg.seed, step=self.step, timed=timed)
+                with timed("weight_sync"):
+                    c.rollout.sync_weights()
         self.step += 1
-        lengths = torch.tensor(batch.response_lengths, dtype=torch.float32)
+        drawn = got.drawn
+        lengths = torch.tensor([int(s.response_ids.numel()) for s in drawn], dtype=torch.float32)
         gen_tokens = float(lengths.sum())
         metrics = {
-            **reward_metrics,
+            **reward_metrics(drawn, got.drawn_scored),
             "response_length/mean": float(lengths.mean()), "response_length/max": float(lengths.max()),
-            "response_length/clip_ratio": sum(s.finish_reason == "length" for s in samples) / len(samples),
-            "kl": float(adv.mean_kl), "kl_coef": kl_coef,
-            "advantages/mean": float(batch.packed("advantages").mean()),
-            **average_metrics(train_rows),
+            "response_length/clip_ratio": sum(s.finish_reason == "length" for s in drawn) / len(drawn),
+            **got.metrics,
+        }
+        if upd is not None:
+            self._check_mismatch(upd.metrics, step=self.step)  # self.step already counts this step
+            metrics.update({
+                "kl": float(upd.advantages.mean_kl), "kl_coef": upd.kl_coef,
+                "advantages/mean": float(upd.batch.packed("advantages").mean()),
+                **upd.metrics, **average_metrics(upd.critic_rows + upd.actor_rows)})
+        prompt_tokens = sum(int(s.prompt_ids.numel()) for s in drawn)
+        metrics.update({
             **timings,
             "throughput/rollout_tokens_per_s": gen_tokens / max(timings["timing/rollout"], 1e-9),
-            "throughput/tokens_per_s": (gen_tokens + sum(len(p) for p in batch.prompt_ids)) / timings["timing/step"],
+            "throughput/tokens_per_s": (gen_tokens + prompt_tokens) / timings["timing/step"],
             "data/epoch": c.dataset.epoch,
             "memory/peak_gb": c.cluster.peak_memory_gb(),
-        }
+        })
         if "policy/entropy" in metrics:
             metrics["entropy"] = metrics["policy/entropy"]
         if "critic/loss" in metrics:

@@ -1,19 +1,23 @@
-"""The training half of a PPO step, after rollout and rewards: reference log-probs, critic
-values, KL-shaped advantages, critic then actor updates over seeded mini-batches.
+"""The training half of a PPO step, after rollout and rewards: the old policy's log-probs
+(recomputed by the actor, or the rollout engine's), the rollout/trainer mismatch and its
+correction weights, reference log-probs, critic values, KL-shaped advantages, critic then
+actor updates over seeded mini-batches.
 
 One function, called by `PPOTrainer.train_step` and by the parity replay
 (`lmm_r1_ascend.parity`), so the replay is the trainer's computation and not a copy of it.
-`workers` is anything with the TrainingCluster methods ref_log_probs, critic_values,
-train_critic and train_actor (distributed/cluster.py).
+`workers` is anything with the TrainingCluster methods actor_log_probs, ref_log_probs,
+critic_values, train_critic and train_actor (distributed/cluster.py).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from lmm_r1_ascend.algorithms.config import AlgorithmConfig
+from lmm_r1_ascend.algorithms.rollout_correction import correction_weights, mismatch_metrics
 from lmm_r1_ascend.experience import ExperienceBatch, minibatches
 
 
@@ -21,13 +25,15 @@ from lmm_r1_ascend.experience import ExperienceBatch, minibatches
 class UpdateResult:
     """batch: with ref log-probs, values, advantages and returns. advantages: the estimator's
     output (mean_kl, ...). kl_coef: the coefficient used (before the controller's update).
-    critic_rows / actor_rows: one metrics dict per optimizer step."""
+    critic_rows / actor_rows: one metrics dict per optimizer step. metrics: per-rollout
+    figures (mismatch/*, rollout_correction/*; empty with old_logprobs=rollout)."""
 
     batch: ExperienceBatch
     advantages: Any
     kl_coef: float
     critic_rows: list[dict[str, float]]
     actor_rows: list[dict[str, float]]
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 def minibatch_seed(seed: int, step: int, epoch: int) -> int:
@@ -38,6 +44,10 @@ def minibatch_seed(seed: int, step: int, epoch: int) -> int:
 def ppo_update(workers, batch: ExperienceBatch, alg: AlgorithmConfig, *, kl_ctl, train_batch_size: int,
                max_epochs: int, seed: int, step: int,
                timed: Callable[[str], AbstractContextManager] = lambda name: nullcontext()) -> UpdateResult:
+    metrics: dict[str, float] = {}
+    if alg.old_logprobs == "recompute":
+        with timed("old_log_probs"):
+            batch, metrics = recompute_old_log_probs(workers, batch, alg)
     if alg.uses_reference:
         with timed("reference"):
             batch.ref_log_probs = workers.ref_log_probs(batch)
@@ -56,4 +66,23 @@ def ppo_update(workers, batch: ExperienceBatch, alg: AlgorithmConfig, *, kl_ctl,
                 critic_rows += [workers.train_critic(mb, alg) for mb in parts]
         with timed("train_actor"):
             actor_rows += [workers.train_actor(mb, alg) for mb in parts]
-    return UpdateResult(batch, adv, kl_coef, critic_rows, actor_rows)
+    return UpdateResult(batch, adv, kl_coef, critic_rows, actor_rows, metrics)
+
+
+def recompute_old_log_probs(workers, batch: ExperienceBatch, alg: AlgorithmConfig
+                            ) -> tuple[ExperienceBatch, dict[str, float]]:
+    """The actor's own log-probs become the old policy's (the PPO ratio's denominator); the
+    rollout engine's move to rollout_log_probs (the behaviour policy). Returns the new batch
+    (with correction_weights when alg.rollout_correction asks for any) and the mismatch and
+    correction metrics."""
+    old = workers.actor_log_probs(batch)
+    new = dataclasses.replace(batch, log_probs=old, rollout_log_probs=batch.log_probs)
+    args = (new.packed("log_probs"), new.packed("rollout_log_probs"), new.packed("action_mask"),
+            new.response_cu_seqlens())
+    metrics = mismatch_metrics(*args)
+    if alg.corrections:
+        low, high = alg.rollout_correction_bounds
+        out = correction_weights(alg.corrections, *args, low=low, high=high)
+        new = dataclasses.replace(new, correction_weights=list(out.weights.split(new.response_lengths)))
+        metrics.update(out.metrics())
+    return new, metrics

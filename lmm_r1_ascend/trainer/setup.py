@@ -23,9 +23,44 @@ from lmm_r1_ascend.rewards.registry import RewardRouter
 from lmm_r1_ascend.rollout.base import RolloutSample
 from lmm_r1_ascend.workers.builders import resolve_actor_path, total_updates
 
-__all__ = ["Components", "SetupError", "build_components", "prepare_data"]
+__all__ = ["Components", "Scored", "SetupError", "build_components", "prepare_data", "reward_metrics"]
 
 MATH_PROMPT_ALIASES = ("math",)
+
+
+@dataclass
+class Scored:
+    """Rewards of B samples. totals: (B,) float32 scalar rewards; info: per-sample (B,) tensors
+    (reward_<component>: the router's components, e.g. reward_accuracy, reward_format);
+    statuses: the reward status of each sample (correct, wrong, timeout, ...)."""
+
+    totals: torch.Tensor
+    info: dict[str, torch.Tensor]
+    statuses: list[str]
+
+    @classmethod
+    def cat(cls, parts: list[Scored]) -> Scored:
+        keys = sorted({k for p in parts for k in p.info})
+        info = {k: torch.cat([p.info.get(k, torch.zeros(len(p.statuses))) for p in parts]) for k in keys}
+        return cls(torch.cat([p.totals for p in parts]), info, [s for p in parts for s in p.statuses])
+
+
+def reward_metrics(samples: list[RolloutSample], scored: Scored) -> dict[str, float]:
+    """reward/mean, reward/std, reward/<component>, reward/status/<status>, and per-datasource
+    reward/<source>/mean when the samples come from several sources."""
+    totals = scored.totals
+    metrics = {"reward/mean": float(totals.mean()), "reward/std": float(totals.std(unbiased=False))}
+    for key, values in scored.info.items():
+        if key.startswith("reward_"):
+            metrics[f"reward/{key.removeprefix('reward_')}"] = float(values.mean())
+    for status in sorted(set(scored.statuses)):
+        metrics[f"reward/status/{status}"] = sum(s == status for s in scored.statuses) / len(scored.statuses)
+    sources = sorted({s.prompt.datasource for s in samples})
+    if len(sources) > 1:
+        for src in sources:
+            sel = [i for i, s in enumerate(samples) if s.prompt.datasource == src]
+            metrics[f"reward/{src}/mean"] = float(totals[sel].mean())
+    return metrics
 
 
 @dataclass
@@ -44,6 +79,11 @@ class Components:
 
     def score(self, samples: list[RolloutSample]) -> tuple[torch.Tensor, dict[str, float], dict[str, torch.Tensor]]:
         """Scalar rewards (B,), their metrics (reward/mean, reward/<component>, reward/status/<s>) and per-sample info."""
+        scored = self.score_samples(samples)
+        return scored.totals, reward_metrics(samples, scored), scored.info
+
+    def score_samples(self, samples: list[RolloutSample]) -> Scored:
+        """The reward router's verdict on each sample, without metrics (see reward_metrics)."""
         from lmm_r1_ascend.rewards import RewardInput
         from lmm_r1_ascend.rewards.extraction import extract_response
 
@@ -57,20 +97,9 @@ class Components:
                                       query=full, prompt=prompt, datasource=s.prompt.datasource, meta=s.prompt.meta))
         outs = self.reward(inputs)
         totals = torch.tensor([o.total for o in outs], dtype=torch.float32)
-        metrics = {"reward/mean": float(totals.mean()), "reward/std": float(totals.std(unbiased=False))}
-        info: dict[str, torch.Tensor] = {}
-        for key in sorted({k for o in outs for k in o.components}):
-            values = torch.tensor([float(o.components.get(key, 0.0)) for o in outs])
-            info[f"reward_{key}"] = values
-            metrics[f"reward/{key}"] = float(values.mean())
-        for status in sorted({o.status for o in outs}):
-            metrics[f"reward/status/{status}"] = sum(o.status == status for o in outs) / len(outs)
-        sources = sorted({s.prompt.datasource for s in samples})
-        if len(sources) > 1:
-            for src in sources:
-                sel = [i for i, s in enumerate(samples) if s.prompt.datasource == src]
-                metrics[f"reward/{src}/mean"] = float(totals[sel].mean())
-        return totals, metrics, info
+        info = {f"reward_{key}": torch.tensor([float(o.components.get(key, 0.0)) for o in outs])
+                for key in sorted({k for o in outs for k in o.components})}
+        return Scored(totals, info, [o.status for o in outs])
 
     def export_hf(self, path: Path) -> Path:
         """The actor in Hugging Face format (+ tokenizer, image processor, critic next to it if any)."""

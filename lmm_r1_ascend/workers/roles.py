@@ -164,14 +164,17 @@ class ActorWorker(TrainedRole):
         mb = micro.batch
         res = self.engine.module(samples_from_experience(mb), return_entropy=True)
         ref = mb.packed("ref_log_probs").to(device) if mb.ref_log_probs is not None else None
+        weights = mb.packed("correction_weights").to(device) if mb.correction_weights is not None else None
         return actor_loss(cfg, res["log_probs"], mb.packed("log_probs").to(device),
                           mb.packed("advantages").to(device), mb.packed("action_mask").to(device),
                           normaliser=micro.normaliser, ref_log_probs=ref, entropy=res["entropy"],
-                          cu_seqlens=mb.response_cu_seqlens())
+                          cu_seqlens=mb.response_cu_seqlens(), correction_weights=weights)
 
-    def log_probs(self, batch: ExperienceBatch) -> list[torch.Tensor]:
-        """The current policy's log-probs of the response tokens (e.g. to check weight sync)."""
-        return _per_sample(batch, self.max_tokens, lambda samples: self.engine.module(samples)["log_probs"])
+    def log_probs(self, batch: ExperienceBatch, n_chunks: int | None = None) -> list[torch.Tensor]:
+        """The current policy's log-probs of the response tokens, under no_grad on the reference
+        forward's packed chunks: the old log-probs of algorithm.old_logprobs=recompute (and a
+        weight-sync check). n_chunks pads the forward count (ZeRO-3 ranks in step)."""
+        return _per_sample(batch, self.max_tokens, lambda samples: self.engine.module(samples)["log_probs"], n_chunks)
 
     def named_weights(self, bucket_bytes: int = 256 << 20) -> Iterable[tuple[str, torch.Tensor]]:
         """The weights the rollout engine needs: every parameter and buffer of the policy, full

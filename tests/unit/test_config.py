@@ -90,3 +90,52 @@ def test_bad_recipe_and_files(tmp_path):
     bad.write_text("trainer:\n  max_steps: [1,\n")
     with pytest.raises(ConfigError, match=r"bad.yaml:\d+: invalid YAML"):
         load_config(config_file=str(bad))
+
+
+def test_recipes_extend_a_parent_and_state_only_what_differs(tmp_path):
+    fre, dapo, gspo = load_config("demo_fre"), load_config("demo_dapo"), load_config("demo_gspo")
+    assert dapo.recipe == "demo_dapo" and dapo.model.pretrain == fre.model.pretrain == "demo-fre"
+    assert dapo.rollout.max_new_tokens == fre.rollout.max_new_tokens  # inherited
+    a = dapo.algorithm
+    assert a.dynamic_sampling and a.clip_high > a.clip_low and a.advantage_estimator == "group_norm"
+    assert dapo.reward.overlong_shaping and a.loss_agg_mode == "token-mean"
+    assert gspo.algorithm.policy_loss == "gspo" and gspo.algorithm.loss_agg_mode == "seq-mean-token-mean"
+    child = tmp_path / "child.yaml"  # a user's file may extend a recipe too, and beats it
+    child.write_text("extends: demo_dapo\ntrainer:\n  max_steps: 7\n")
+    cfg = load_config(config_file=str(child))
+    assert cfg.trainer.max_steps == 7 and cfg.algorithm.dynamic_sampling
+    same = tmp_path / "demo_fre.yaml"  # a file named like its parent is not a circle
+    same.write_text("extends: demo_fre\n")
+    assert load_config(config_file=str(same)).model.pretrain == "demo-fre"
+
+
+def test_extends_errors_are_clear(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("extends: [demo_fre, demo_dapo]\n")
+    with pytest.raises(ConfigError, match="extends must name one built-in recipe"):
+        load_config(config_file=str(bad))
+    bad.write_text("extends: demo_fr\n")
+    with pytest.raises(ConfigError, match=r"unknown recipe 'demo_fr' \(did you mean 'demo_fre'\?\)"):
+        load_config(config_file=str(bad))
+
+
+def test_extends_circle_is_an_error(tmp_path, monkeypatch):
+    from lmm_r1_ascend.config import loader
+
+    (tmp_path / "a.yaml").write_text("extends: b\n")
+    (tmp_path / "b.yaml").write_text("extends: a\n")
+    monkeypatch.setattr(loader, "recipe_path", lambda name: tmp_path / f"{name}.yaml")
+    with pytest.raises(ConfigError, match=r"circle: a -> b -> a"):
+        load_config(config_file=str(tmp_path / "a.yaml"))
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (["reward.overlong_shaping=true", "reward.overlong_buffer_len=0"], r"overlong_buffer_len \(0\) must be in \[1,"),
+    (["reward.overlong_shaping=true", "reward.overlong_buffer_len=5000"], r"rollout.max_new_tokens = 4096"),
+    (["reward.overlong_shaping=true", "reward.overlong_penalty=-1"], r"overlong_penalty must be a finite number >= 0"),
+    (["algorithm.rollout_correction=tis"], r"unknown rollout_correction 'tis'"),
+    (["algorithm.old_logprobs=rollout", "algorithm.rollout_correction=token_tis"], r"needs old_logprobs: recompute"),
+])
+def test_mismatch_and_shaping_keys_are_checked(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config("fre_text", overrides=overrides)
