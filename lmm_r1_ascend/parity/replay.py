@@ -13,7 +13,10 @@ Per step, the result holds (floats, means over mini-batches where the trainer av
     against the reference), entropy, actor_grad_norm, critic_grad_norm (pre-clip),
     logprob_diff_mean / logprob_diff_max (|actor log-prob - recorded log-prob| over action
     tokens, before the step's updates), ref_logprob_mean, value_mean (forward-only
-    quantities that locate a divergence before any backward runs).
+    quantities that locate a divergence before any backward runs), and the trainer's
+    rollout/trainer mismatch figures (mismatch_probs_diff_mean / _max, mismatch_kl: this
+    backend's recomputed old log-probs against the recorded rollout's, as the trainer logs
+    them as mismatch/*).
 """
 
 from __future__ import annotations
@@ -27,7 +30,11 @@ from lmm_r1_ascend.parity.rollout_file import TRAINING_KEYS, ParityInputError, l
 
 RESULT_FORMAT = "lmm-r1-parity/1"
 METRICS = ("policy_loss", "value_loss", "kl", "entropy", "actor_grad_norm", "critic_grad_norm",
-           "logprob_diff_mean", "logprob_diff_max", "ref_logprob_mean", "value_mean")
+           "logprob_diff_mean", "logprob_diff_max", "ref_logprob_mean", "value_mean",
+           "mismatch_probs_diff_mean", "mismatch_probs_diff_max", "mismatch_kl")
+# replay metric -> the trainer's ppo_update metric (algorithm.old_logprobs=recompute)
+MISMATCH_METRICS = {"mismatch_probs_diff_mean": "mismatch/probs_diff_mean",
+                    "mismatch_probs_diff_max": "mismatch/probs_diff_max", "mismatch_kl": "mismatch/kl"}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
@@ -74,6 +81,9 @@ class ParityModels:
             raise ValueError(f"ParityModels builds on the backend's device {backend.device(0)}, not {device}")
         self.actor, self.reference, self.critic = build_rank_workers(
             cfg, backend, resolve_model_name(model), int(training["total_updates"]), attention=attention)
+        if self.alg.old_logprobs != "recompute":
+            raise ParityInputError("the recording's algorithm.old_logprobs must be recompute: the replay reports the "
+                                   "rollout/trainer mismatch (mismatch_*)")
         if self.reference is None or self.critic is None:
             raise ParityInputError("the recording's algorithm must use a reference (KL) and a critic (gae): "
                                    "the replay reports both losses")
@@ -83,6 +93,9 @@ class ParityModels:
                 head.copy_(value_head.to(head))
 
     # The TrainingCluster methods ppo_update calls (one rank, in this process).
+    def actor_log_probs(self, batch) -> list[torch.Tensor]:
+        return self.actor.log_probs(batch)
+
     def ref_log_probs(self, batch) -> list[torch.Tensor]:
         return self.reference.log_probs(batch)
 
@@ -113,6 +126,7 @@ def replay_step(models: ParityModels, batch, *, seed: int, step: int, kl_ctl, tr
     batch = upd.batch
     c, a = average_metrics(upd.critic_rows), average_metrics(upd.actor_rows)
     return {
+        **{name: float(upd.metrics[key]) for name, key in MISMATCH_METRICS.items()},
         "policy_loss": a["loss/policy"], "value_loss": c["critic/loss"], "kl": float(upd.advantages.mean_kl),
         "entropy": a["policy/entropy"], "actor_grad_norm": a["actor/grad_norm"],
         "critic_grad_norm": c["critic/grad_norm"], "logprob_diff_mean": float(diff.mean()),
