@@ -168,3 +168,17 @@ def test_dynamic_sampling_keeps_informative_groups_and_resumes_exactly(tmp_path,
         assert na.keys() == nb.keys()
         for key in na:
             assert nb[key] == pytest.approx(na[key], rel=1e-6, abs=1e-7), (a["step"], key)
+
+
+def test_a_gspo_step_trains_through_the_trainer(tmp_path):
+    """policy_loss=gspo end to end (its math: tests/unit/test_gspo.py): two mini-batches, so
+    the second sees a moved policy; the sequence ratio stays finite and near 1."""
+    trainer, _ = _trainer(tmp_path, "algorithm.policy_loss=gspo", "algorithm.advantage_estimator=group_norm",
+                          "algorithm.loss_agg_mode=seq-mean-token-mean", "trainer.train_batch_size=4")
+    try:
+        m = trainer.train_step()
+    finally:
+        trainer.parts.close()
+    assert m["policy/dual_clip_frac"] == 0.0 and 0.0 <= m["policy/clip_frac"] <= 1.0
+    assert 0.5 < m["policy/ratio_min"] <= m["policy/ratio_max"] < 2.0, m
+    assert torch.isfinite(torch.tensor([m["loss/policy"], m["actor/grad_norm"]])).all()
