@@ -30,7 +30,8 @@ class SamplingConfig:
     """How to sample. Validated on construction (ValueError/TypeError naming the field).
 
     n: samples per prompt (>= 1).
-    temperature: > 0. Greedy decoding (0) is not offered: log-probs are divided by it.
+    temperature: >= 0; 0 is greedy decoding (the argmax token; log-probs are then of the
+        untempered logits, and n > 1 samples are identical). Training needs > 0.
     top_p: in (0, 1]; 1 disables nucleus sampling.
     top_k: -1 disables, else >= 1.
     max_new_tokens: >= 1, the longest response.
@@ -66,10 +67,9 @@ class SamplingConfig:
                 f"SamplingConfig.min_new_tokens ({self.min_new_tokens}) exceeds max_new_tokens ({self.max_new_tokens})"
             )
         t = self.temperature
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0:
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not t >= 0:
             raise ValueError(
-                f"SamplingConfig.temperature must be a number > 0, got {t!r} (greedy decoding is not supported: "
-                "log-probs are divided by the temperature; use a small value such as 1e-2 instead)"
+                f"SamplingConfig.temperature must be a number >= 0 (0: greedy), got {t!r}"
             )
         p = self.top_p
         if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p <= 1:
@@ -86,6 +86,16 @@ class SamplingConfig:
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
             raise TypeError(f"SamplingConfig.seed must be an int or None, got {self.seed!r}")
 
+    @property
+    def greedy(self) -> bool:
+        """temperature 0: always the argmax token."""
+        return self.temperature == 0
+
+    @property
+    def logprob_temperature(self) -> float:
+        """What the logits are divided by for the reported log-probs (1 when greedy)."""
+        return 1.0 if self.greedy else float(self.temperature)
+
 
 @dataclass
 class RolloutSample:
@@ -97,7 +107,7 @@ class RolloutSample:
     response_ids: (R,) int64, 1 <= R <= max_new_tokens, unpadded: it ends right after the
         first stop token (kept) or at max_new_tokens.
     logprobs: (R,) float32, log-prob of each sampled token under
-        log_softmax(fp32 logits / temperature) of the engine's model.
+        log_softmax(fp32 logits / temperature) of the engine's model (untempered when greedy).
     action_mask: (R,) bool, True on the tokens the policy chose up to and including the
         first stop token. Responses are cut there, so it is all True; it is kept explicit
         because the experience batch carries it.

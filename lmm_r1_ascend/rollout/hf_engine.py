@@ -132,9 +132,11 @@ class HFRolloutEngine(RolloutEngine):
         from transformers import GenerationConfig
 
         inputs = self._collate(rows)
+        sampling = (dict(do_sample=False, temperature=None, top_p=None, top_k=None) if cfg.greedy else
+                    dict(do_sample=True, temperature=float(cfg.temperature), top_p=float(cfg.top_p),
+                         top_k=0 if cfg.top_k == -1 else cfg.top_k))
         gen_cfg = GenerationConfig(
-            do_sample=True, temperature=float(cfg.temperature), top_p=float(cfg.top_p),
-            top_k=0 if cfg.top_k == -1 else cfg.top_k, max_new_tokens=cfg.max_new_tokens,
+            **sampling, max_new_tokens=cfg.max_new_tokens,
             min_new_tokens=cfg.min_new_tokens or None, eos_token_id=stop_ids, pad_token_id=self.pad_id,
             repetition_penalty=1.0, use_cache=True, return_dict_in_generate=True, output_logits=True,
         )
@@ -144,7 +146,7 @@ class HFRolloutEngine(RolloutEngine):
             raise RuntimeError(f"generate() returned {resp.shape[1]} new tokens but {len(out.logits)} logit steps")
         logp = torch.empty(resp.shape, dtype=torch.float32, device=resp.device)
         for t, step_logits in enumerate(out.logits):  # one (B, V) fp32 buffer at a time
-            lsm = F.log_softmax(step_logits.float() / cfg.temperature, dim=-1)
+            lsm = F.log_softmax(step_logits.float() / cfg.logprob_temperature, dim=-1)
             logp[:, t] = lsm.gather(1, resp[:, t:t + 1]).squeeze(1)
         return resp.cpu(), logp.cpu()
 

@@ -132,7 +132,7 @@ def test_registry_and_config_errors(text_path):
         build_engine("sglang", text_path)
     with pytest.raises(ValueError, match="not a directory"):
         build_engine("hf", text_path / "missing")
-    for bad, match in [(dict(n=0), "n must be an int >= 1"), (dict(temperature=0.0), "temperature.*greedy"),
+    for bad, match in [(dict(n=0), "n must be an int >= 1"), (dict(temperature=-0.5), "temperature.*>= 0"),
                        (dict(top_p=1.5), r"top_p must be in \(0, 1\]"), (dict(top_k=0), "top_k must be -1"),
                        (dict(max_new_tokens=2, min_new_tokens=3), "min_new_tokens .* exceeds"),
                        (dict(stop_token_ids="x"), "stop_token_ids")]:
@@ -165,6 +165,23 @@ def test_text_rollout_order_stops_and_logprobs(text_engine, tok, rng_seed):
     assert gap < TOL
     # The temperature is really applied (and top_p=0.9 does not renormalise the reported log-probs).
     assert max_gap(text_engine.model, samples, 1.0) > 1e-2  # observed 1e-1 .. 6e-1
+
+
+def test_greedy_decoding_takes_the_argmax_and_reports_untempered_log_probs(text_engine, tok, rng_seed):
+    prompts = [text_prompt(tok, q) for q in QUESTIONS]
+    cfg = SamplingConfig(n=2, temperature=0.0, max_new_tokens=6, seed=rng_seed)
+    assert cfg.greedy and cfg.logprob_temperature == 1.0
+    a = text_engine.generate(prompts, cfg)
+    b = text_engine.generate(prompts, SamplingConfig(n=2, temperature=0.0, max_new_tokens=6, seed=rng_seed + 1))
+    check_samples(a, prompts, cfg, set(text_engine.eos_ids))
+    assert all(torch.equal(x.response_ids, y.response_ids) for x, y in zip(a, b))  # no seed changes greedy
+    for s in a:  # every token is the teacher-forced argmax, and its log-prob the untempered one
+        ids = torch.cat([s.prompt_ids, s.response_ids])[None]
+        with torch.no_grad():
+            logits = text_engine.model(input_ids=ids, use_cache=False).logits[0].float()
+        p = s.prompt_ids.numel()
+        assert torch.equal(logits[p - 1:-1].argmax(-1), s.response_ids)
+    assert max_gap(text_engine.model, a, 1.0) < TOL
 
 
 def test_length_finish_and_same_seed_same_samples(text_engine, tok, rng_seed):
