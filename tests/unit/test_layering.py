@@ -13,7 +13,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE_DIRS = {"lmm_r1_ascend": ROOT / "lmm_r1_ascend", "lmm_r1_ascend.backends": ROOT / "backends",
                 "lmm_r1_ascend.kernels": ROOT / "kernels"}
-CORE = {"algorithms", "config", "data", "demo", "engines", "envs", "experience", "models", "rewards", "rollout"}
+CORE = {"algorithms", "config", "data", "demo", "engines", "envs", "evaluation", "experience", "models", "rewards",
+        "rollout"}
 LAYERS = {"kernels": 0, "backends": 1, **{name: 2 for name in CORE}, "workers": 3, "distributed": 4,
           "trainer": 5, "parity": 5}
 CLI_LAYER = 6  # lmm_r1_ascend/<name>.py at the top: train, doctor, plot, reward
