@@ -84,17 +84,9 @@ class Components:
 
     def score_samples(self, samples: list[RolloutSample]) -> Scored:
         """The reward router's verdict on each sample, without metrics (see reward_metrics)."""
-        from lmm_r1_ascend.rewards import RewardInput
-        from lmm_r1_ascend.rewards.extraction import extract_response
+        from lmm_r1_ascend.rewards.inputs import reward_inputs
 
-        inputs, prompts = [], {}
-        for s in samples:  # n samples share a prompt: decode it once
-            if s.prompt_index not in prompts:
-                prompts[s.prompt_index] = self.tokenizer.decode(s.prompt_ids.tolist())
-            prompt = prompts[s.prompt_index]
-            full = self.tokenizer.decode(torch.cat((s.prompt_ids, s.response_ids)).tolist())
-            inputs.append(RewardInput(response=extract_response(full, prompt=prompt), label=s.prompt.label,
-                                      query=full, prompt=prompt, datasource=s.prompt.datasource, meta=s.prompt.meta))
+        inputs = reward_inputs(samples, self.tokenizer)
         outs = self.reward(inputs)
         totals = torch.tensor([o.total for o in outs], dtype=torch.float32)
         info = {f"reward_{key}": torch.tensor([float(o.components.get(key, 0.0)) for o in outs])
@@ -116,7 +108,8 @@ class Components:
                 close()
 
 
-def _reward_router(cfg: TrainConfig) -> RewardRouter:
+def reward_router(cfg: TrainConfig) -> RewardRouter:
+    """The reward router cfg.reward describes (training and evaluation score alike)."""
     math_opts = {"format_weight": cfg.reward.format_weight, "use_format": cfg.reward.use_format,
                  "timeout_s": cfg.reward.timeout_s, "workers": cfg.reward.workers}
     return RewardRouter(cfg.reward.default, routes=cfg.reward.routes,
@@ -126,7 +119,7 @@ def _reward_router(cfg: TrainConfig) -> RewardRouter:
 
 def prepare_data(cfg: TrainConfig, *, shuffle: bool | None = None) -> tuple[str, Any, Any, Any]:
     """Check the data and model paths; return (actor path, tokenizer, image processor, PromptDataset)."""
-    from lmm_r1_ascend.data import MATH_SYSTEM_PROMPT, PromptDataset, load_processors
+    from lmm_r1_ascend.data import load_processors
     from lmm_r1_ascend.models.loading import resolve_model_path
 
     if not cfg.data.prompt_data:
@@ -140,12 +133,23 @@ def prepare_data(cfg: TrainConfig, *, shuffle: bool | None = None) -> tuple[str,
                          "attempted: download it first and pass model.pretrain=/path/to/model)")
     actor_path = str(resolve_model_path(actor_path))
     tokenizer, image_processor = load_processors(actor_path)
-    system_prompt = MATH_SYSTEM_PROMPT if cfg.data.system_prompt in MATH_PROMPT_ALIASES else cfg.data.system_prompt
-    dataset = PromptDataset(cfg.data.prompt_data, tokenizer, image_processor, loader=cfg.data.loader,
-                            system_prompt=system_prompt, min_pixels=cfg.data.min_pixels, max_pixels=cfg.data.max_pixels,
-                            max_prompt_len=cfg.data.max_prompt_len, on_bad_line=cfg.data.on_bad_line, seed=cfg.seed,
-                            shuffle=cfg.data.shuffle if shuffle is None else shuffle)
+    dataset = prompt_dataset(cfg, cfg.data.prompt_data, tokenizer, image_processor,
+                             shuffle=cfg.data.shuffle if shuffle is None else shuffle)
     return actor_path, tokenizer, image_processor, dataset
+
+
+def prompt_dataset(cfg: TrainConfig, files: list[str], tokenizer: Any, image_processor: Any, *, shuffle: bool):
+    """A PromptDataset of `files` with cfg.data's templating, image and bad-row settings."""
+    from lmm_r1_ascend.data import MATH_SYSTEM_PROMPT, PromptDataset
+
+    for path in files:
+        if not Path(path).exists():
+            raise SetupError(f"data file not found: {path}")
+    system_prompt = MATH_SYSTEM_PROMPT if cfg.data.system_prompt in MATH_PROMPT_ALIASES else cfg.data.system_prompt
+    return PromptDataset(files, tokenizer, image_processor, loader=cfg.data.loader,
+                         system_prompt=system_prompt, min_pixels=cfg.data.min_pixels, max_pixels=cfg.data.max_pixels,
+                         max_prompt_len=cfg.data.max_prompt_len, on_bad_line=cfg.data.on_bad_line, seed=cfg.seed,
+                         shuffle=shuffle)
 
 
 def build_components(cfg: TrainConfig, backend: Backend, *, log: Callable[[str], None] = print) -> Components:
@@ -155,4 +159,4 @@ def build_components(cfg: TrainConfig, backend: Backend, *, log: Callable[[str],
     kernels = backend.select_kernels()
     log(f"backend {backend.name}: attention={kernels['attention'].name}, fused_ops={kernels['fused_ops'].name}; "
         f"actor {actor_path}; {cluster.describe()}; rollout: {rollout.describe()}")
-    return Components(cfg, backend, tokenizer, image_processor, dataset, cluster, rollout, _reward_router(cfg))
+    return Components(cfg, backend, tokenizer, image_processor, dataset, cluster, rollout, reward_router(cfg))
