@@ -84,6 +84,11 @@ def main(argv: list[str] | None = None) -> int:
         summary = f"done: {len(history)} steps; reward/mean {first['reward/mean']:.3f} -> {last['reward/mean']:.3f}"
         if acc in first:
             summary += f"; {acc} {first[acc]:.3f} -> {last[acc]:.3f}"
+        val = trainer.validator
+        key = "eval/all/accuracy"
+        if val is not None and val.first is not None and key in last:
+            step0, before = val.first
+            summary += f"; held-out {key} {before[key]:.3f} (step {step0}) -> {last[key]:.3f}"
         print(summary + f"; outputs in {cfg.output_dir}")
     return 0
 

@@ -218,6 +218,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
                           f"= {cfg.rollout.max_new_tokens}] when reward.overlong_shaping is on")
     if r.overlong_shaping and not (math.isfinite(r.overlong_penalty) and r.overlong_penalty >= 0):
         raise ConfigError(f"reward.overlong_penalty must be a finite number >= 0, got {r.overlong_penalty}")
+    _validate_eval(cfg)
     if cfg.data.on_bad_line not in ("raise", "skip"):
         raise ConfigError(f"data.on_bad_line: must be raise or skip, got '{cfg.data.on_bad_line}'")
     for key in ("max_prompt_len",):
@@ -266,6 +267,22 @@ def _validate_distributed(cfg: TrainConfig) -> None:
     if per_rank < 1:
         raise ConfigError(f"trainer.train_batch_size ({cfg.trainer.train_batch_size}) must be >= "
                           f"distributed.world_size ({d.world_size}): every rank needs samples")
+
+
+def _validate_eval(cfg: TrainConfig) -> None:
+    t, e = cfg.trainer, cfg.eval
+    if t.eval_steps < 0:
+        raise ConfigError(f"trainer.eval_steps must be >= 0 (0: never), got {t.eval_steps}")
+    if (t.eval_steps or t.eval_before_train) and not cfg.data.eval_data:
+        raise ConfigError("trainer.eval_steps / eval_before_train need data.eval_data (held-out jsonl files)")
+    if t.best_metric and not t.eval_steps:
+        raise ConfigError(f"trainer.best_metric={t.best_metric!r} needs trainer.eval_steps > 0")
+    if t.best_metric and not t.best_metric.startswith("eval/"):
+        raise ConfigError(f"trainer.best_metric must name an eval metric such as eval/all/accuracy, got {t.best_metric!r}")
+    if e.n_samples < 1 or e.batch_prompts < 1 or e.limit < 0 or e.max_new_tokens < 0:
+        raise ConfigError("eval.n_samples and eval.batch_prompts must be >= 1, eval.limit and eval.max_new_tokens >= 0")
+    if not (math.isfinite(e.temperature) and e.temperature >= 0):
+        raise ConfigError(f"eval.temperature must be >= 0 (0: greedy), got {e.temperature}")
 
 
 def load_config(recipe: str | None = None, config_file: str | None = None,

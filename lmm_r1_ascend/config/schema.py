@@ -35,9 +35,13 @@ class ModelConfig:
 class DataConfig:
     """prompt_data: jsonl / json files or a saved HF dataset directory (one or several).
     system_prompt: text, "math" (the recipe's math system prompt), or null (rows' own).
+    eval_data: held-out files for validation during training (trainer.eval_steps); loaded
+      like prompt_data, in file order, never shuffled. `demo:arithmetic-eval` is the demo's
+      held-out split.
     """
 
     prompt_data: list[str] = field(default_factory=list)
+    eval_data: list[str] = field(default_factory=list)
     loader: str = "auto"
     system_prompt: str | None = None
     max_prompt_len: int = 4096
@@ -120,6 +124,25 @@ class TrainerConfig:
     tensorboard: bool = True
     deterministic: bool = False
     resume: bool = True   # continue from the newest checkpoint in output_dir when there is one
+    eval_steps: int = 0   # validate on data.eval_data every N steps (and after the last); 0: never
+    eval_before_train: bool = False  # also validate the starting model (logged as step 0)
+    best_metric: str = ""  # e.g. eval/all/accuracy: keep <output_dir>/best (HF format) at its highest
+
+
+@dataclass
+class EvalConfig:
+    """Sampling of validation during training (trainer.eval_steps) on data.eval_data.
+
+    n_samples: per prompt (pass@k / maj@k for k <= n). temperature: 0 is greedy.
+    max_new_tokens: 0 takes rollout.max_new_tokens. limit: only the first N prompts (0: all).
+    batch_prompts: prompts per generate() call.
+    """
+
+    n_samples: int = 1
+    temperature: float = 0.0
+    max_new_tokens: int = 0
+    limit: int = 0
+    batch_prompts: int = 64
 
 
 @dataclass
@@ -177,4 +200,5 @@ class TrainConfig:
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)

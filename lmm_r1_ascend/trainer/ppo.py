@@ -34,6 +34,7 @@ from lmm_r1_ascend.trainer.ppo_update import ppo_update
 from lmm_r1_ascend.config.errors import SetupError
 from lmm_r1_ascend.trainer.rollout_collect import collect, shape_overlong
 from lmm_r1_ascend.trainer.setup import Scored, build_components, reward_metrics
+from lmm_r1_ascend.trainer.validation import Validator
 from lmm_r1_ascend.workers.builders import planned_rollouts
 from lmm_r1_ascend.workers.roles import average_metrics
 
@@ -54,6 +55,8 @@ class PPOTrainer:
         self.total_steps = planned_rollouts(cfg, len(c.dataset))
         self.step = 0
         self._mismatch_warned = False
+        t = cfg.trainer
+        self.validator = Validator(cfg, c, self.out, log) if t.eval_steps or t.eval_before_train else None
         self.sampling = SamplingConfig(
             n=alg.n_samples_per_prompt, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
             top_k=cfg.rollout.top_k, max_new_tokens=cfg.rollout.max_new_tokens)
@@ -74,6 +77,8 @@ class PPOTrainer:
         c.dataset.load_state_dict(state["data"])
         self.kl_ctl.value = float(state["kl_coef"])
         self.step = int(state["step"])
+        if self.validator is not None:
+            self.validator.load_state_dict(state.get("eval", {}))
         ckpt.set_rng_state(state["rng"], self.backend.device_type)
         c.rollout.sync_weights()
         self.log(f"resumed from {path} at step {self.step}")
@@ -83,6 +88,8 @@ class PPOTrainer:
         c = self.parts
         state = {"data": c.dataset.state_dict(), "kl_coef": self.kl_ctl.value,
                  "world_size": c.cluster.world_size}
+        if self.validator is not None:
+            state["eval"] = self.validator.state_dict()
         return ckpt.save_checkpoint(self.out, self.step, state, c.cluster.save,
                                     keep=self.cfg.trainer.keep_checkpoints, device_type=self.backend.device_type)
 
@@ -222,12 +229,16 @@ class PPOTrainer:
         return history
 
     def _loop(self, history: list, writer: MetricsWriter, bar, stop_after: int | None) -> None:
-        cfg = self.cfg
+        cfg, val = self.cfg, self.validator
+        if val is not None and cfg.trainer.eval_before_train and self.step == 0:
+            writer.write(0, val.run(0))  # the starting model, as step 0 (not a training step: not in history)
         while self.step < self.total_steps:
             if stop_after is not None and len(history) >= stop_after:
                 self.save()
                 return
             metrics = self.train_step()
+            if val is not None and val.due(self.step, self.total_steps):
+                metrics.update(val.run(self.step))
             history.append(writer.write(self.step, metrics))
             if bar is not None:
                 bar.update(1)

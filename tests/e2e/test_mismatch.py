@@ -138,7 +138,7 @@ def test_corrections_bound_the_loss_weights_under_a_planted_mismatch(tmp_path, m
 DS = [  # the demo model on its arithmetic: 4 prompts x 4 samples per rollout, some groups all right / all wrong
     "device=cpu", "rollout.rollout_batch_size=4", "algorithm.n_samples_per_prompt=4", "trainer.train_batch_size=16",
     "trainer.max_steps=3", "trainer.save_steps=0", "trainer.tensorboard=false", "trainer.save_hf=false",
-    "reward.workers=1", "algorithm.max_sample_batches=3",
+    "reward.workers=1", "algorithm.max_sample_batches=3", "trainer.eval_before_train=false", "trainer.eval_steps=0",
 ]
 
 

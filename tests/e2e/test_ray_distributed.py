@@ -23,7 +23,8 @@ from lmm_r1_ascend.trainer.ppo import PPOTrainer  # noqa: E402
 
 SMALL = ["rollout.rollout_batch_size=4", "algorithm.n_samples_per_prompt=4", "trainer.train_batch_size=8",
          "trainer.max_steps=3", "trainer.save_steps=0", "trainer.tensorboard=false", "trainer.save_hf=false",
-         "rollout.max_new_tokens=24", "trainer.max_tokens_per_micro_batch=256", "reward.workers=1"]
+         "rollout.max_new_tokens=24", "trainer.max_tokens_per_micro_batch=256", "reward.workers=1",
+         "trainer.eval_before_train=false", "trainer.eval_steps=3", "eval.limit=4", "eval.n_samples=2"]
 RAY_2 = ["distributed.mode=ray", "distributed.world_size=2", "distributed.train_engine=deepspeed"]
 # Per-step metrics that must agree with the single-process run.
 COMPARED = ("reward/mean", "loss/policy", "loss/actor", "policy/clip_frac", "policy/approx_kl", "actor/grad_norm",
