@@ -129,7 +129,7 @@ def run_eval(args: argparse.Namespace) -> dict:
         prompts.append(item)
         if args.limit is not None and len(prompts) >= args.limit:
             break
-    cluster = None
+    cluster = engine = None
     if cfg.distributed.mode == "local":
         from lmm_r1_ascend.workers.builders import build_rollout_engine
 
@@ -153,7 +153,7 @@ def run_eval(args: argparse.Namespace) -> dict:
     finally:
         if bar is not None:
             bar.close()
-        for part in (reward, cluster):
+        for part in (reward, engine, cluster):  # vLLM's engine processes and KV cache go with it
             if part is not None and hasattr(part, "close"):
                 part.close()
     with open(out / "samples.jsonl", "w") as f:

