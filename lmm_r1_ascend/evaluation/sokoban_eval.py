@@ -1,0 +1,130 @@
+"""A held-out Sokoban level set: generated like the training levels, never one of them.
+
+    build_sokoban_eval_set("data/sokoban_eval", n_levels=100, seed=0)
+    # -> data/sokoban_eval/sokoban_eval.jsonl, levels/*.npy, images/*.png, manifest.json
+
+Levels come from the training generator (``envs.sokoban_generate.generate_level``), are saved,
+rendered and turned into rows by the same functions as ``python -m lmm_r1_ascend.envs
+generate`` (``save_level``, ``save_png``, ``level_row``), so prompts, images and the
+``env_path`` field match training rows exactly. Only the datasource differs:
+``sokoban_eval``, which a ``reward.routes`` entry ``{"sokoban*": sokoban}`` sends to the
+Sokoban reward (the MGT-Sokoban recipe's ``reward.default: sokoban`` scores it as well).
+
+Disjoint from training, on two levels:
+- Seeds: training level i draws from ``numpy.random.default_rng([seed, boxes, dim, i])``;
+  evaluation draw j from ``default_rng([EVAL_STREAM, seed, boxes, dim, j])``. The extra
+  leading word makes every evaluation stream differ from every training stream, for any
+  seed, so ``seed=0`` here is not training's ``--seed 0``.
+- Levels: different streams can still produce the same small room (measured: 6 of 1000
+  evaluation levels equal one of the first 3000 training levels of seed 0, 2 boxes, 7x7).
+  So a level equal to one of the first ``train_levels`` training levels of ``train_seed``
+  (default: the generate CLI's ``--seed 0``, regenerated in memory, for each box count used),
+  to any level in ``exclude`` (.npy files, folders searched for .npy files, or jsonl files
+  whose rows name an ``env_path``), or to an earlier evaluation level is rejected and the
+  next draw is taken. Pass your real training set in ``exclude`` when it is larger than
+  ``train_levels`` or was generated with another seed.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from lmm_r1_ascend.envs.sokoban import load_level, save_level
+from lmm_r1_ascend.envs.sokoban_generate import generate_level, level_row
+from lmm_r1_ascend.envs.sokoban_render import save_png
+
+EVAL_STREAM = 0x50C0BA  # leading seed word of every evaluation draw (training draws have none)
+DATASOURCE = "sokoban_eval"
+TRAIN_DEFAULT_SEED = 0  # `python -m lmm_r1_ascend.envs generate --seed` default
+
+
+def _key(room: np.ndarray) -> bytes:
+    room = np.asarray(room, dtype=np.int8)
+    return bytes(room.shape) + room.tobytes()
+
+
+def _excluded_levels(paths: Iterable[str | Path]) -> set[bytes]:
+    keys: set[bytes] = set()
+    for entry in paths:
+        p = Path(entry).expanduser()
+        if p.is_dir():
+            files = sorted(p.rglob("*.npy"))
+        elif p.suffix == ".npy":
+            files = [p]
+        elif p.suffix in (".jsonl", ".json"):
+            rows = [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+            files = [Path(r["env_path"]) for r in rows if isinstance(r, dict) and r.get("env_path")]
+        else:
+            raise ValueError(f"exclude: {p} is not a folder, .npy level or jsonl of Sokoban rows")
+        keys.update(_key(load_level(f)) for f in files)
+    return keys
+
+
+@functools.lru_cache(maxsize=8)
+def _training_levels(seed: int, n: int, boxes: tuple[int, ...], dim: int) -> frozenset[bytes]:
+    """The first n levels `write_dataset(seed=seed)` would generate, for each box count
+    (deterministic, so kept for the next call in this process)."""
+    return frozenset(_key(generate_level(np.random.default_rng([seed, b, dim, i]), dim, b)[0])
+                     for b in boxes for i in range(n))
+
+
+def build_sokoban_eval_set(out_dir: str | Path, n_levels: int = 100, seed: int = 0, *,
+                           num_boxes: int | Sequence[int] = 2, dim: int = 7, cell: int = 32,
+                           train_seed: int | None = TRAIN_DEFAULT_SEED, train_levels: int = 2048,
+                           exclude: Iterable[str | Path] = (), jsonl_name: str = "sokoban_eval.jsonl",
+                           max_draws_per_level: int = 50) -> Path:
+    """Write `n_levels` held-out levels into `out_dir`; return the jsonl path.
+
+    num_boxes: boxes per level (2: small-v0, 3: small-v1); a sequence cycles over levels.
+    dim, cell: room side and pixels per cell, as in the generate CLI.
+    train_seed, train_levels: the training set to stay clear of (None or 0 levels: none).
+    exclude: more levels to stay clear of (see the module docstring).
+    The output depends only on the arguments (and the excluded levels).
+    """
+    if n_levels < 1:
+        raise ValueError(f"n_levels must be >= 1, got {n_levels}")
+    boxes = [num_boxes] if isinstance(num_boxes, int) else list(num_boxes)
+    if not boxes or any(not isinstance(b, int) or b < 1 for b in boxes):
+        raise ValueError(f"num_boxes must be a positive int or a sequence of them, got {num_boxes!r}")
+    seen = _excluded_levels(exclude)
+    n_excluded = len(seen)
+    if train_seed is not None and train_levels > 0:
+        seen |= _training_levels(train_seed, train_levels, tuple(sorted(set(boxes))), dim)
+    n_blocked = len(seen)
+    out = Path(out_dir)
+    rows, draws, rejected = [], {b: 0 for b in boxes}, 0
+    for i in range(n_levels):
+        b = boxes[i % len(boxes)]
+        for _ in range(max_draws_per_level):
+            rng = np.random.default_rng([EVAL_STREAM, seed, b, dim, draws[b]])
+            draws[b] += 1
+            state, plan = generate_level(rng, dim, b)
+            if _key(state) not in seen:
+                break
+            rejected += 1
+        else:
+            raise RuntimeError(f"no new {dim}x{dim} level with {b} boxes in {max_draws_per_level} draws: the "
+                               "excluded set covers this level space; use fewer levels or a bigger room")
+        seen.add(_key(state))
+        level_id = f"sokoban_eval_{dim}x{dim}_b{b}_s{seed}_{i:05d}"
+        npy = save_level(out / "levels" / f"{level_id}.npy", state)
+        png = save_png(state, out / "images" / f"{level_id}.png", cell)
+        row = level_row(level_id, npy, png, datasource=DATASOURCE)
+        row["min_actions"] = len(plan)
+        rows.append(row)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / jsonl_name
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    manifest = {"levels": n_levels, "seed": seed, "eval_stream": EVAL_STREAM, "num_boxes": boxes, "dim": dim,
+                "cell": cell, "train_seed": train_seed, "train_levels": train_levels,
+                "excluded_from_files": n_excluded, "blocked_levels": n_blocked, "rejected_draws": rejected,
+                "datasource": DATASOURCE, "jsonl": jsonl_name}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return path
