@@ -94,6 +94,8 @@ def eval_config(args: argparse.Namespace, data: list[str]):
         "algorithm.advantage_estimator=reinforce", "algorithm.init_kl_coef=0.0", f"seed={args.seed}",
         f"output_dir={args.out}", "data.shuffle=false", *args.overrides,
     ]
+    if not any(o.startswith("reward.routes") for o in args.overrides):  # benchmarks mix math and Sokoban rows
+        overrides.insert(0, 'reward.routes={"sokoban*": sokoban}')
     cfg = load_config(overrides=overrides)
     import dataclasses
 

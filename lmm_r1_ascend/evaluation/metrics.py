@@ -187,6 +187,8 @@ def _figures(prompts: list[list[Mapping]], n: int, max_new_tokens: int) -> dict[
         out[f"maj@{k}"] = float(np.mean([maj_at_k([r["answer_class"] for r in g], [bool(r["correct"]) for r in g], k)
                                          for g in prompts]))
     out["format_rate"] = float(np.mean([float(r["format"]) for r in samples]))
+    if all("reward" in r for r in samples):  # the reward's own scale (e.g. Sokoban's mean reward)
+        out["reward_mean"] = float(np.mean([float(r["reward"]) for r in samples]))
     lengths = length_stats([int(r["response_length"]) for r in samples], max_new_tokens,
                            [r["finish_reason"] for r in samples])
     for key in ("mean", "median", "p90"):
@@ -211,7 +213,8 @@ def summarise(records: Sequence[Mapping], n: int, max_new_tokens: int) -> dict[s
     (datasource, prompt_id) and must have exactly n records (their order is kept).
     Returns {datasource: figures, ..., "all": figures}; figures are "accuracy" (mean over
     samples), "pass@k" and "maj@k" for k in ks_for(n) (mean over prompts), "format_rate",
-    "response_length/mean|median|p90", "cut_frac" (finish_reason == "length"),
+    "reward_mean" (when every record has a "reward"), "response_length/mean|median|p90",
+    "cut_frac" (finish_reason == "length"),
     "n_prompts", "n_samples" and "status/<status>" (a count of samples).
     """
     if not records:

@@ -124,8 +124,8 @@ def format_table(summary: dict[str, dict[str, float]]) -> str:
     """A plain-text table: datasources as rows; accuracy, pass@k, maj@k, format, length, cut."""
     keys = ["accuracy"] + sorted((k for k in summary["all"] if k.startswith(("pass@", "maj@"))),
                                  key=lambda k: (k.split("@")[0], int(k.split("@")[1])))
-    keys += ["format_rate", "response_length/mean", "cut_frac", "n_prompts"]
-    names = {"response_length/mean": "length", "format_rate": "format", "n_prompts": "prompts"}
+    keys += ["format_rate", "reward_mean", "response_length/mean", "cut_frac", "n_prompts"]
+    names = {"response_length/mean": "length", "format_rate": "format", "n_prompts": "prompts", "reward_mean": "reward"}
     width = max(len(s) for s in summary) + 2
     head = f"{'datasource':<{width}}" + "".join(f"{names.get(k, k):>9}" for k in keys)
     rows = [head]

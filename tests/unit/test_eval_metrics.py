@@ -272,3 +272,12 @@ def test_summarise_errors():
         summarise(renamed, n=2, max_new_tokens=40)
     with pytest.raises(ValueError, match="n=0"):
         summarise(RECORDS, n=0, max_new_tokens=40)
+
+
+def test_summarise_reports_the_mean_reward_when_records_carry_it():
+    rewards = [1.5, 0.5, 0.0, 0.5, 3.2, 2.0]  # e.g. math's format + accuracy, Sokoban's shaped reward
+    got = summarise([dict(r, reward=x) for r, x in zip(RECORDS, rewards)], n=2, max_new_tokens=40)
+    assert got["sokoban"]["reward_mean"] == pytest.approx(2.6)
+    assert got["math"]["reward_mean"] == pytest.approx(0.625)
+    assert got["all"]["reward_mean"] == pytest.approx(sum(rewards) / 6)
+    assert "reward_mean" not in summarise(RECORDS, n=2, max_new_tokens=40)["all"]
