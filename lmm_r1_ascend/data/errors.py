@@ -8,9 +8,10 @@ SKIP_HINT = "fix or remove the row, or set on_bad_line='skip' to skip and count 
 
 class DataError(ValueError):
     """A bad data row or image. ``source`` is where (``file:line`` or ``dir[row i]``), ``reason``
-    a short machine-readable kind, counted per kind when rows are skipped: ``invalid_json``,
-    ``missing_field``, ``bad_field``, ``bad_message``, ``bad_content``, ``missing_image``,
-    ``corrupt_image``, ``bad_image``, ``no_image_processor``, ``template``, ``image_changed``."""
+    a short machine-readable kind, counted per kind when rows are skipped: ``invalid_utf8``,
+    ``nul_byte``, ``line_too_long``, ``invalid_json``, ``missing_field``, ``bad_field``,
+    ``bad_message``, ``bad_content``, ``missing_image``, ``corrupt_image``, ``bad_image``,
+    ``image_too_large``, ``no_image_processor``, ``template``, ``image_changed``."""
 
     def __init__(self, source: str, reason: str, detail: str, hint: str = SKIP_HINT):
         self.source, self.reason, self.detail, self.hint = source, reason, detail, hint

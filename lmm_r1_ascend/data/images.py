@@ -3,12 +3,18 @@ resize it the way Qwen2-VL's image processor does (``smart_resize``: both sides 
 patch_size * merge_size, pixel count within [min_pixels, max_pixels], aspect kept up to that
 rounding), and count the ``<|image_pad|>`` tokens it becomes.
 
-Errors a user can cause (missing file, unreadable image, extreme aspect ratio) raise
-``DataError`` naming the data row (``source``) and the file.
+Errors a user can cause (missing file, unreadable image, extreme aspect ratio, zero size, an
+absurd size) raise ``DataError`` naming the data row (``source``) and the file. Sizes: an image
+over ``MAX_PIXELS_FACTOR`` x max_pixels before resizing is ``image_too_large`` (checked from the
+header, before any pixel is decoded), and so is one that Pillow refuses as a possible
+decompression bomb (over ``PIL.Image.MAX_IMAGE_PIXELS``: its warning is an error here too,
+never a crash or a silent multi-GB decode).
 """
 
 from __future__ import annotations
 
+import struct
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +24,35 @@ from urllib.request import url2pathname
 from PIL import Image, UnidentifiedImageError
 
 from lmm_r1_ascend.data.errors import DataError
+
+# An image with more pixels than this many times max_pixels (before resizing) is refused: it
+# would be decoded whole only to be shrunk over 8x per side, and is more likely a mistake.
+MAX_PIXELS_FACTOR = 64
+# What Pillow raises on a corrupt or truncated file (it turns most into OSError / ValueError).
+_CORRUPT = (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, struct.error)
+
+
+def _open(path: Path, source: str, decode: bool) -> Image.Image:
+    """``Image.open`` (and ``load`` if ``decode``) with Pillow's decompression-bomb warning and
+    error as a DataError ``image_too_large``, and a zero-sized image as ``bad_image``."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(path)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise DataError(source, "image_too_large",
+                            f"image {path} is too large for Pillow to open safely: {exc} (PIL.Image.MAX_IMAGE_PIXELS"
+                            f"={Image.MAX_IMAGE_PIXELS}); downscale the image") from None
+    if 0 in image.size:
+        image.close()
+        raise DataError(source, "bad_image", f"image {path} has zero size ({image.width}x{image.height} pixels)")
+    if decode:
+        try:
+            image.load()
+        except BaseException:
+            image.close()
+            raise
+    return image
 
 
 def resolve_image_path(ref: Any, base_dir: Path, source: str) -> Path:
@@ -54,9 +89,11 @@ def resolve_image_path(ref: Any, base_dir: Path, source: str) -> Path:
 def read_image_size(path: Path, source: str) -> tuple[int, int]:
     """(height, width) from the file header, without decoding the pixels."""
     try:
-        with Image.open(path) as image:
+        with _open(path, source, decode=False) as image:
             width, height = image.size
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    except DataError:
+        raise
+    except _CORRUPT as exc:
         raise DataError(source, "corrupt_image", f"cannot read image {path}: {exc}") from exc
     return height, width
 
@@ -67,10 +104,11 @@ def load_rgb(path: Path, source: str) -> Image.Image:
     from transformers.image_transforms import convert_to_rgb
 
     try:
-        with Image.open(path) as image:
-            image.load()
+        with _open(path, source, decode=True) as image:
             rgb = convert_to_rgb(image, return_numpy=True)
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    except DataError:
+        raise
+    except _CORRUPT as exc:
         raise DataError(source, "corrupt_image", f"cannot decode image {path}: {exc}") from exc
     return Image.fromarray(rgb)
 
@@ -129,6 +167,14 @@ class ImageGeometry:
 
     def resized_hw(self, height: int, width: int, source: str = "") -> tuple[int, int]:
         """(height, width) after resizing: ``smart_resize`` of the processor itself."""
+        limit = MAX_PIXELS_FACTOR * self.max_pixels
+        if height * width > limit:
+            raise DataError(source, "image_too_large",
+                            f"image of {width}x{height} = {height * width} pixels is over the limit of "
+                            f"{MAX_PIXELS_FACTOR} x max_pixels = {MAX_PIXELS_FACTOR} x {self.max_pixels} = {limit} "
+                            "pixels (before resizing); downscale the image or raise data.max_pixels")
+        if height < 1 or width < 1:
+            raise DataError(source, "bad_image", f"image of {width}x{height} pixels has zero size")
         try:
             return _smart_resize()(height, width, factor=self.factor, min_pixels=self.min_pixels,
                                    max_pixels=self.max_pixels)

@@ -10,12 +10,19 @@ Sources (``loader``):
 Row formats (both accepted in one file, told apart per row):
     LMM-R1: ``message`` is a STRING holding a JSON list of chat turns; label in ``answer``.
     chat:   ``messages`` is a list of chat turns; label in ``answer`` or ``label``.
+Bad bytes are bad rows: jsonl is read in binary and decoded line by line, so a line that is not
+UTF-8 (``invalid_utf8``), holds a NUL byte (``nul_byte``) or is over ``MAX_LINE_BYTES``
+(``line_too_long``) is a DataError naming ``file:line`` like any other bad row (a UTF-8 byte-order
+mark at the start of the file is allowed). A string with a NUL character (a ``\\u0000`` escape, or a
+NUL in a HF dataset's column) is ``nul_byte`` too. Files the "hf" loader reads are checked for
+UTF-8 and NUL bytes first; it reads a file whole, so such a line stops it under either policy.
 Field names can be remapped with ``FieldMap``. Relative image paths are resolved against
 the data file's folder (the dataset directory for saved datasets) unless ``image_root`` is set.
 """
 
 from __future__ import annotations
 
+import codecs
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +33,11 @@ from lmm_r1_ascend.data.messages import Conversation, normalize_turns, parse_tur
 
 LOADERS = ("auto", "jsonl", "hf")
 _HF_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
+# The longest jsonl line read (in bytes, newline excluded); a longer line is a bad row
+# (``line_too_long``) and is never held in memory whole. Rows hold text and image paths, not pixels.
+MAX_LINE_BYTES = 16 * 1024 * 1024
+_CHUNK = 1024 * 1024
+_BOM = codecs.BOM_UTF8
 
 
 @dataclass(frozen=True)
@@ -60,29 +72,113 @@ def _pick_loader(path: Path) -> str:
         return "hf"
     suffix = path.suffix.lower()
     if suffix == ".json":
-        with open(path, encoding="utf-8") as f:
-            head = f.read(4096).lstrip()
-        return "hf" if head.startswith("[") else "jsonl"
+        with open(path, "rb") as f:  # bytes: a bad byte here is reported per line later, not here
+            head = f.read(4096).removeprefix(_BOM).lstrip()
+        return "hf" if head.startswith(b"[") else "jsonl"
     if suffix in _HF_BUILDERS and suffix != ".jsonl":
         return "hf"
     return "jsonl"
 
 
+def _read_lines(f) -> Iterator[tuple[int, bytes | None, int]]:
+    """(line number, the line's bytes without the newline or None when over MAX_LINE_BYTES,
+    the line's length in bytes) for each line of a binary file; memory stays under
+    MAX_LINE_BYTES + one chunk whatever the line lengths."""
+    lineno = 0
+    while True:
+        piece = f.readline(MAX_LINE_BYTES + 1)
+        if not piece:
+            return
+        lineno += 1
+        size = len(piece)
+        if piece.endswith(b"\n"):
+            yield lineno, piece[:-1], size - 1
+            continue
+        if size <= MAX_LINE_BYTES:  # the last line, without a newline
+            yield lineno, piece, size
+            continue
+        while not piece.endswith(b"\n"):  # over the limit: read past the rest of the line
+            piece = f.readline(_CHUNK)
+            if not piece:
+                break
+            size += len(piece)
+        yield lineno, None, size - piece.endswith(b"\n")
+
+
+def _decode_line(raw: bytes, source: str) -> str:
+    """The line as text; DataError ``nul_byte`` / ``invalid_utf8`` saying where in the line."""
+    nul = raw.find(b"\0")
+    if nul >= 0:
+        raise DataError(source, "nul_byte", f"the line holds a NUL byte (0x00) at byte {nul + 1} "
+                        "(a binary or corrupted file?); JSON text never contains one")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        bad = raw[exc.start:exc.end].hex(" ")
+        raise DataError(source, "invalid_utf8",
+                        f"the line is not valid UTF-8 (bytes {bad} at byte {exc.start + 1}: {exc.reason}); "
+                        "re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
+
+
 def _jsonl_rows(path: Path) -> Iterator[tuple[str, dict | DataError]]:
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
+    with open(path, "rb") as f:
+        for lineno, raw, size in _read_lines(f):
             source = f"{path}:{lineno}"
+            if raw is None:
+                yield source, DataError(source, "line_too_long",
+                                        f"the line is {size} bytes, over the limit of {MAX_LINE_BYTES} bytes "
+                                        f"({MAX_LINE_BYTES // 2**20} MiB, readers.MAX_LINE_BYTES); a row holds "
+                                        "text and image paths, not image data (a missing newline?)")
+                continue
+            if lineno == 1:
+                raw = raw.removeprefix(_BOM)
+            if not raw.strip():
+                continue
+            try:
+                line = _decode_line(raw, source)
+            except DataError as exc:
+                yield source, exc
+                continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
                 yield source, DataError(source, "invalid_json", f"invalid JSON ({exc.msg} at column {exc.colno})")
                 continue
+            except RecursionError:
+                yield source, DataError(source, "invalid_json", "invalid JSON (nested too deeply to parse)")
+                continue
             if not isinstance(row, dict):
                 yield source, DataError(source, "invalid_json", f"a row must be a JSON object, got {type(row).__name__}")
                 continue
             yield source, row
+
+
+_HF_HINT = ("the 'hf' loader reads a file whole, so a bad line cannot be skipped: fix the file, or read "
+            "a jsonl file with loader 'jsonl', which skips bad lines under on_bad_line='skip'")
+
+
+def _check_text_file(path: Path) -> None:
+    """Before the "hf" loader reads a json / jsonl / csv file whole: its first line that holds a
+    NUL byte or is not UTF-8, as a DataError naming file:line (no line length limit here: a JSON
+    array may be one long line)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    with open(path, "rb") as f:
+        lineno, piece = 1, f.readline(_CHUNK).removeprefix(_BOM)
+        while True:
+            source = f"{path}:{lineno}"
+            if b"\0" in piece:
+                raise DataError(source, "nul_byte", "the line holds a NUL byte (0x00); JSON and CSV text never "
+                                "contain one", hint=_HF_HINT)
+            try:
+                decoder.decode(piece, final=not piece or piece.endswith(b"\n"))
+            except UnicodeDecodeError as exc:
+                raise DataError(source, "invalid_utf8", f"the line is not valid UTF-8 ({exc.reason}); re-encode "
+                                "the file as UTF-8", hint=_HF_HINT) from None
+            if not piece:
+                return
+            if piece.endswith(b"\n"):
+                lineno += 1
+            piece = f.readline(_CHUNK)
 
 
 def _hf_rows(path: Path, split: str, cache_dir: str | None) -> Iterator[tuple[str, dict]]:
@@ -99,6 +195,8 @@ def _hf_rows(path: Path, split: str, cache_dir: str | None) -> Iterator[tuple[st
         if builder is None:
             raise ValueError(f"{path}: cannot load '{path.suffix}' files with datasets; use one of "
                              f"{sorted(_HF_BUILDERS)} or a saved dataset directory")
+        if builder in ("json", "csv"):
+            _check_text_file(path)
         ds = datasets.load_dataset(builder, data_files=str(path), split="train", cache_dir=cache_dir)
     for i, row in enumerate(ds):
         yield f"{path}[row {i}]", row
@@ -133,11 +231,39 @@ def _pick_key(row: dict, wanted: str | None, defaults: tuple[str, ...], what: st
                     f"another name, set {option}")
 
 
+def _has_nul(value: Any, depth: int = 0) -> bool:
+    """Whether a string anywhere in ``value`` (nested lists / dicts, keys too) holds U+0000."""
+    if isinstance(value, str):
+        return "\0" in value
+    if depth > 32:
+        return False
+    if isinstance(value, dict):
+        return any(_has_nul(k, depth + 1) or _has_nul(v, depth + 1) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return any(_has_nul(v, depth + 1) for v in value)
+    return False
+
+
+def _check_no_nul(row: dict, source: str) -> None:
+    for key, value in row.items():
+        if _has_nul(key) or _has_nul(value):
+            raise DataError(source, "nul_byte", f"field {key!r} holds a NUL character (U+0000, e.g. a \\u0000 "
+                            "escape); prompt text never should (a binary or corrupted source?)")
+
+
 def parse_row(row: dict, fields: FieldMap, source: str) -> RawPrompt:
     """Check one row and turn it into a RawPrompt; raise DataError saying what is wrong."""
+    _check_no_nul(row, source)
     msg_key = _pick_key(row, fields.message_key, ("message", "messages"), "the chat turns", "message_key", source)
     label_key = _pick_key(row, fields.label_key, ("answer", "label"), "the reference answer", "label_key", source)
-    conversation = normalize_turns(parse_turns(row[msg_key], msg_key, source), source)
+    try:
+        turns = parse_turns(row[msg_key], msg_key, source)
+    except RecursionError:
+        raise DataError(source, "bad_message", f"field '{msg_key}' is nested too deeply to parse") from None
+    if _has_nul(turns):  # a "\\u0000" escape inside the stringified LMM-R1 message
+        raise DataError(source, "nul_byte", f"field '{msg_key}' holds a NUL character (U+0000) in its chat turns; "
+                        "prompt text never should (a binary or corrupted source?)")
+    conversation = normalize_turns(turns, source)
     label = row[label_key]
     if isinstance(label, (int, float)) and not isinstance(label, bool):
         label = str(label)
