@@ -4,8 +4,21 @@ Layout: <output_dir>/checkpoints/step_<N>/ with one `<name>.pt` per trained mode
 weights, written by rank 0), `<name>_engine/` (optimizer and schedule state, written by
 every rank: one file for the torch engine, DeepSpeed's per-rank shards for ZeRO) and
 `state.pt` (controller: RNG states, data position, step, KL controller). With Ray on
-several nodes, output_dir must be on a filesystem every node sees. A checkpoint is written into a hidden sibling directory and renamed into place,
-so a crash mid-write never leaves a half checkpoint that resume would pick up.
+several nodes, output_dir must be on a filesystem every node sees.
+
+Atomicity: a checkpoint is written into a hidden sibling (`.step_<N>.tmp`), state.pt last and
+fsynced, then renamed into place; a step that already exists is first renamed aside
+(`.step_<N>.old`, renamed back should the crash come between the two renames), and pruned checkpoints are renamed to `.step_<N>.del` before they are
+deleted. Only `step_<N>` directories holding state.pt count, so a crash (kill -9, preemption)
+at any point leaves either the old or the new checkpoint visible, never a partial one. Hidden
+leftovers of a crashed write are removed by the next save.
+
+Test-only fault hook: `fault_pause(point, step)` sleeps when the environment variable
+LMM_R1_TEST_PAUSE is `point[@step]:seconds` (comma-separated for several) and, when
+LMM_R1_TEST_PAUSE_READY names a file, creates it first, so a test knows the process is parked
+there and can kill it. save_checkpoint calls it as point "save" after the parts are written
+and before state.pt; tests/e2e/test_faults.py wraps the rollout and the update with it. Never
+set these variables in real runs.
 """
 
 from __future__ import annotations
@@ -14,6 +27,7 @@ import os
 import random
 import re
 import shutil
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -43,6 +57,49 @@ def checkpoint_dir(output_dir: str | os.PathLike) -> Path:
     return Path(output_dir) / "checkpoints"
 
 
+def fault_pause(point: str, step: int | None = None) -> None:
+    """Test-only: park here for a while when LMM_R1_TEST_PAUSE asks for `point` (see the module doc)."""
+    spec = os.environ.get("LMM_R1_TEST_PAUSE", "")
+    for item in filter(None, (x.strip() for x in spec.split(","))):
+        where, _, seconds = item.rpartition(":")
+        name, _, at = where.partition("@")
+        if name == point and (not at or (step is not None and int(at) == step)):
+            ready = os.environ.get("LMM_R1_TEST_PAUSE_READY")
+            if ready:
+                Path(ready).write_text(f"{point}@{step}\n")
+            time.sleep(float(seconds))
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file or directory to disk (best effort: some network filesystems refuse it for directories)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _recover(root: Path) -> None:
+    """Roll back a re-save that crashed between its two renames: `.step_N.old` becomes step_N again."""
+    for old in root.glob(".step_*.old"):
+        final = root / old.name[1:-len(".old")]
+        if not final.exists() and (old / "state.pt").exists():
+            os.replace(old, final)
+
+
+def _remove(path: Path) -> None:
+    """Delete a checkpoint directory: renamed out of sight first, so a crash mid-delete hides it."""
+    aside = path.with_name(f".{path.name}.del")
+    shutil.rmtree(aside, ignore_errors=True)
+    os.replace(path, aside)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
 def save_checkpoint(output_dir: str | os.PathLike, step: int, state: dict[str, Any],
                     write_parts: Callable[[Path], None], keep: int = 2, device_type: str = "cpu") -> Path:
     """Write step `step` atomically; keep the newest `keep` checkpoints (0 = all).
@@ -51,18 +108,27 @@ def save_checkpoint(output_dir: str | os.PathLike, step: int, state: dict[str, A
     not-yet-visible directory (the training ranks do it); `state` goes to state.pt."""
     root = checkpoint_dir(output_dir)
     root.mkdir(parents=True, exist_ok=True)
+    _recover(root)
+    for stale in root.glob(".step_*"):  # leftovers of a crashed save or delete: never complete
+        shutil.rmtree(stale, ignore_errors=True)
     final = root / f"step_{step}"
     tmp = root / f".step_{step}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     write_parts(tmp)
+    fault_pause("save", step)
     torch.save({**state, "step": step, "rng": rng_state(device_type)}, tmp / "state.pt")
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    _fsync(tmp / "state.pt")
+    if final.exists():  # re-saving a step: move the old one aside, so one of them is always visible
+        old = root / f".step_{step}.old"
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    _fsync(root)
     if keep > 0:
         for old in list_checkpoints(output_dir)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+            _remove(old)
     return final
 
 
@@ -71,6 +137,7 @@ def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
     root = checkpoint_dir(output_dir)
     if not root.is_dir():
         return []
+    _recover(root)
     found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and (p / "state.pt").exists()]
     return [p for _, p in sorted(found)]
 
