@@ -127,6 +127,7 @@ class TrainerConfig:
     eval_steps: int = 0   # validate on data.eval_data every N steps (and after the last); 0: never
     eval_before_train: bool = False  # also validate the starting model (logged as step 0)
     best_metric: str = ""  # e.g. eval/all/accuracy: keep <output_dir>/best (HF format) at its highest
+    max_consecutive_skips: int = 3  # stop after this many optimizer steps in a row skipped as non-finite (0: never)
 
 
 @dataclass

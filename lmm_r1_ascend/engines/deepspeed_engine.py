@@ -13,6 +13,14 @@ data-parallel world size, so micro-batch losses normalised by the GLOBAL mini-ba
 normaliser give exactly the single-process mini-batch gradient. Accumulation boundaries
 come from ``backward(..., last=True)`` (DeepSpeed's set_gradient_accumulation_boundary).
 
+Non-finite steps (engines/base.py) are skipped by DeepSpeed's own overflow mechanism: its ZeRO
+1-3 and bf16 optimizers find the non-finite global grad norm (all-reduced, so every rank decides
+alike), clear the gradients and skip the update, and its engine then leaves the LR schedule
+where it was and counts the step in ``skipped_steps``. ZeRO-0 in fp32 steps the torch optimizer
+directly and checks nothing: there the engine's own norm (already the same on every rank) decides,
+the gradients are zeroed, the torch optimizer's step is a no-op for that call, and its
+``overflow`` flag, which DeepSpeed's engine reads to skip the schedule and count the skip, is set.
+
 Forwards must call ``engine.module`` (DeepSpeed's engine object, which runs the model's
 forward) with the WHOLE loss computation inside that one forward: DeepSpeed's micro-step
 count (ZeRO-3 otherwise overwrites instead of accumulating gradients) hangs on that call,
@@ -24,12 +32,14 @@ models.forward.packed_log_probs in a small nn.Module and hand that module to the
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
+from lmm_r1_ascend.engines.base import nonfinite_names, nonfinite_weights_error, poison_nonfinite
 from lmm_r1_ascend.engines.torch_engine import build_optimizer
 
 TAG = "engine"  # the DeepSpeed checkpoint tag (sub-folder) inside the save directory
@@ -119,6 +129,7 @@ class DeepSpeedEngine:
         self.world_size = int(self.ds.dp_world_size)
         self._pending = False  # a backward since the last step
         self._closed = False  # the latest backward had last=True
+        self.last_step_skipped = False
 
     @property
     def module(self) -> torch.nn.Module:
@@ -144,19 +155,39 @@ class DeepSpeedEngine:
                                "engine): ZeRO would mis-accumulate gradients. Call engine.module(...), with the "
                                "whole loss computation inside the wrapped model's forward")
         self.ds.set_gradient_accumulation_boundary(bool(last))
-        self.ds.backward(loss * self.world_size if self.loss_scale_world else loss)
+        self.ds.backward(poison_nonfinite(loss * self.world_size if self.loss_scale_world else loss))
         self._pending, self._closed = True, bool(last)
 
     def step(self) -> float:
-        """Clip, update, schedule, zero the gradients (collective). Returns the global pre-clip grad norm."""
+        """Clip, update, schedule, zero the gradients (collective). Returns the global pre-clip grad norm.
+        A non-finite norm (or loss on any rank) skips the update and the schedule step on every rank."""
         if not self._closed:
             raise RuntimeError("step() needs a mini-batch whose final backward() had last=True")
         norm = self._plain_grad_norm() if self.zero_stage == 0 and not self.bf16 else None
-        self.ds.step()
+        opt = self.ds.optimizer
+        skip_here = norm is not None and not math.isfinite(norm)
+        if norm is not None:  # ZeRO-0 fp32: DeepSpeed checks nothing; skip through its overflow flag
+            opt.overflow = skip_here
+        if skip_here:
+            # Zeros, not None: DeepSpeed's fp32 clipping needs gradients. The torch optimizer's step
+            # is shadowed for this one call (AdamW would still move weights on zero gradients).
+            opt.zero_grad(set_to_none=False)
+            opt.step = lambda *args, **kwargs: None
+        try:
+            self.ds.step()
+        finally:
+            if skip_here:
+                del opt.step
         if norm is None:
             norm = self.ds.get_global_grad_norm()
+        norm = float(norm) if norm is not None else float("nan")
         self._pending = self._closed = False
-        return float(norm)
+        self.last_step_skipped = not math.isfinite(norm)
+        if self.last_step_skipped and getattr(self.ds, "_step_applied", False):
+            raise RuntimeError(f"DeepSpeed applied an optimizer step with a non-finite grad norm ({norm}) "
+                               f"(ZeRO-{self.zero_stage}, bf16={self.bf16}): its overflow check is off "
+                               "(bf16.check_grad_overflow?); the weights may now be NaN")
+        return norm
 
     def _plain_grad_norm(self) -> float:
         # ZeRO-0 in fp32 steps the torch optimizer directly and keeps no norm. The boundary
@@ -172,13 +203,27 @@ class DeepSpeedEngine:
     def steps(self) -> int:
         return int(self.ds.global_steps)
 
+    @property
+    def skipped_steps(self) -> int:
+        return int(self.ds.skipped_steps)
+
+    def _check_finite_weights(self, directory: Path) -> None:
+        """NonFiniteError on every rank when any rank's weights (its partitions under ZeRO-3) hold NaN/inf."""
+        bad = nonfinite_names((n, getattr(t, "ds_tensor", t)) for n, t in self._entries())
+        flag = torch.tensor([float(bool(bad))], device=self.ds.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        if float(flag.item()):
+            raise nonfinite_weights_error(bad or ["(on another rank)"], directory)
+
     def _meta(self) -> dict:
         return {"world_size": self.world_size, "zero_stage": self.zero_stage, "bf16": self.bf16}
 
     def save(self, directory: str | Path) -> None:
         """Optimizer, schedule and step state as a DeepSpeed checkpoint in ``directory`` (collective;
-        a directory every rank sees). DeepSpeed stores its copy of the weights with it."""
+        a directory every rank sees). DeepSpeed stores its copy of the weights with it. NonFiniteError on
+        every rank, and nothing written, when any rank's weights hold NaN/inf."""
         directory = Path(directory)
+        self._check_finite_weights(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.ds.save_checkpoint(str(directory), tag=TAG, save_latest=False)
         if self.ds.global_rank == 0:

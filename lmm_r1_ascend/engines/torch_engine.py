@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 from transformers import get_scheduler
 
+from lmm_r1_ascend.engines.base import nonfinite_names, nonfinite_weights_error, poison_nonfinite
+
 ENGINE_FILE = "engine.pt"
 
 
@@ -54,22 +56,30 @@ class TorchEngine:
             scheduler=scheduler, min_lr_ratio=min_lr_ratio, warmup_ratio=warmup_ratio)
         self.max_norm = max_norm
         self.steps = 0
+        self.skipped_steps = 0  # steps with a non-finite loss or grad norm: nothing applied
+        self.last_step_skipped = False
 
     # save()/load() carry the optimizer state only; weights travel through full_state_dict().
     state_includes_weights = False
 
     def backward(self, loss: torch.Tensor, *, last: bool = True) -> None:
-        """Accumulate the gradient of ``loss`` (a scalar). ``last`` is accepted for the shared interface."""
-        loss.backward()
+        """Accumulate the gradient of ``loss`` (a scalar; a non-finite one poisons the step, see
+        engines/base.py). ``last`` is accepted for the shared interface."""
+        poison_nonfinite(loss).backward()
 
     def step(self) -> float:
-        """Clip, update, advance the schedule, zero the gradients. Returns the pre-clip grad norm."""
-        norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_norm if self.max_norm > 0 else float("inf"))
-        self.optimizer.step()
-        self.scheduler.step()
+        """Clip, update, advance the schedule, zero the gradients. Returns the pre-clip grad norm.
+        A non-finite norm (or loss) skips the update and the schedule step (engines/base.py)."""
+        norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.max_norm if self.max_norm > 0 else float("inf")))
+        self.last_step_skipped = not math.isfinite(norm)
+        if self.last_step_skipped:
+            self.skipped_steps += 1
+        else:
+            self.optimizer.step()
+            self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.steps += 1
-        return float(norm)
+        return norm
 
     @property
     def lr(self) -> float:
@@ -77,16 +87,22 @@ class TorchEngine:
 
     def state_dict(self) -> dict:
         """Optimizer, scheduler and step count (the model's weights are saved separately)."""
-        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(), "steps": self.steps}
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(), "steps": self.steps,
+                "skipped_steps": self.skipped_steps}
 
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.steps = int(state["steps"])
+        self.skipped_steps = int(state.get("skipped_steps", 0))  # absent in states saved before the guard
 
     def save(self, directory: str | Path) -> None:
-        """Write ``state_dict()`` to ``directory/engine.pt`` (the directory is created)."""
+        """Write ``state_dict()`` to ``directory/engine.pt`` (the directory is created). NonFiniteError,
+        and nothing written, when a weight of the model is NaN/inf."""
         directory = Path(directory)
+        bad = nonfinite_names(self.module.state_dict().items())
+        if bad:
+            raise nonfinite_weights_error(bad, directory)
         directory.mkdir(parents=True, exist_ok=True)
         torch.save(self.state_dict(), directory / ENGINE_FILE)
 

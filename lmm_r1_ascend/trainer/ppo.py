@@ -26,6 +26,7 @@ from lmm_r1_ascend.algorithms.rollout_correction import MISMATCH_WARNING_CAUSES
 from lmm_r1_ascend.backends import get_backend
 from lmm_r1_ascend.config import TrainConfig, to_dict
 from lmm_r1_ascend.distributed.worker_group import WorkerDiedError
+from lmm_r1_ascend.engines.base import NonFiniteError
 from lmm_r1_ascend.experience import ExperienceBatch
 from lmm_r1_ascend.rollout.base import RolloutSample, SamplingConfig
 from lmm_r1_ascend.trainer import checkpoint as ckpt
@@ -68,6 +69,14 @@ class PPOTrainer:
             return False
         c = self.parts
         state = ckpt.load_checkpoint(path)
+        from lmm_r1_ascend.trainer import fingerprint as fp
+
+        now = fp.run_fingerprint(self.cfg, fp.model_info(self.cfg))
+        if "fingerprint" not in state:
+            self.log(f"warning: checkpoint {path} has no run fingerprint (written by an older version): "
+                     "resuming without checking that it belongs to this run's model, data and algorithm")
+        elif diff := fp.compare_fingerprints(state["fingerprint"], now):
+            raise SetupError(fp.mismatch_message(path, state["fingerprint"], now, diff))
         saved_world = int(state.get("world_size", 1))
         if saved_world != c.cluster.world_size and self.cfg.distributed.train_engine == "deepspeed":
             raise SetupError(f"checkpoint {path} was written by {saved_world} rank(s), and DeepSpeed checkpoints "
@@ -86,8 +95,10 @@ class PPOTrainer:
 
     def save(self) -> Path:
         c = self.parts
+        from lmm_r1_ascend.trainer import fingerprint as fp
+
         state = {"data": c.dataset.state_dict(), "kl_coef": self.kl_ctl.value,
-                 "world_size": c.cluster.world_size}
+                 "world_size": c.cluster.world_size, "fingerprint": fp.run_fingerprint(self.cfg, fp.model_info(self.cfg))}
         if self.validator is not None:
             state["eval"] = self.validator.state_dict()
         return ckpt.save_checkpoint(self.out, self.step, state, c.cluster.save,
@@ -174,12 +185,17 @@ class PPOTrainer:
             "response_length/clip_ratio": sum(s.finish_reason == "length" for s in drawn) / len(drawn),
             **got.metrics,
         }
+        self.step_skips = {}  # role -> skipped (1.0) or applied (0.0) per optimizer step, in order
         if upd is not None:
             self._check_mismatch(upd.metrics, step=self.step)  # self.step already counts this step
             metrics.update({
                 "kl": float(upd.advantages.mean_kl), "kl_coef": upd.kl_coef,
                 "advantages/mean": float(upd.batch.packed("advantages").mean()),
                 **upd.metrics, **average_metrics(upd.critic_rows + upd.actor_rows)})
+            for role, rows in (("critic", upd.critic_rows), ("actor", upd.actor_rows)):
+                if rows:  # a count over this rollout's optimizer steps, not a mean
+                    self.step_skips[role] = [float(r.get(f"{role}/skipped_steps", 0.0)) for r in rows]
+                    metrics[f"{role}/skipped_steps"] = sum(self.step_skips[role])
         prompt_tokens = sum(int(s.prompt_ids.numel()) for s in drawn)
         metrics.update({
             **timings,
@@ -212,14 +228,9 @@ class PPOTrainer:
                            unit="step", dynamic_ncols=True)
             self._loop(history, writer, bar, stop_after)
         except WorkerDiedError as err:
-            last = ckpt.latest_checkpoint(self.out)
-            if last is None:
-                hint = "no checkpoint was written yet (trainer.save_steps); the run must start over"
-            else:
-                hint = f"last good checkpoint: {last} (step {last.name.removeprefix('step_')}); " + (
-                    "run the same command again to resume from it" if cfg.trainer.resume else
-                    "run again with trainer.resume=true to resume from it")
-            raise err.with_hint(hint) from None
+            raise err.with_hint(self._resume_hint()) from None
+        except NonFiniteError as err:  # a run of skipped steps, or weights gone bad before a save
+            raise NonFiniteError(f"{err}; {self._resume_hint()}") from None
         finally:
             if bar is not None:
                 bar.close()
@@ -228,8 +239,34 @@ class PPOTrainer:
             self.parts.close()
         return history
 
+    def _resume_hint(self) -> str:
+        """Where a failed run can pick up: the last good checkpoint and how to resume from it."""
+        last = ckpt.latest_checkpoint(self.out)
+        if last is None:
+            return "no checkpoint was written yet (trainer.save_steps); the run must start over"
+        return f"last good checkpoint: {last} (step {last.name.removeprefix('step_')}); " + (
+            "run the same command again to resume from it" if self.cfg.trainer.resume else
+            "run again with trainer.resume=true to resume from it")
+
+    def _count_skips(self, runs: dict[str, int]) -> None:
+        """Advance the per-role runs of consecutive skipped optimizer steps (non-finite loss or grad
+        norm) with this rollout's steps; NonFiniteError once one reaches trainer.max_consecutive_skips."""
+        limit = self.cfg.trainer.max_consecutive_skips
+        for role, flags in getattr(self, "step_skips", {}).items():
+            for skipped in flags:
+                runs[role] = runs.get(role, 0) + 1 if skipped else 0
+            if limit > 0 and runs.get(role, 0) >= limit:
+                raise NonFiniteError(
+                    f"step {self.step}: {runs[role]} consecutive optimizer steps of the {role} were skipped "
+                    f"because the loss or the gradient norm was not finite (NaN/inf) "
+                    f"(trainer.max_consecutive_skips={limit}; 0 never stops). The weights are unchanged by the "
+                    "skipped steps. Usual causes: bf16 overflow (try fp32, or a lower learning rate), a "
+                    "poisoned batch (bad data or rewards: see reward/status/* in metrics.jsonl), or too high a "
+                    "learning rate (optim.*_lr)")
+
     def _loop(self, history: list, writer: MetricsWriter, bar, stop_after: int | None) -> None:
         cfg, val = self.cfg, self.validator
+        skip_runs: dict[str, int] = {}  # role -> optimizer steps skipped in a row (this process)
         if val is not None and cfg.trainer.eval_before_train and self.step == 0:
             writer.write(0, val.run(0))  # the starting model, as step 0 (not a training step: not in history)
         while self.step < self.total_steps:
@@ -243,6 +280,7 @@ class PPOTrainer:
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", acc=f"{metrics.get('reward/accuracy', 0):.3f}")
+            self._count_skips(skip_runs)  # before the save: a stopped run keeps its last good checkpoint
             if cfg.trainer.save_steps and self.step % cfg.trainer.save_steps == 0 and self.step < self.total_steps:
                 self.save()
         self.save()

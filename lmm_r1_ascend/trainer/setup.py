@@ -84,14 +84,21 @@ class Components:
 
     def score_samples(self, samples: list[RolloutSample]) -> Scored:
         """The reward router's verdict on each sample, without metrics (see reward_metrics)."""
+        import math
+
         from lmm_r1_ascend.rewards.inputs import reward_inputs
 
         inputs = reward_inputs(samples, self.tokenizer)
         outs = self.reward(inputs)
-        totals = torch.tensor([o.total for o in outs], dtype=torch.float32)
-        info = {f"reward_{key}": torch.tensor([float(o.components.get(key, 0.0)) for o in outs])
-                for key in sorted({k for o in outs for k in o.components})}
-        return Scored(totals, info, [o.status for o in outs])
+        keys = sorted({k for o in outs for k in o.components})
+        rows = [[float(o.total), *(float(o.components.get(k, 0.0)) for k in keys)] for o in outs]
+        # Any reward function (custom, HTTP, a future one) may hand back NaN/inf: that sample scores
+        # 0 in every part and is counted as reward/status/nonfinite_reward instead of poisoning the batch.
+        bad = [not all(math.isfinite(v) for v in row) for row in rows]
+        rows = [[0.0] * len(row) if b else row for row, b in zip(rows, bad)]
+        totals = torch.tensor([row[0] for row in rows], dtype=torch.float32)
+        info = {f"reward_{key}": torch.tensor([row[1 + i] for row in rows]) for i, key in enumerate(keys)}
+        return Scored(totals, info, ["nonfinite_reward" if b else o.status for o, b in zip(outs, bad)])
 
     def export_hf(self, path: Path) -> Path:
         """The actor in Hugging Face format (+ tokenizer, image processor, critic next to it if any)."""
