@@ -19,6 +19,14 @@ def reference_attention_candidate():
     return ("reference", always("per-sequence SDPA; works on every device, not fused"), varlen_attention_reference)
 
 
+def batched_attention_candidate():
+    """Length-bucketed batched SDPA: a few masked SDPA calls per layer instead of one per sequence."""
+    from lmm_r1_ascend.kernels.attention import varlen_attention_batched
+
+    return ("batched", always("sequences bucketed by length, one masked SDPA per bucket; "
+                              "no per-sequence calls or slices in the autograd graph"), varlen_attention_batched)
+
+
 def logprobs_choice(override: str | None = None) -> KernelChoice:
     """The chunked log-prob kernel (kernels/logprobs.py), the only implementation today."""
     from lmm_r1_ascend.kernels.logprobs import token_logprobs

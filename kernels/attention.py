@@ -16,7 +16,8 @@ so neither does the reference, to keep CPU tests honest about that).
 Sequences never see each other: token i of a sequence attends keys of the same sequence
 only (and, when causal, only keys at positions <= i).
 
-Implementations: reference (per-sequence SDPA, any device, differentiable), flash_attn
+Implementations: reference (per-sequence SDPA, any device, differentiable), batched
+(sequences bucketed by length, one masked SDPA per bucket: the CPU default), flash_attn
 (flash_attn_varlen_func, CUDA), torch_varlen (torch.nn.attention.varlen.varlen_attn, CUDA),
 npu_fusion (``ops.npu_fusion_attention`` in TND layout; ``ops`` is torch_npu or
 lmm_r1_ascend.kernels.npu_emulation). Nothing here runs at import time.
@@ -103,6 +104,118 @@ def varlen_attention_reference(q, k, v, cu_seqlens, max_seqlen, *, scale=None, c
                 lses.append(torch.logsumexp(scores, dim=-1).transpose(0, 1))
     out = torch.cat(outs)
     return (out, torch.cat(lses)) if return_lse else out
+
+
+# ---------------------------------------------------------------- length-bucketed batched SDPA (CPU)
+
+# Bucketing trades padding for calls. Padding a length-n sequence to a bucket's length L costs
+# (L^2 - n^2) / 2 extra causal score elements per head; a separate SDPA call costs a fixed
+# overhead, measured on a 2-core CPU at about the work of 128^2 score elements for 4 heads of
+# width 32 (benchmarks/bench_attention_cpu.py). The budget scales with 1 / (heads * head_dim):
+# wider heads make each element dearer and padding less worth it.
+_WASTE_BUDGET_ELEMENTS = 128 * 128 * 4 * 32
+# Most B * L * L of one bucket (its score elements per head): a bucket that would exceed it is
+# split, so padded buffers and any unfused fallback stay bounded for many long sequences.
+_BUCKET_MAX_MASK_ELEMENTS = 1 << 26
+
+
+def length_buckets(lengths: list[int], waste_budget: float = 128 * 128,
+                   max_mask_elements: int = _BUCKET_MAX_MASK_ELEMENTS) -> list[list[int]]:
+    """Group sequence indices into buckets of similar length, longest first.
+
+    A bucket opens at the longest sequence not yet placed (length L) and takes the next
+    longest (length n) while L^2 - n^2 <= waste_budget (padding it wastes at most that many
+    score elements per head) and B * L * L stays <= max_mask_elements. Every index appears
+    in exactly one bucket; buckets are non-empty.
+    """
+    if waste_budget < 0:
+        raise ValueError(f"waste_budget must be >= 0, got {waste_budget}")
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    buckets: list[list[int]] = []
+    for i in order:
+        if buckets:
+            top = lengths[buckets[-1][0]]
+            if top * top - lengths[i] ** 2 <= waste_budget and (len(buckets[-1]) + 1) * top * top <= max_mask_elements:
+                buckets[-1].append(i)
+                continue
+        buckets.append([i])
+    return buckets
+
+
+def _bucket_layout(bounds: list[int], buckets: list[list[int]], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Index maps between packed tokens and the buckets' padded rows, laid end to end.
+
+    Bucket b of B_b sequences padded to L_b occupies rows [o_b, o_b + B_b * L_b) of a
+    (P, ...) buffer, row o_b + i * L_b + j holding token j of its i-th sequence (j past the
+    sequence's end repeats its last token). Returns gather (P,) int64: the packed token each
+    padded row copies, and scatter (T,) int64: the padded row holding each packed token.
+    """
+    gathers, rows_of, tokens_of, offset = [], [], [], 0
+    for bucket in buckets:
+        starts = torch.tensor([bounds[i] for i in bucket])
+        lens = torch.tensor([bounds[i + 1] - bounds[i] for i in bucket])
+        top = int(lens[0])
+        pos = torch.arange(top)
+        gathers.append((starts[:, None] + torch.minimum(pos[None], lens[:, None] - 1)).reshape(-1))
+        valid = pos[None] < lens[:, None]  # (B, L)
+        rows = offset + torch.arange(len(bucket))[:, None] * top + pos[None]
+        rows_of.append(rows[valid])
+        tokens_of.append((starts[:, None] + pos[None])[valid])
+        offset += len(bucket) * top
+    scatter = torch.empty(bounds[-1], dtype=torch.long)
+    scatter[torch.cat(tokens_of)] = torch.cat(rows_of)
+    return torch.cat(gathers).to(device), scatter.to(device)
+
+
+def varlen_attention_batched(q, k, v, cu_seqlens, max_seqlen, *, scale=None, causal=True, return_lse=False,
+                             cu_seqlens_host=None):
+    """Length-bucketed batched SDPA: one call per bucket of similar lengths, not one per sequence.
+
+    q, k, v are gathered once each into the buckets' padded rows (padding repeats a
+    sequence's last token), each bucket runs one SDPA on a (B, H, L, D) view (causal:
+    is_causal alone; non-causal: a key-padding mask), and one more gather puts the valid rows
+    back in packed order. The autograd graph holds 4 gathers whatever the number of
+    sequences, where the per-sequence reference holds 3B slices, each of whose backward
+    materialises a full (T, H, D) zero gradient, and B SDPA calls. Causal attention needs no
+    padding mask: padding sits right of every valid query, so the causal mask hides it; the
+    padded query rows are dropped, so they pass no gradient back. Valid outputs equal the
+    reference's up to float rounding.
+    """
+    bounds = _validate(q, k, v, cu_seqlens, max_seqlen, cu_seqlens_host, need_host=True)
+    scale = _scale(q, scale)
+    gqa = q.shape[1] != k.shape[1]
+    lengths = [e - s for s, e in zip(bounds, bounds[1:])]
+    buckets = length_buckets(lengths, _WASTE_BUDGET_ELEMENTS / (q.shape[1] * q.shape[2]))
+    gather, scatter = _bucket_layout(bounds, buckets, q.device)
+    # index_select / split, not x[idx] / slices: their backward is one index_add and one cat,
+    # where advanced indexing accumulates through index_put and each slice zero-fills a (P, H, D) grad.
+    sizes = [len(bk) * lengths[bk[0]] for bk in buckets]
+    padded = [torch.index_select(x, 0, gather).split(sizes) for x in (q, k, v)]  # per bucket (B * L, H, D)
+    outs, lses = [], []
+    for n, bucket in enumerate(buckets):
+        b, top = len(bucket), lengths[bucket[0]]
+        qb, kb, vb = (x[n].view(b, top, *x[n].shape[1:]).transpose(1, 2) for x in padded)  # (B, H, L, D)
+        mask = None
+        if not causal and any(lengths[i] != top for i in bucket):
+            lens = torch.tensor([lengths[i] for i in bucket], device=q.device)
+            mask = (torch.arange(top, device=q.device)[None] < lens[:, None])[:, None, None, :]  # (B, 1, 1, L)
+        out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask, is_causal=causal, scale=scale,
+                                             enable_gqa=gqa)  # (B, Hq, L, D)
+        outs.append(out.transpose(1, 2).reshape(b * top, *out.shape[1:2], out.shape[-1]))
+        if return_lse:
+            with torch.no_grad():
+                kf = kb.float().repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+                scores = torch.matmul(qb.float(), kf.transpose(-1, -2)) * scale  # (B, Hq, L, L)
+                if mask is not None:
+                    scores = scores.masked_fill(~mask, float("-inf"))
+                if causal:
+                    scores = scores.masked_fill(torch.ones(top, top, dtype=torch.bool, device=q.device).triu(1),
+                                                float("-inf"))
+                lses.append(torch.logsumexp(scores, dim=-1).transpose(1, 2).reshape(b * top, -1))
+    out = torch.index_select(torch.cat(outs) if len(outs) > 1 else outs[0], 0, scatter)
+    if not return_lse:
+        return out
+    return out, torch.index_select(torch.cat(lses) if len(lses) > 1 else lses[0], 0, scatter)
 
 
 # ---------------------------------------------------------------- flash-attn (CUDA)

@@ -131,7 +131,8 @@ def test_npu_path_through_the_emulation_matches_cpu_and_goldens(run):
 
 def test_attention_discovery_covers_the_known_cpu_paths():
     pairs = cpu_runnable_attention()
-    assert {("cpu", "reference"), ("npu-emulated", "npu_fusion"), ("npu-emulated", "reference")} <= set(pairs)
+    assert {("cpu", "batched"), ("cpu", "reference"), ("npu-emulated", "npu_fusion"),
+            ("npu-emulated", "reference")} <= set(pairs)
 
 
 @pytest.mark.parametrize("backend, impl", cpu_runnable_attention())

@@ -18,6 +18,7 @@ from lmm_r1_ascend.kernels import attention as att
 from lmm_r1_ascend.kernels import npu_emulation
 
 IMPLS = {
+    "batched": att.varlen_attention_batched,
     "reference": att.varlen_attention_reference,
     "npu_fusion_emulated": functools.partial(att.varlen_attention_npu_fusion, ops=npu_emulation),
 }

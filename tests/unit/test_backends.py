@@ -102,7 +102,8 @@ def test_cpu_kernel_set_holds_the_ops_the_core_calls_with_reasons():
     assert isinstance(kernels, KernelSet)
     assert KERNEL_OPS == ("attention", "logprobs", "fused_ops")
     assert [c.op for c in kernels] == list(KERNEL_OPS)
-    assert kernels.attention.name == "reference" and kernels["attention"] is kernels.attention
+    assert kernels.attention.name == "batched" and kernels["attention"] is kernels.attention
+    assert kernels.attention.candidates == ("batched", "reference")  # the per-sequence definition stays selectable
     assert kernels.logprobs.name == "chunked" and callable(kernels.logprobs.fn)
     assert kernels.fused_ops.name == "none" and kernels.fused_ops.fn is None
     assert all(c.reason for c in kernels)

@@ -21,7 +21,7 @@ def test_json_report_on_cpu():
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["backend"]["name"] == "cpu" and report["backend"]["device_count"] == 1
-    assert report["kernels"]["attention"]["implementation"] == "reference"
+    assert report["kernels"]["attention"]["implementation"] == "batched"
     assert list(report["kernels"]) == ["attention", "logprobs", "fused_ops"]  # what the core calls, no more
     assert report["backend"]["ray_actor_options"] == {}
     assert "LMM_R1_ATTENTION" not in report["environment"]  # read by nothing, so not shown
