@@ -1,16 +1,15 @@
-"""Collectives: process-group set-up from a backend string, bucketed broadcast of named
-tensors (the weight-sync primitive) and a ring exchange for sequence parallelism.
+"""Collectives: process-group set-up from a backend string, the per-dtype bucket plan of the
+weight-sync broadcast (its transport is kernels/weight_sync.py) and sequence-parallel groups.
 
-Pure functions over torch.distributed; nothing happens at import. Tensors travel as raw
-bytes (a uint8 view of each bucket), so every dtype arrives bit-exact, whatever the
-communication backend supports arithmetically (bf16, bool, complex, NaN payloads).
+Pure functions over torch.distributed; nothing happens at import. The ring and all-to-all
+exchanges of sequence parallelism live with their kernels (kernels/ring_attention.py,
+kernels/ulysses.py), built on batch_isend_irecv and all_to_all_single.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -144,144 +143,27 @@ def plan_buckets(meta: Meta, bucket_bytes: int) -> list[Bucket]:
     return plan
 
 
-def _broadcast_meta(tensors, src: int, group, device) -> tuple[Meta, str]:
-    """Rank src sends (name, shape, dtype) per tensor and its device type; a bad src input
-    fails on every rank instead of leaving the others waiting."""
-    rank = dist.get_rank()
-    if rank != src and tensors is not None:
-        raise ValueError(f"only rank src={src} passes tensors; rank {rank} must pass None and receives them")
-    payload: list = [None, "cpu", None]  # [meta, source device type, (error type, message)]
-    if rank == src:
-        if not isinstance(tensors, dict):
-            payload[2] = ("TypeError", f"rank {src} (src) must pass a dict[str, Tensor], got {type(tensors).__name__}")
-        elif bad := [k for k, v in tensors.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]:
-            payload[2] = ("TypeError", f"tensors must map str to Tensor; bad entry {bad[0]!r}")
-        else:
-            payload[0] = [(k, tuple(v.shape), v.dtype) for k, v in tensors.items()]
-            devices = {v.device for v in tensors.values()}
-            if device is None and len(devices) > 1:
-                payload[2] = ("ValueError", f"source tensors are on several devices {sorted(map(str, devices))}; pass device=")
-            elif device is not None or devices:
-                payload[1] = torch.device(device).type if device is not None else devices.pop().type
-    # device=None lets torch pick the device this group's backend needs for objects.
-    dist.broadcast_object_list(payload, src=src, group=group)
-    if payload[2] is not None:
-        kind, msg = payload[2]
-        raise {"TypeError": TypeError, "ValueError": ValueError}[kind](
-            msg if rank == src else f"broadcast aborted by src rank {src}: {msg}"
-        )
-    return payload[0], payload[1]
+def sequence_parallel_group(sp_size: int):
+    """This rank's sequence-parallel group: consecutive blocks of sp_size ranks of the default group.
 
-
-def _local_device(device_type: str) -> torch.device:
-    acc = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else None
-    if acc is not None and acc.type == device_type:
-        return torch.device(device_type, torch.accelerator.current_device_index())
-    return torch.device(device_type)
-
-
-def _iter_indexed(tensors, src: int, group, device, bucket_bytes: int) -> Iterator[tuple[int, str, torch.Tensor]]:
-    if isinstance(bucket_bytes, bool) or not isinstance(bucket_bytes, int) or bucket_bytes < 1:
-        raise ValueError(f"bucket_bytes must be an int >= 1, got {bucket_bytes!r}")
+    Ranks [k * sp, (k + 1) * sp) form SP group k (the data-parallel replica k of the packed
+    micro-batch). Every rank must call this (torch.distributed.new_group is collective over the
+    default group, block by block in the same order). Returns (group, rank_in_group); with
+    sp_size == 1 the group is None (no communication needed). sp_size must divide the world size.
+    """
+    if isinstance(sp_size, bool) or not isinstance(sp_size, int) or sp_size < 1:
+        raise ValueError(f"sequence_parallel_size must be an int >= 1, got {sp_size!r}")
+    if sp_size == 1:
+        return None, 0
     if not dist.is_initialized():
-        raise RuntimeError("no process group: call init_process_group(...) before broadcasting")
-    is_src = dist.get_rank() == src
-    meta, src_device_type = _broadcast_meta(tensors, src, group, device)
-    values = list(tensors.values()) if is_src else None
-    if device is not None:
-        dev = torch.device(device)
-    elif is_src:
-        dev = values[0].device if values else torch.device("cpu")  # one device: checked above
-    else:
-        dev = _local_device(src_device_type)
-    for bucket in plan_buckets(meta, bucket_bytes):
-        if is_src:
-            parts = [values[i].detach().reshape(-1).to(dev) for i in bucket.indices]
-            flat = (parts[0] if len(parts) == 1 else torch.cat(parts)).contiguous()
-        else:
-            flat = torch.empty(sum(bucket.numels), dtype=bucket.dtype, device=dev)
-        if bucket.nbytes:
-            dist.broadcast(flat.view(torch.uint8), src=src, group=group)
-        for i, piece in zip(bucket.indices, flat.split(bucket.numels)):
-            name, shape, _ = meta[i]
-            yield i, name, (values[i] if is_src else piece.view(shape))
-
-
-def iter_broadcast_buckets(
-    tensors: dict[str, torch.Tensor] | None,
-    *,
-    src: int = 0,
-    group=None,
-    device: torch.device | str | None = None,
-    bucket_bytes: int = 256 << 20,
-) -> Iterator[tuple[str, torch.Tensor]]:
-    """Broadcast named tensors bucket by bucket, yielding (name, tensor) as each bucket arrives.
-
-    Every rank of `group` must run the generator to the end, in step (each bucket is a
-    collective). Yield order is bucket order, not the source dict's order. Arguments and
-    results as in `broadcast_named_tensors`.
-    """
-    for _, name, t in _iter_indexed(tensors, src, group, device, bucket_bytes):
-        yield name, t
-
-
-def broadcast_named_tensors(
-    tensors: dict[str, torch.Tensor] | None,
-    *,
-    src: int = 0,
-    group=None,
-    device: torch.device | str | None = None,
-    bucket_bytes: int = 256 << 20,
-) -> dict[str, torch.Tensor]:
-    """Send a dict of named tensors from rank `src` to every rank of `group`, bit-exact.
-
-    Metadata (names, shapes, dtypes, order) goes first as one pickled object; then the
-    tensors go in per-dtype flat buckets of at most `bucket_bytes` (a tensor larger than
-    that goes alone), one broadcast per bucket. Per-dtype buckets let receivers hand out
-    aligned views without copies.
-
-    Args:
-        tensors: on src, {name: tensor} of any dtypes and shapes (0-dim, empty,
-            non-contiguous allowed) on one device; on every other rank None.
-        src: global rank of the sender.
-        group: process group (None: the default group).
-        device: where buckets are staged and received tensors live; it must be a device
-            the group's backend communicates on. None: on src the tensors' device, on
-            receivers the same device type (an accelerator at this process's current
-            index).
-        bucket_bytes: bucket size limit in bytes (>= 1).
-
-    Returns:
-        {name: tensor} in the source's order. On src these are the given tensors; elsewhere
-        views into the received buckets (a kept tensor keeps its bucket alive).
-    """
-    got = sorted(_iter_indexed(tensors, src, group, device, bucket_bytes), key=lambda x: x[0])
-    return {name: t for _, name, t in got}
-
-
-def ring_exchange(send: torch.Tensor, *, group=None) -> torch.Tensor:
-    """Send `send` to rank (r + 1) % W of `group` and return what rank (r - 1) % W sent.
-
-    Every rank passes a tensor of the same shape and dtype. Uses one batch_isend_irecv,
-    so no ordering of sends and receives can deadlock. With W = 1, returns a copy.
-    """
-    if not isinstance(send, torch.Tensor):
-        raise TypeError(f"send must be a torch.Tensor, got {type(send).__name__}")
-    if not dist.is_initialized():
-        raise RuntimeError("no process group: call init_process_group(...) before ring_exchange")
-    world = dist.get_world_size(group)
-    out = torch.empty(send.shape, dtype=send.dtype, device=send.device)
-    if world == 1:
-        return out.copy_(send)
-    rank = dist.get_rank(group)
-    src_buf = send.detach().contiguous().reshape(-1).view(torch.uint8)
-    dst_buf = out.reshape(-1).view(torch.uint8)
-    if src_buf.numel() == 0:
-        return out
-    nxt, prv = (rank + 1) % world, (rank - 1) % world
-    if group is not None:
-        nxt, prv = dist.get_global_rank(group, nxt), dist.get_global_rank(group, prv)
-    ops = [dist.P2POp(dist.isend, src_buf, nxt, group), dist.P2POp(dist.irecv, dst_buf, prv, group)]
-    for req in dist.batch_isend_irecv(ops):
-        req.wait()
-    return out
+        raise RuntimeError("no process group: call init_process_group(...) before sequence_parallel_group")
+    world, rank = dist.get_world_size(), dist.get_rank()
+    if world % sp_size:
+        raise ValueError(f"distributed.sequence_parallel_size = {sp_size} must divide the world size {world} "
+                         "(each data-parallel replica is split over sp_size ranks)")
+    mine = None
+    for first in range(0, world, sp_size):
+        group = dist.new_group(list(range(first, first + sp_size)))
+        if first <= rank < first + sp_size:
+            mine = group
+    return mine, rank % sp_size

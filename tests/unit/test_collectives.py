@@ -1,14 +1,12 @@
-"""Collectives: backend-string validation, bucket planning, and real 2-process gloo runs.
+"""Collectives: backend-string validation, bucket planning, and sequence-parallel groups on real gloo ranks.
 
-The multi-process tests spawn two ranks with a file:// rendezvous in tmp_path (no ports
+The multi-process test spawns three ranks with a file:// rendezvous in tmp_path (no ports
 to race for) and a short collective timeout, so a hang fails within seconds.
 """
 
 from __future__ import annotations
 
 import datetime
-import os
-import random
 import time
 
 import pytest
@@ -18,15 +16,8 @@ import torch.multiprocessing as mp
 
 from lmm_r1_ascend.kernels import collectives as C
 
-WORLD = 3  # 3, not 2: with two ranks 'next' and 'previous' coincide and a reversed ring would pass
+WORLD = 3  # odd: sp=2 cannot divide it (the error path), sp=3 is the whole world
 TIMEOUT_S = 20.0
-
-
-def _bytes_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Bitwise equality (torch.equal would call NaN != NaN and -0.0 == 0.0)."""
-    if a.dtype != b.dtype or a.shape != b.shape:
-        return False
-    return torch.equal(a.contiguous().reshape(-1).view(torch.uint8), b.contiguous().reshape(-1).view(torch.uint8))
 
 
 def _spawn(fn, *args) -> None:
@@ -41,87 +32,31 @@ def _spawn(fn, *args) -> None:
             pytest.fail(f"{WORLD}-process run did not finish in time")
 
 
-def _worker(rank: int, tmp: str, bucket_bytes: int) -> None:
-    """Both 2-rank scenarios in one spawn (process start-up dominates the cost)."""
+def _worker(rank: int, tmp: str) -> None:
+    """Sequence-parallel groups on 3 ranks: sp=3 is everyone, sp=1 no group, sp=2 does not divide 3."""
     torch.set_num_threads(1)
     C.init_process_group("gloo", rank=rank, world_size=WORLD, init_method=f"file://{tmp}/rdzv", timeout_s=TIMEOUT_S)
     try:
-        sent = torch.load(f"{tmp}/sent.pt") if rank == 0 else None
-        got = C.broadcast_named_tensors(sent, src=0, bucket_bytes=bucket_bytes)
-        # The generator form, on the same data; and an empty dict.
-        streamed = list(C.iter_broadcast_buckets(sent, src=0, bucket_bytes=bucket_bytes))
-        empty = C.broadcast_named_tensors({} if rank == 0 else None, src=0)
-        if rank == WORLD - 1:
-            torch.save({"dict": got, "order": list(got), "streamed": streamed, "empty": empty}, f"{tmp}/got.pt")
-        mine = torch.load(f"{tmp}/ring{rank}.pt")
-        torch.save({k: C.ring_exchange(v) for k, v in mine.items()}, f"{tmp}/ringout{rank}.pt")
+        group, sp_rank = C.sequence_parallel_group(WORLD)
+        x = torch.tensor([float(rank + 1)])
+        dist.all_reduce(x, group=group)
+        single = C.sequence_parallel_group(1)
+        try:
+            C.sequence_parallel_group(2)
+            err = None
+        except ValueError as exc:
+            err = str(exc)
+        torch.save({"sum": x.item(), "sp_rank": sp_rank, "single": single, "err": err}, f"{tmp}/sp{rank}.pt")
     finally:
         dist.destroy_process_group()
 
 
-def _state_dict(bucket_bytes: int) -> dict[str, torch.Tensor]:
-    """Mixed dtypes/shapes: bf16, fp16, fp32 with NaN/-0.0/inf, int64, bool, 0-dim,
-    empty, non-contiguous (transposed, strided slice), one tensor bigger than a bucket."""
-    big_numel = bucket_bytes // 4 * 3  # 3 buckets' worth of fp32
-    f32 = torch.randn(5, 7)
-    f32[0, 0], f32[0, 1], f32[0, 2] = float("nan"), -0.0, float("inf")
-    return {
-        "embed.weight": torch.randn(11, 6).to(torch.bfloat16),
-        "layer.0.w": torch.randn(6, 9).t(),  # non-contiguous
-        "layer.0.b": f32,
-        "big": torch.randn(big_numel),
-        "steps": torch.randint(-(2**62), 2**62, (4, 3), dtype=torch.int64),
-        "scalar": torch.tensor(3.25, dtype=torch.float16),
-        "mask": torch.rand(17) > 0.5,
-        "empty": torch.empty(0, 3),
-        "strided": torch.randn(40)[::3],
-        "half.w": torch.randn(13).to(torch.float16),
-        "last.bf16": torch.randn(3, 3).to(torch.bfloat16),
-    }
-
-
-BUCKET_BYTES = 64  # small: several buckets per dtype, and "big" exceeds one
-
-
-@pytest.fixture(scope="module")
-def two_ranks(tmp_path_factory):
-    """Fresh random data (seeded like the rng_seed fixture), one 2-rank gloo run."""
-    seed = int(os.environ.get("LMM_R1_TEST_SEED", random.randrange(2**31)))
-    print(f"[seed] test_collectives two_ranks: LMM_R1_TEST_SEED={seed}")
-    torch.manual_seed(seed)
-    tmp = tmp_path_factory.mktemp("two_ranks")
-    sent = _state_dict(BUCKET_BYTES)
-    ring_in = [
-        {"kv": torch.randn(4, 2, 8).to(torch.bfloat16), "idx": torch.randint(0, 10**9, (5,)),
-         "nc": torch.randn(6, 4).t(), "zero_dim": torch.tensor(float(r))}
-        for r in range(WORLD)
-    ]
-    torch.save(sent, tmp / "sent.pt")
+def test_sequence_parallel_groups_three_ranks(tmp_path):
+    _spawn(_worker, str(tmp_path))
     for r in range(WORLD):
-        torch.save(ring_in[r], tmp / f"ring{r}.pt")
-    _spawn(_worker, str(tmp), BUCKET_BYTES)
-    ring_out = [torch.load(tmp / f"ringout{r}.pt") for r in range(WORLD)]
-    return sent, torch.load(tmp / "got.pt"), ring_in, ring_out
-
-
-def test_broadcast_named_tensors_two_ranks_bit_exact(two_ranks):
-    sent, got = two_ranks[:2]
-    plan = C.plan_buckets([(k, tuple(v.shape), v.dtype) for k, v in sent.items()], BUCKET_BYTES)
-    assert len(plan) >= 6 and any(b.nbytes > BUCKET_BYTES for b in plan)  # the case really is multi-bucket
-    assert got["order"] == list(sent)  # the source's order, not bucket order
-    for name, ref in sent.items():
-        assert _bytes_equal(got["dict"][name], ref), name  # exact bits: a copy of bytes, no arithmetic
-    streamed = dict(got["streamed"])
-    assert len(got["streamed"]) == len(sent) and all(_bytes_equal(streamed[k], v) for k, v in sent.items())
-    assert got["empty"] == {}
-
-
-def test_ring_exchange_two_ranks(two_ranks):
-    ring_in, ring_out = two_ranks[2:]
-    for r in range(WORLD):
-        expect = ring_in[(r - 1) % WORLD]  # received from the previous rank
-        for k, v in expect.items():
-            assert _bytes_equal(ring_out[r][k], v), (r, k)
+        got = torch.load(tmp_path / f"sp{r}.pt")
+        assert got["sum"] == 6.0 and got["sp_rank"] == r and got["single"] == (None, 0)
+        assert "sequence_parallel_size = 2 must divide the world size 3" in got["err"]
 
 
 def test_plan_buckets_contract(rng_seed):
@@ -209,27 +144,15 @@ def test_init_passes_arguments_through(monkeypatch):
 def test_calls_without_process_group_are_explained():
     assert not dist.is_initialized()
     with pytest.raises(RuntimeError, match="init_process_group"):
-        C.broadcast_named_tensors({"a": torch.zeros(1)})
-    with pytest.raises(RuntimeError, match="init_process_group"):
-        C.ring_exchange(torch.zeros(1))
-    with pytest.raises(ValueError, match="bucket_bytes"):
-        C.broadcast_named_tensors({"a": torch.zeros(1)}, bucket_bytes=0)
+        C.sequence_parallel_group(2)
+    with pytest.raises(ValueError, match="sequence_parallel_size must be an int >= 1"):
+        C.sequence_parallel_group(0)
 
 
-def test_single_rank_group(tmp_path, rng_seed):
-    """World size 1 in this process: broadcast returns the source dict, ring returns a copy."""
+def test_single_rank_group(tmp_path):
     C.init_process_group("gloo", rank=0, world_size=1, init_method=f"file://{tmp_path}/rdzv", timeout_s=10)
     try:
-        sd = {"w": torch.randn(3, 2), "i": torch.arange(4)}
-        out = C.broadcast_named_tensors(sd)
-        assert list(out) == ["w", "i"] and all(out[k] is sd[k] for k in sd)
-        with pytest.raises(TypeError, match="dict"):
-            C.broadcast_named_tensors([torch.zeros(1)])
-        with pytest.raises(ValueError, match="several devices"):
-            C.broadcast_named_tensors({"a": torch.zeros(1), "b": torch.zeros(1, device="meta")})
-        x = torch.randn(5)
-        y = C.ring_exchange(x)
-        assert torch.equal(y, x) and y.data_ptr() != x.data_ptr()
+        assert C.sequence_parallel_group(1) == (None, 0)
         with pytest.raises(RuntimeError, match="already exists"):
             C.init_process_group("gloo", rank=0, world_size=1, init_method=f"file://{tmp_path}/rdzv2")
     finally:
