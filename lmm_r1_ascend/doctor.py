@@ -9,7 +9,6 @@ versions, and the relevant environment variables.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -18,6 +17,7 @@ import sys
 from lmm_r1_ascend.backends.base import COMMON_ENV_VARS, BackendUnavailable
 from lmm_r1_ascend.backends.registry import backend_names, get_backend, resolve_name
 from lmm_r1_ascend.backends.stack import stack_versions
+from lmm_r1_ascend.config.cli import CliParser, parse_cli
 
 
 def collect(device: str = "auto") -> dict:
@@ -62,11 +62,11 @@ def format_report(report: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lmm_r1_ascend.doctor", description=__doc__.splitlines()[0])
+    parser = CliParser(prog="python -m lmm_r1_ascend.doctor", description=__doc__.splitlines()[0])
     parser.add_argument("--device", default=os.environ.get("LMM_R1_DEVICE", "auto"),
                         help=f"auto (npu, then cuda, then cpu) or one of: {', '.join(sorted(backend_names()))}")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    args = parser.parse_args(argv)
+    args = parse_cli(parser, argv)
     try:
         report = collect(args.device)
     except (BackendUnavailable, ValueError) as exc:

@@ -8,8 +8,8 @@ convert the paper's benchmarks.
 The first form loads the data with the training loader (templating, images, data.on_bad_line),
 samples with the rollout engine (`--engine hf|vllm`; greedy by default), scores with the
 training reward router and writes samples.jsonl, summary.json and a printed table into
-`--out`. Any training config key may follow as key=value (e.g. reward.routes, data.max_prompt_len,
-distributed.mode=ray to sample on the cluster's engine actors).
+`--out`. Any training config key may be given as key=value, before or after the options (e.g.
+reward.routes, data.max_prompt_len, distributed.mode=ray to sample on the cluster's engine actors).
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ import json
 import platform
 import sys
 from pathlib import Path
+
+from lmm_r1_ascend.config.cli import CliParser, parse_cli, quiet_library_progress
 
 DEFAULT_OUT = "outputs/eval"
 
@@ -61,7 +63,7 @@ def _versions() -> dict[str, str]:
 
 
 def _run_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m lmm_r1_ascend.eval", description=__doc__.split("\n\n")[0],
+    p = CliParser(prog="python -m lmm_r1_ascend.eval", description=__doc__.split("\n\n")[0],
                                 epilog="subcommands: compare RUN [RUN ...] | convert NAME SRC --out FILE")
     p.add_argument("--model", required=True, help="a model directory, or a built-in name (demo-fre, tiny-qwen2, ...)")
     p.add_argument("--data", nargs="+", required=True, help="LMM-R1 jsonl files (or demo:arithmetic-eval)")
@@ -195,7 +197,9 @@ def main(argv: list[str] | None = None) -> int:
             from lmm_r1_ascend.evaluation.convert_cli import main as convert_main
 
             return convert_main(argv[1:])
-        run_eval(_run_parser().parse_args(argv))
+        args = parse_cli(_run_parser(), argv, overrides_dest="overrides")
+        quiet_library_progress()  # the eval bar owns the screen; HF_HUB_DISABLE_PROGRESS_BARS=0 brings theirs back
+        run_eval(args)
     except (ConfigError, SetupError, BackendUnavailable, DataError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -3,7 +3,7 @@ and losses over steps, from RUN_DIR/metrics.jsonl, as one PNG (default RUN_DIR/m
 
 from __future__ import annotations
 
-import argparse
+from lmm_r1_ascend.config.cli import CliParser, parse_cli
 import sys
 from pathlib import Path
 
@@ -52,10 +52,10 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lmm_r1_ascend.plot", description=__doc__.splitlines()[0])
+    parser = CliParser(prog="python -m lmm_r1_ascend.plot", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir")
     parser.add_argument("--out", help="PNG path (default RUN_DIR/metrics.png)")
-    args = parser.parse_args(argv)
+    args = parse_cli(parser, argv)
     try:
         print(plot_run(args.run_dir, args.out))
     except (FileNotFoundError, ValueError) as exc:

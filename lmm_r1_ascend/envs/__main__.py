@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
+from lmm_r1_ascend.config.cli import CliParser, parse_cli
 import json
 import sys
 
@@ -13,7 +13,7 @@ from lmm_r1_ascend.envs.sokoban_solver import solve
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m lmm_r1_ascend.envs", description=__doc__)
+    ap = CliParser(prog="python -m lmm_r1_ascend.envs", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
     g = sub.add_parser("generate", help="write .npy levels, PNG frames and LMM-R1 jsonl rows")
     g.add_argument("--out", required=True, help="output folder")
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--level", required=True)
     r.add_argument("--out", required=True)
     r.add_argument("--cell", type=int, default=32)
-    args = ap.parse_args(argv)
+    args = parse_cli(ap, argv)
     try:
         if args.cmd == "generate":
             rows = write_dataset(args.out, args.n, args.boxes, args.seed, args.dim, args.cell, args.jsonl)

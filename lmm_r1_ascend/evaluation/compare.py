@@ -8,7 +8,7 @@ the second run on, its delta against the first. Printed as markdown; `--png` dra
 
 from __future__ import annotations
 
-import argparse
+from lmm_r1_ascend.config.cli import CliParser, parse_cli
 import json
 import re
 from pathlib import Path
@@ -87,11 +87,11 @@ def draw_png(header: list[str], rows: list[list[str]], path: Path, title: str) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m lmm_r1_ascend.eval compare", description=__doc__.split("\n\n")[0])
+    p = CliParser(prog="python -m lmm_r1_ascend.eval compare", description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="+", help="eval output dirs, summary.json files, or training run dirs")
     p.add_argument("--metric", default="accuracy", help="accuracy, pass@8, maj@8, format_rate, ... (default accuracy)")
     p.add_argument("--png", default=None, help="also draw the table into this PNG")
-    args = p.parse_args(argv)
+    args = parse_cli(p, argv)
     runs = [load_summary(r) for r in args.runs]
     if not any(args.metric in fig for _, f in runs for fig in f.values()):
         raise ValueError(f"no run reports {args.metric!r}; they report e.g. {', '.join(sorted(next(iter(runs[0][1].values()))))}")

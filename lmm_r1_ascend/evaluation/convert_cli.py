@@ -5,7 +5,7 @@ downloaded here) to LMM-R1 jsonl (converters.py; docs/benchmarks.md lists the co
 
 from __future__ import annotations
 
-import argparse
+from lmm_r1_ascend.config.cli import CliParser, parse_cli
 from pathlib import Path
 
 
@@ -13,7 +13,7 @@ def main(argv: list[str] | None = None) -> int:
     from lmm_r1_ascend.evaluation.converters import BENCHMARKS, convert
 
     names = sorted(BENCHMARKS) + ["sokoban"]
-    p = argparse.ArgumentParser(prog="python -m lmm_r1_ascend.eval convert", description=__doc__.split("\n\n")[0])
+    p = CliParser(prog="python -m lmm_r1_ascend.eval convert", description=__doc__.split("\n\n")[0])
     p.add_argument("name", choices=names)
     p.add_argument("src", help="the dataset (directory, parquet or jsonl); for sokoban: the output directory")
     p.add_argument("--out", default=None, help="the jsonl to write (required except for sokoban)")
@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="option shuffling (GPQA) / level generation (sokoban)")
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--levels", type=int, default=100, help="sokoban: number of held-out levels")
-    args = p.parse_args(argv)
+    args = parse_cli(p, argv)
     if args.name == "sokoban":
         from lmm_r1_ascend.evaluation.sokoban_eval import build_sokoban_eval_set
 

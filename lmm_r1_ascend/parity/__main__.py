@@ -16,6 +16,8 @@ import json
 import sys
 from pathlib import Path
 
+from lmm_r1_ascend.config.cli import CliParser, parse_cli
+
 REPO_ROLLOUT = Path(__file__).resolve().parents[2] / "tests" / "golden" / "parity-rollout.pt"
 DTYPE_CHOICES = ("float32", "bfloat16")  # replay.DTYPES' names; kept here so --help needs no torch
 
@@ -28,7 +30,7 @@ def _default_rollout() -> str:
 def _parser() -> argparse.ArgumentParser:
     from lmm_r1_ascend.parity.plants import PLANTS
 
-    p = argparse.ArgumentParser(prog="python -m lmm_r1_ascend.parity",
+    p = CliParser(prog="python -m lmm_r1_ascend.parity",
                                 description="Backend parity: replay one recorded rollout on each backend and "
                                             "compare the per-step training metrics (docs/parity.md).")
     sub = p.add_subparsers(dest="command", required=True)
@@ -113,7 +115,7 @@ def _compare(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = parse_cli(_parser(), argv)
     return {"record": _record, "run": _run, "compare": _compare}[args.command](args)
 
 

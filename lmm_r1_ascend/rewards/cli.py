@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator
 
+from lmm_r1_ascend.config.cli import CliParser, parse_cli
 from lmm_r1_ascend.rewards.extraction import extract_response, get_template
 from lmm_r1_ascend.rewards.registry import RewardRouter
 from lmm_r1_ascend.rewards.types import RewardError, RewardInput
@@ -30,8 +31,8 @@ COMPONENTS = {"math": ("format", "accuracy"), "sokoban": ("format", "best_reward
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m lmm_r1_ascend.reward", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = CliParser(prog="python -m lmm_r1_ascend.reward", description=__doc__,
+                   formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--task", default="math", help="math | sokoban | custom:PATH.py | http(s)://URL")
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--response", help="the model response (or full decoded text); '-' reads stdin")
@@ -135,7 +136,7 @@ def _score_file(router: RewardRouter, args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     ap = _parser()
-    args = ap.parse_args(argv)
+    args = parse_cli(ap, argv)
     try:
         get_template(args.template)
     except ValueError as e:
