@@ -229,6 +229,30 @@ class Backend(ABC):
         """The varlen attention function (contract in kernels/attention.py)."""
         return self.select_kernels(overrides).attention.fn
 
+    def sequence_parallel_kernels(self, kernels: KernelSet | None = None) -> dict[str, KernelChoice]:
+        """{mode: choice} for sequence_parallel_mode ring and ulysses, over this backend's own varlen
+        kernel (``kernels.attention``, chosen by select_kernels when not given). Each fn has the
+        signature fn(q, k, v, shard, *, group, scale) of kernels/ring_attention and kernels/ulysses;
+        the exchanges run over ``distributed_backend()`` (P2P for ring, all_to_all for Ulysses)."""
+        import functools
+
+        from lmm_r1_ascend.kernels.ring_attention import ring_attention
+        from lmm_r1_ascend.kernels.ulysses import ulysses_attention
+
+        attention = (kernels or self.select_kernels()).attention
+        comm = self.distributed_backend()
+        ring = KernelChoice(
+            "sp_ring", f"ring[{attention.name}]",
+            f"k/v blocks passed around the ring (batch_isend_irecv over {comm}), {attention.name} per block "
+            "with its log-sum-exp, zigzag-balanced, masked blocks skipped; backward recomputes per block",
+            fn=functools.partial(ring_attention, attention_fn=attention.fn))
+        ulysses = KernelChoice(
+            "sp_ulysses", f"ulysses[{attention.name}]",
+            f"all_to_all_single over {comm} from sequence to head split, {attention.name} on the whole row; "
+            "attention and kv heads must divide by the SP size",
+            fn=functools.partial(ulysses_attention, attention_fn=attention.fn))
+        return {"ring": ring, "ulysses": ulysses}
+
     def describe(self) -> dict:
         """A JSON-able summary (used by doctor and stamped into run metadata)."""
         return {

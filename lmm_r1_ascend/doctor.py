@@ -3,7 +3,8 @@
 Prints the selected backend (and, for auto, why better devices were skipped), the device
 count, the collective backend, the Ray actor options and the weight-sync transports the
 code uses, the kernel set the core calls (attention, log-probs, fused ops: the
-implementation chosen for each, with the reason for each fallback), the software stack's
+implementation chosen for each, with the reason for each fallback), the ring and Ulysses
+sequence-parallel kernels built on that attention, the software stack's
 versions, and the relevant environment variables.
 """
 
@@ -35,6 +36,8 @@ def collect(device: str = "auto") -> dict:
         "kernels": {c.op: {"implementation": c.name, "reason": c.reason,
                            "fallbacks": [{"implementation": n, "reason": w} for n, w in c.rejected]}
                     for c in kernels},
+        "sequence_parallel": {mode: {"implementation": c.name, "reason": c.reason}
+                              for mode, c in backend.sequence_parallel_kernels(kernels).items()},
         "versions": {"python": platform.python_version(), **stack_versions()},
         "environment": {k: os.environ.get(k) for k in env_names},
         "known_backends": sorted(backend_names()),
@@ -54,6 +57,9 @@ def format_report(report: dict) -> str:
     for op, k in report["kernels"].items():
         lines.append(f"  {op:<11} {k['implementation']}: {k['reason']}")
         lines += [f"  {'':<11}   (not {f['implementation']}: {f['reason']})" for f in k["fallbacks"]]
+    lines.append("sequence parallel (distributed.sequence_parallel_mode):")
+    for mode, k in report.get("sequence_parallel", {}).items():
+        lines.append(f"  {mode:<11} {k['implementation']}: {k['reason']}")
     lines.append("versions:")
     lines += [f"  {name:<14} {ver}" for name, ver in report["versions"].items()]
     lines.append("environment:")

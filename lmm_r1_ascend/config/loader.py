@@ -263,10 +263,21 @@ def _validate_distributed(cfg: TrainConfig) -> None:
                           f"got '{d.placement_strategy}'")
     if d.weight_sync_bucket_mb < 1 or d.cpus_per_rank < 1 or d.timeout_s <= 0:
         raise ConfigError("distributed.weight_sync_bucket_mb and cpus_per_rank must be >= 1, timeout_s > 0")
-    per_rank = cfg.trainer.train_batch_size // d.world_size
+    sp = d.sequence_parallel_size
+    if isinstance(sp, bool) or not isinstance(sp, int) or sp < 1:
+        raise ConfigError(f"distributed.sequence_parallel_size: must be an int >= 1, got {sp!r}")
+    if d.world_size % sp:
+        raise ConfigError(f"distributed.sequence_parallel_size={sp} must divide distributed.world_size="
+                          f"{d.world_size}: each data-parallel replica is split over {sp} ranks")
+    if d.sequence_parallel_mode not in ("ring", "ulysses"):
+        raise ConfigError(f"distributed.sequence_parallel_mode: must be ring or ulysses, got "
+                          f"'{d.sequence_parallel_mode}'")
+    replicas = d.world_size // sp
+    per_rank = cfg.trainer.train_batch_size // replicas
     if per_rank < 1:
-        raise ConfigError(f"trainer.train_batch_size ({cfg.trainer.train_batch_size}) must be >= "
-                          f"distributed.world_size ({d.world_size}): every rank needs samples")
+        raise ConfigError(f"trainer.train_batch_size ({cfg.trainer.train_batch_size}) must be >= the data-parallel "
+                          f"replicas (distributed.world_size / sequence_parallel_size = {replicas}): "
+                          "every rank needs samples (the ranks of one SP group share theirs)")
 
 
 def _validate_eval(cfg: TrainConfig) -> None:

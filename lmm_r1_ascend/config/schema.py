@@ -169,6 +169,11 @@ class DistributedConfig:
     cpus_per_rank: CPU cores reserved per rank in the placement group.
     placement_strategy: PACK (fill nodes first) | SPREAD | STRICT_PACK | STRICT_SPREAD.
     timeout_s: collective and rendezvous timeout.
+    sequence_parallel_size: ranks that split each packed micro-batch's tokens (SP group size;
+      it must divide world_size: world_size / sequence_parallel_size data-parallel replicas).
+      Every rank of an SP group holds ~1/sp of the tokens of each forward (docs/sequence_parallel.md).
+    sequence_parallel_mode: ring (k/v passed around the group; any head count) | ulysses
+      (all-to-all to a head split; attention and kv heads must divide by the SP size).
     """
 
     mode: str = "local"
@@ -185,6 +190,8 @@ class DistributedConfig:
     cpus_per_rank: int = 1
     placement_strategy: str = "PACK"
     timeout_s: float = 1800.0
+    sequence_parallel_size: int = 1
+    sequence_parallel_mode: str = "ring"
 
 
 @dataclass

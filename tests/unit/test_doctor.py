@@ -24,6 +24,9 @@ def test_json_report_on_cpu():
     assert report["kernels"]["attention"]["implementation"] == "batched"
     assert list(report["kernels"]) == ["attention", "logprobs", "fused_ops"]  # what the core calls, no more
     assert report["backend"]["ray_actor_options"] == {}
+    sp = report["sequence_parallel"]  # both modes, over the backend's own varlen kernel
+    assert sp["ring"]["implementation"] == "ring[batched]" and sp["ulysses"]["implementation"] == "ulysses[batched]"
+    assert "gloo" in sp["ring"]["reason"] and "divide" in sp["ulysses"]["reason"]
     assert "LMM_R1_ATTENTION" not in report["environment"]  # read by nothing, so not shown
     for pkg in ("torch", "transformers", "deepspeed", "vllm", "vllm-ascend", "ray", "torch-npu", "math-verify"):
         assert pkg in report["versions"]
@@ -38,6 +41,7 @@ def test_human_report_shows_fallbacks_for_emulated_npu():
     assert "npu_fusion" in proc.stdout and "emulated" in proc.stdout
     assert "kernels chosen:" in proc.stdout and "logprobs    chunked" in proc.stdout
     assert "packing" not in proc.stdout and "collectives gloo" in proc.stdout
+    assert "ring[npu_fusion]" in proc.stdout and "ulysses[npu_fusion]" in proc.stdout
     assert "OMP_NUM_THREADS" in proc.stdout  # device variables are the CPU's: tensors live there
 
 
