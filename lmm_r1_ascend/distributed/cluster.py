@@ -35,21 +35,36 @@ class TrainingCluster:
         self.roles = {"actor": group, "critic": group, "reference": group, **(role_groups or {})}
         self.max_tokens = cfg.trainer.max_tokens_per_micro_batch
         self.zero3 = cfg.distributed.train_engine == "deepspeed" and cfg.distributed.zero_stage == 3
+        # Sequence parallelism: ranks [k*sp, (k+1)*sp) split data-parallel replica k's tokens, so
+        # they all get replica k's shard and one of them (the first) reports its results.
+        self.sp = cfg.distributed.sequence_parallel_size
 
     @property
     def world_size(self) -> int:
         return self.group.world_size
 
+    @property
+    def replicas(self) -> int:
+        """Data-parallel replicas: world size / sequence-parallel size."""
+        return self.world_size // self.sp
+
+    def _per_rank(self, per_replica: list) -> list:
+        return [args for args in per_replica for _ in range(self.sp)]
+
+    def _first_of_groups(self, per_rank: list) -> list:
+        return per_rank[:: self.sp]
+
     def describe(self) -> str:
         d = self.cfg.distributed
         engine = "torch" if d.train_engine == "torch" else f"deepspeed ZeRO-{d.zero_stage}"
-        return f"{d.mode} mode, {self.world_size} rank(s), {engine}"
+        sp = f", sequence parallel {self.sp} ({d.sequence_parallel_mode})" if self.sp > 1 else ""
+        return f"{d.mode} mode, {self.world_size} rank(s){sp}, {engine}"
 
     # ------------------------------------------------------------------ sharding
     def _plan(self, batch: ExperienceBatch, cfg: AlgorithmConfig | None = None) -> list[RankShard]:
         """The shard plan of `batch` (its normaliser matters only for updates: cfg given)."""
         agg = (cfg.loss_agg_mode, cfg.loss_agg_constant) if cfg is not None else ("token-mean", None)
-        return shard_plan(batch.sequence_lengths, batch.action_counts, self.world_size, self.max_tokens,
+        return shard_plan(batch.sequence_lengths, batch.action_counts, self.replicas, self.max_tokens,
                           agg_mode=agg[0], constant=agg[1])
 
     def _groups(self) -> list[WorkerGroup]:
@@ -59,8 +74,8 @@ class TrainingCluster:
     def _gather(self, batch: ExperienceBatch, method: str, role: str, pad_forwards: bool) -> list[torch.Tensor]:
         plan = self._plan(batch)
         pad = pad_forwards and self.world_size > 1
-        results = self.roles[role].call_each(method, [(batch.select(r.rows), *((r.n_micro,) if pad else ()))
-                                                      for r in plan])
+        results = self._first_of_groups(self.roles[role].call_each(method, self._per_rank(
+            [(batch.select(r.rows), *((r.n_micro,) if pad else ())) for r in plan])))
         out: list[torch.Tensor] = [None] * len(batch)  # type: ignore[list-item]
         for r, res in zip(plan, results):
             for i, value in zip(r.indices, res):  # padding shards have no indices: their results are dropped
@@ -82,8 +97,8 @@ class TrainingCluster:
     # ------------------------------------------------------------------ updates
     def _train(self, method: str, role: str, minibatch: ExperienceBatch, cfg: AlgorithmConfig) -> dict[str, float]:
         plan = self._plan(minibatch, cfg)
-        results = self.roles[role].call_each(method, [(minibatch.select(r.rows), cfg, r.normaliser, r.n_micro, r.real)
-                                                      for r in plan])
+        results = self._first_of_groups(self.roles[role].call_each(method, self._per_rank(
+            [(minibatch.select(r.rows), cfg, r.normaliser, r.n_micro, r.real) for r in plan])))
         return merge_all(results).result()
 
     def train_actor(self, minibatch: ExperienceBatch, cfg: AlgorithmConfig) -> dict[str, float]:

@@ -18,6 +18,10 @@ original code). Only those positions reach the LM head, through the backend's lo
 kernel (its KernelSet.logprobs, recorded for the model by enable_packed_forward; the
 chunked kernels.logprobs everywhere today): full (T, V) fp32 logits never exist.
 
+Sequence parallelism (models.sequence_parallel): the row, its positions and its image
+embeddings are built whole, then each rank of the SP group runs the decoder on its zigzag
+share and the scored results are all-gathered, so callers see the same per-sample tensors.
+
 VL models run their vision tower here (outside the packed decoder call, so the packing
 kwargs never reach it) and scatter its output into the image-pad embeddings. A micro-batch
 without images still runs the tower on a tiny blank image and adds 0 x its sum to the
@@ -38,7 +42,9 @@ import torch
 
 from lmm_r1_ascend.kernels.mrope import mm_token_type_ids_from_input_ids, mrope_position_ids
 from lmm_r1_ascend.kernels.packing import cu_seqlens_from_lengths, position_ids_from_lengths
-from lmm_r1_ascend.models.packed_attention import packed_kwargs, use_packed_attention
+from lmm_r1_ascend.kernels.sequence_split import split_packed
+from lmm_r1_ascend.models.packed_attention import SP_KWARG, packed_kwargs, use_packed_attention
+from lmm_r1_ascend.models.sequence_parallel import gather_scored, scored_rows, sequence_parallel_of
 
 _PACKED_NAMES: set[str] = set()  # attention names registered through enable_packed_forward
 # model -> the log-prob kernel (kernels/logprobs.py contract) its backend chose
@@ -259,26 +265,56 @@ def packed_hidden_states(backbone: torch.nn.Module, packed: PackedInputs, *,
 
     backbone: the base model (``policy.base_model``, ``critic.model``) with packed attention selected.
     keep_vision_in_graph: for VL models, run the tower on a blank image when there are no images.
+    Under sequence parallelism (models.sequence_parallel) the rows are this rank's zigzag share
+    (T_local, H), in ``kernels.sequence_split.split_packed(packed.lengths, sp.size, sp.rank)`` order.
     """
+    return _hidden_states(backbone, packed, keep_vision_in_graph)[0]
+
+
+def _hidden_states(backbone, packed: PackedInputs, keep_vision_in_graph: bool):
+    """(hidden, sp): hidden of the whole row, or of this rank's share when sp is not None."""
     _check_packed_attention(backbone)
     config = backbone.config
+    sp = sequence_parallel_of(backbone)
     # Precomputed (empty) masks: the packed kernel masks by cu_seqlens, and HF would otherwise
     # build a (T, T) block mask from the restarted positions for nothing.
     layer_types = getattr(_text_config(config), "layer_types", None) or ["full_attention"]
-    kwargs = dict(position_ids=packed.position_ids, attention_mask={t: None for t in layer_types},
-                  **packed_kwargs(packed.cu_seqlens, packed.cu_seqlens_host))
+    masks = {t: None for t in layer_types}
+    if sp is None:
+        kwargs = dict(position_ids=packed.position_ids, attention_mask=masks,
+                      **packed_kwargs(packed.cu_seqlens, packed.cu_seqlens_host))
+    else:  # positions were computed for the whole row (pack_samples); each rank keeps its share
+        shard = split_packed(packed.lengths, sp.size, sp.rank)
+        index = shard.index.to(packed.input_ids.device)
+        kwargs = dict(position_ids=packed.position_ids.index_select(-1, index), attention_mask=masks,
+                      **packed_kwargs(shard.local_cu_seqlens(packed.cu_seqlens.device), shard.local_cu_seqlens_host),
+                      **{SP_KWARG: (sp, shard)})
     if getattr(config, "vision_config", None) is None:
-        return backbone(input_ids=packed.input_ids, **kwargs).last_hidden_state[0]
+        ids = packed.input_ids if sp is None else packed.input_ids.index_select(1, index)
+        return backbone(input_ids=ids, **kwargs).last_hidden_state[0], sp
     embeds = backbone.get_input_embeddings()(packed.input_ids)
     vision_dtype = next(backbone.visual.parameters()).dtype
-    if packed.pixel_values is not None:
+    if packed.pixel_values is not None:  # the tower runs once, on every image of the row
         feats = _image_features(backbone, packed.pixel_values.to(vision_dtype), packed.image_grid_thw)
         mask = (packed.mm_token_type_ids == 1).unsqueeze(-1)
         embeds = embeds.masked_scatter(mask, feats.to(embeds.dtype))
     elif keep_vision_in_graph:
         blank = _image_features(backbone, *_blank_image(config, embeds.device, vision_dtype))
         embeds = embeds + 0.0 * blank.sum().to(embeds.dtype)
-    return backbone(inputs_embeds=embeds, **kwargs).last_hidden_state[0]
+    if sp is not None:  # scattered into the whole row first, then split with the tokens
+        embeds = embeds.index_select(1, index)
+    return backbone(inputs_embeds=embeds, **kwargs).last_hidden_state[0], sp
+
+
+def _scored(hidden: torch.Tensor, packed: PackedInputs, sp) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(hidden rows to score, their labels, owner ranks or None): the whole row's scored positions,
+    or those this rank holds under sequence parallelism (then gathered with ``gather_scored``)."""
+    index = packed.score_index.to(hidden.device)
+    labels = packed.score_labels.to(hidden.device)
+    if sp is None:
+        return hidden[index], labels, None
+    owner, rows = scored_rows(packed.lengths, packed.score_index, sp)
+    return hidden[rows.to(hidden.device)], labels[(owner == sp.rank).to(hidden.device)], owner
 
 
 def _packed(model, samples: Sequence[Sample] | PackedInputs) -> PackedInputs:
@@ -301,12 +337,14 @@ def packed_log_probs(policy: torch.nn.Module, samples: Sequence[Sample] | Packed
     _check_packed_attention(policy.base_model)
     logprobs_fn = logprobs_kernel(policy)
     packed = _packed(policy, samples)
-    hidden = packed_hidden_states(policy.base_model, packed, keep_vision_in_graph=keep_vision_in_graph)
+    hidden, sp = _hidden_states(policy.base_model, packed, keep_vision_in_graph)
     head = policy.get_output_embeddings()
-    index = packed.score_index.to(hidden.device)
-    labels = packed.score_labels.to(hidden.device)
-    out = logprobs_fn(hidden[index], head.weight, labels, temperature=temperature,
+    rows, labels, owner = _scored(hidden, packed, sp)
+    out = logprobs_fn(rows, head.weight, labels, temperature=temperature,
                       bias=getattr(head, "bias", None), chunk_size=chunk_size, return_entropy=return_entropy)
+    if owner is not None:  # per-rank results -> the whole row's, on every rank of the SP group
+        out = gather_scored(torch.stack(out, -1) if return_entropy else out, owner, sp)
+        out = out.unbind(-1) if return_entropy else out
     if return_entropy:
         logp, ent = out
         return LogProbOutput(list(logp.split(packed.response_lengths)), list(ent.split(packed.response_lengths)))
@@ -317,8 +355,11 @@ def packed_values(critic: torch.nn.Module, samples: Sequence[Sample] | PackedInp
                   keep_vision_in_graph: bool = True) -> list[torch.Tensor]:
     """The critic's float32 (R_i,) values of the states before each response token, per sample."""
     packed = _packed(critic, samples)
-    hidden = packed_hidden_states(critic.model, packed, keep_vision_in_graph=keep_vision_in_graph)
-    values = critic.values(hidden[packed.score_index.to(hidden.device)])
+    hidden, sp = _hidden_states(critic.model, packed, keep_vision_in_graph)
+    rows, _, owner = _scored(hidden, packed, sp)
+    values = critic.values(rows)
+    if owner is not None:
+        values = gather_scored(values, owner, sp)
     return list(values.split(packed.response_lengths))
 
 

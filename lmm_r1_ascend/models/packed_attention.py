@@ -19,6 +19,9 @@ PACKED_KWARGS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k
 # Extra keyword that carries the cumulative lengths as a host list, so kernels that need
 # them on the host (the NPU fused kernel) never force a device-to-host sync.
 HOST_CU_SEQLENS_KWARG = "lmm_cu_seqlens_host"
+# Extra keyword carrying (SequenceParallel, SPShard) in a sequence-parallel forward: the row
+# holds this rank's zigzag share and attention runs the SP kernel (ring / Ulysses) over the group.
+SP_KWARG = "lmm_sequence_parallel"
 
 
 def packed_kwargs(cu_seqlens: torch.Tensor, cu_seqlens_host: Sequence[int]) -> dict:
@@ -56,6 +59,12 @@ def make_attention_forward(attention_fn: Callable) -> Callable:
         if kwargs.get("cu_seq_lens_k") is not None and kwargs["cu_seq_lens_k"] is not cu \
                 and not torch.equal(kwargs["cu_seq_lens_k"], cu):
             raise ValueError("packed attention needs cu_seq_lens_k == cu_seq_lens_q (self-attention)")
+        sp = kwargs.get(SP_KWARG)
+        if sp is not None:
+            ctx, shard = sp
+            out = ctx.attention(query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1), shard,
+                                group=ctx.group, scale=scaling)
+            return out.unsqueeze(0), None
         out = attention_fn(
             query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1),
             cu.to(torch.int32), int(kwargs["max_length_q"]), scale=scaling, causal=True,

@@ -133,7 +133,28 @@ def build_rank_workers(cfg: TrainConfig, backend: Backend, actor_path: str, upda
                                    backend).to(device)
         critic = CriticWorker(critic_model, make_engine(cfg, CriticValues(critic_model), opt.critic_lr, updates),
                               max_tokens=max_tokens)
+    sp = sequence_parallel_context(cfg, backend)
+    if sp is not None:
+        from lmm_r1_ascend.models.sequence_parallel import enable_sequence_parallel
+
+        for worker in (actor, reference, critic):
+            if worker is not None:
+                enable_sequence_parallel(worker.model, sp)
     return actor, reference, critic
+
+
+def sequence_parallel_context(cfg: TrainConfig, backend: Backend):
+    """The rank's SequenceParallel (models.sequence_parallel) for distributed.sequence_parallel_*,
+    or None at size 1. Collective: every rank of the default group calls it (it creates the groups)."""
+    size = cfg.distributed.sequence_parallel_size
+    if size == 1:
+        return None
+    from lmm_r1_ascend.kernels.collectives import sequence_parallel_group
+    from lmm_r1_ascend.models.sequence_parallel import SequenceParallel
+
+    mode = cfg.distributed.sequence_parallel_mode
+    group, rank = sequence_parallel_group(size)
+    return SequenceParallel(size, rank, group, mode, backend.sequence_parallel_kernels()[mode].fn)
 
 
 def build_rollout_engine(cfg: TrainConfig, actor_path: str, device: torch.device, dtype: torch.dtype) -> RolloutEngine:
