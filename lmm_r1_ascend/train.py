@@ -1,31 +1,36 @@
 """`python -m lmm_r1_ascend.train [--stage fre|mgt] [--device D] [--recipe NAME | --config FILE] [key=value ...]`
 
 With no arguments: the built-in CPU demo (FRE on generated arithmetic from a warm-started
-tiny model), which shows the accuracy reward rising within minutes.
+tiny model), which shows the accuracy reward rising within minutes. Options and key=value
+overrides go in any order. The run prints a short header (backend, kernels, model, data,
+placement, output directory), a progress bar, and a summary with where its outputs are; the
+full resolved config is written to <output_dir>/config.yaml (--print-config also prints it).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
+import time
 
 from lmm_r1_ascend.config import ConfigError, list_recipes, load_config, to_dict
+from lmm_r1_ascend.config.cli import CliParser, parse_cli, quiet_library_progress
 
 DEMO_RECIPES = {"fre": "demo_fre", "mgt": "demo_mgt"}
 
 
 def _parser() -> argparse.ArgumentParser:
     recipes = "\n".join(f"  {name:<18} {desc}" for name, desc in list_recipes().items())
-    parser = argparse.ArgumentParser(
+    parser = CliParser(
         prog="python -m lmm_r1_ascend.train", formatter_class=argparse.RawDescriptionHelpFormatter,
         description=__doc__.strip().splitlines()[0],
         epilog=f"recipes (--recipe NAME):\n{recipes}\n\nexamples:\n"
                "  python -m lmm_r1_ascend.train                       # the CPU demo\n"
                "  python -m lmm_r1_ascend.train --stage fre --device npu --recipe fre_text \\\n"
                "      model.pretrain=/models/Qwen2.5-VL-3B-Instruct data.prompt_data=/data/deepscaler_message.jsonl\n"
-               "  python -m lmm_r1_ascend.train --stage mgt --recipe mgt_geo model.init_from=outputs/fre_text ...")
+               "  python -m lmm_r1_ascend.train --stage mgt --recipe mgt_geo model.init_from=outputs/fre_text ...\n"
+               "  python -m lmm_r1_ascend.train trainer.max_steps=2 --recipe demo_gspo output_dir=/tmp/x   # any order")
     parser.add_argument("--stage", choices=("fre", "mgt"), help="fre (text reasoning) or mgt (multimodal); "
                         "without --recipe/--config it selects that stage's demo")
     parser.add_argument("--device", help="auto (npu, then cuda, then cpu), cpu, cuda, npu, npu-emulated")
@@ -34,6 +39,10 @@ def _parser() -> argparse.ArgumentParser:
     source.add_argument("--config", help="a YAML config file")
     parser.add_argument("--dry-run", action="store_true", help="validate the config and the data, then exit")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. in CI logs)")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the full resolved config (YAML, as written to <output_dir>/config.yaml) first")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="--print-config, and the libraries' own progress bars (weights loading, saving)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. trainer.max_steps=10")
     return parser
 
@@ -50,8 +59,17 @@ def resolve_config(args: argparse.Namespace):
     return load_config(recipe=recipe, config_file=args.config, overrides=overrides)
 
 
+def _placement(cfg) -> str:
+    """Where training and rollout will run, from the config alone (the dry run starts nothing)."""
+    d = cfg.distributed
+    engine = "torch" if d.train_engine == "torch" else f"deepspeed ZeRO-{d.zero_stage}"
+    return f"{d.mode} mode, {d.world_size} rank(s), {engine}; rollout: {cfg.rollout.engine} engine"
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    started = time.perf_counter()
+    args = parse_cli(_parser(), argv, overrides_dest="overrides")
+    quiet_library_progress(verbose=args.verbose)
     from lmm_r1_ascend.backends import BackendUnavailable
     from lmm_r1_ascend.data import DataError
     from lmm_r1_ascend.distributed.worker_group import WorkerDiedError
@@ -59,18 +77,33 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         cfg = resolve_config(args)
-        print("resolved config:\n" + json.dumps(to_dict(cfg), indent=2), flush=True)
+        if args.print_config or args.verbose:
+            import yaml
+
+            print("resolved config:\n" + yaml.safe_dump(to_dict(cfg), sort_keys=False), flush=True)
         from lmm_r1_ascend.demo.data import prepare_demo_data
+        from lmm_r1_ascend.trainer.console import run_header, run_summary
 
         cfg = prepare_demo_data(cfg)
         if args.dry_run:
+            from lmm_r1_ascend.backends import get_backend
             from lmm_r1_ascend.trainer.dry_run import dry_run
 
-            dry_run(cfg)
+            checked = dry_run(cfg, log=lambda _: None)
+            print("\n".join(run_header(cfg, backend=get_backend(cfg.device), counts=checked,
+                                       placement=_placement(cfg), title="dry run")))
+            print(f"dry run ok: config, device, model and all {checked['data/rows']} data rows checked "
+                  f"({checked['prompts']} usable prompts); nothing was trained", flush=True)
             return 0
         from lmm_r1_ascend.trainer.ppo import PPOTrainer
 
         trainer = PPOTrainer(cfg)
+        c, val = trainer.parts, trainer.validator
+        print("\n".join(run_header(cfg, backend=trainer.backend, counts=c.dataset.counts,
+                                   placement=f"{c.cluster.describe()}; rollout: {c.rollout.describe()}",
+                                   steps=trainer.total_steps, eval_prompts=len(val.prompts) if val else None)),
+              flush=True)
+        fit_started = time.perf_counter()
         history = trainer.fit(progress=not args.no_progress and sys.stderr.isatty() or os.environ.get("LMM_R1_PROGRESS") == "1")
     except (ConfigError, SetupError, BackendUnavailable, DataError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -78,18 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     except WorkerDiedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
-    if history:
-        first, last = history[0], history[-1]
-        acc = "reward/accuracy"
-        summary = f"done: {len(history)} steps; reward/mean {first['reward/mean']:.3f} -> {last['reward/mean']:.3f}"
-        if acc in first:
-            summary += f"; {acc} {first[acc]:.3f} -> {last[acc]:.3f}"
-        val = trainer.validator
-        key = "eval/all/accuracy"
-        if val is not None and val.first is not None and key in last:
-            step0, before = val.first
-            summary += f"; held-out {key} {before[key]:.3f} (step {step0}) -> {last[key]:.3f}"
-        print(summary + f"; outputs in {cfg.output_dir}")
+    now = time.perf_counter()
+    print("\n".join(run_summary(cfg, history, wall_s=now - started, train_s=now - fit_started,
+                                first_eval=val.first if val is not None else None)), flush=True)
     return 0
 
 

@@ -42,7 +42,8 @@ from lmm_r1_ascend.workers.roles import average_metrics
 
 class PPOTrainer:
     def __init__(self, cfg: TrainConfig, *, log: Callable[[str], None] = print):
-        self.cfg, self.log = cfg, log
+        self.cfg, self._sink, self._bar = cfg, log, None
+        log = self.log  # every message of the run goes through the progress bar when one is shown
         self.backend = get_backend(cfg.device)
         self.backend.seed_everything(cfg.seed)
         if cfg.trainer.deterministic:
@@ -61,6 +62,14 @@ class PPOTrainer:
         self.sampling = SamplingConfig(
             n=alg.n_samples_per_prompt, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
             top_k=cfg.rollout.top_k, max_new_tokens=cfg.rollout.max_new_tokens)
+
+    def log(self, text: str) -> None:
+        """A message of the run: printed above the progress bar (which is redrawn), not through it."""
+        if self._bar is None:
+            self._sink(text)
+        else:
+            with self._bar.external_write_mode():
+                self._sink(text)
 
     # ------------------------------------------------------------------ resume
     def maybe_resume(self) -> bool:
@@ -224,8 +233,8 @@ class PPOTrainer:
             if progress:
                 from tqdm.auto import tqdm
 
-                bar = tqdm(total=self.total_steps, initial=self.step, desc=f"{cfg.stage} {cfg.recipe or ''}".strip(),
-                           unit="step", dynamic_ncols=True)
+                bar = self._bar = tqdm(total=self.total_steps, initial=self.step, unit="step", dynamic_ncols=True,
+                                       desc=f"{cfg.stage} {cfg.recipe or ''}".strip())
             self._loop(history, writer, bar, stop_after)
         except WorkerDiedError as err:
             raise err.with_hint(self._resume_hint()) from None
@@ -234,6 +243,7 @@ class PPOTrainer:
         finally:
             if bar is not None:
                 bar.close()
+                self._bar = None
             if writer is not None:
                 writer.close()
             self.parts.close()
@@ -279,7 +289,13 @@ class PPOTrainer:
             history.append(writer.write(self.step, metrics))
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", acc=f"{metrics.get('reward/accuracy', 0):.3f}")
+                shown = {"reward": f"{metrics['reward/mean']:.3f}", "acc": f"{metrics.get('reward/accuracy', 0):.3f}",
+                         "step": f"{metrics['timing/step']:.1f}s"}
+                if "eval/all/accuracy" in metrics:  # the held-out figure of the latest evaluation stays shown
+                    self._held_out = f"{metrics['eval/all/accuracy']:.3f}"
+                if getattr(self, "_held_out", None):
+                    shown["held-out acc"] = self._held_out
+                bar.set_postfix(shown, refresh=True)
             self._count_skips(skip_runs)  # before the save: a stopped run keeps its last good checkpoint
             if cfg.trainer.save_steps and self.step % cfg.trainer.save_steps == 0 and self.step < self.total_steps:
                 self.save()

@@ -160,10 +160,7 @@ def prompt_dataset(cfg: TrainConfig, files: list[str], tokenizer: Any, image_pro
 
 
 def build_components(cfg: TrainConfig, backend: Backend, *, log: Callable[[str], None] = print) -> Components:
+    # what was built is printed once by the CLI's run header (trainer/console.py), not here
     actor_path, tokenizer, image_processor, dataset = prepare_data(cfg)
-    log(f"data: {len(dataset)} prompts ({dataset.counts})")
     cluster, rollout = start_cluster(cfg, backend, actor_path, total_updates(cfg, len(dataset)), log=log)
-    kernels = backend.select_kernels()
-    log(f"backend {backend.name}: attention={kernels['attention'].name}, fused_ops={kernels['fused_ops'].name}; "
-        f"actor {actor_path}; {cluster.describe()}; rollout: {rollout.describe()}")
     return Components(cfg, backend, tokenizer, image_processor, dataset, cluster, rollout, reward_router(cfg))

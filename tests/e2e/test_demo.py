@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -32,7 +33,9 @@ def test_fre_demo_raises_accuracy(tmp_path):
     assert end - start >= 0.15, (start, end, acc)
     assert all(r["reward/format"] > 0.4 for r in rows)  # the warm-up model keeps the format
     assert (tmp_path / "fre" / "hf" / "model.safetensors").exists()
-    assert "reward/accuracy" in proc.stdout.splitlines()[-1] and "held-out eval/all/accuracy" in proc.stdout
+    summary = proc.stdout[proc.stdout.rindex("\ndone: 60 steps"):]  # the end-of-run summary
+    assert re.search(r"^\s+train\s+reward [\d.]+ -> [\d.]+; accuracy ", summary, re.M), summary
+    assert re.search(r"^\s+held-out\s+accuracy [\d.]+ -> [\d.]+", summary, re.M), summary
     # the held-out split (never trained on), 64 prompts x 8 samples before and after training
     evals = {r["step"]: r for r in all_rows if "eval/all/accuracy" in r}
     assert sorted(evals) == [0, 60] and evals[0]["eval/all/n_samples"] == 512

@@ -1,4 +1,5 @@
-"""The train CLI's user errors: each is one line on stderr, exit code 2, no traceback."""
+"""The train CLI: user errors are one line on stderr (exit code 2, no traceback); options and
+key=value overrides in any order."""
 
 from __future__ import annotations
 
@@ -69,3 +70,31 @@ def test_dry_run_checks_every_row(tmp_path):
     proc = _train("--recipe", "fre_text", "model.pretrain=tiny-qwen2", f"data.prompt_data={data}",
                   f"output_dir={tmp_path}/o", "--dry-run")
     assert proc.returncode == 0 and "dry run ok" in proc.stdout, proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("order", ["after", "before"])
+def test_overrides_before_and_after_options(tmp_path, order):
+    """key=value overrides anywhere among the options (argparse's intermixed parsing)."""
+    options = ["--recipe", "demo_fre", "--dry-run", "--print-config"]
+    overrides = ["trainer.max_steps=2", f"output_dir={tmp_path}/o"]
+    args = [*options, *overrides] if order == "after" else [overrides[0], *options[:2], overrides[1], *options[2:]]
+    proc = _train(*args)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "max_steps: 2\n" in proc.stdout  # --print-config: the resolved YAML
+    assert f"output     {tmp_path}/o/" in proc.stdout and "dry run ok" in proc.stdout
+
+
+def test_the_issue_command_is_parsed(tmp_path):
+    """`trainer.max_steps=2 --recipe fre_multi output_dir=x` once failed with 'unrecognized arguments:
+    output_dir=x'; now it parses and stops on what is really missing (the paper's data)."""
+    _one_line_error(_train("trainer.max_steps=2", "--recipe", "fre_multi", f"output_dir={tmp_path}/x"),
+                    "data.prompt_data is empty")
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["--dryrun"], ["unrecognized arguments: --dryrun", "did you mean --dry-run?"]),
+    (["trainer.max_steps=2", "--recipe"], ["argument --recipe: expected one argument"]),
+    (["trainer.max_steps", "2"], ["override 'trainer.max_steps' is not key=value"]),
+])
+def test_usage_errors_are_one_line(args, needles):
+    _one_line_error(_train(*args), *needles)

@@ -1,0 +1,44 @@
+"""The run header's and summary's pieces (trainer/console.py) on small inputs."""
+
+from __future__ import annotations
+
+import torch
+from safetensors.torch import save_file
+
+from lmm_r1_ascend.config import load_config
+from lmm_r1_ascend.trainer.console import data_counts, human_count, parameter_count, run_summary
+
+
+def test_parameter_count_reads_safetensors_headers(tmp_path):
+    save_file({"a": torch.zeros(3, 4), "b": torch.zeros(5)}, str(tmp_path / "model-1.safetensors"))
+    save_file({"c": torch.zeros(2, 2, 2)}, str(tmp_path / "model-2.safetensors"))
+    assert parameter_count(tmp_path) == 12 + 5 + 8
+    assert parameter_count(tmp_path / "nothing") is None and human_count(None) == "size unknown"
+    assert human_count(876_672) == "876.67K parameters" and human_count(3_090_000_000) == "3.09B parameters"
+
+
+def test_data_counts_name_the_skip_reasons():
+    counts = {"data/rows": 10, "data/kept": 7, "data/skipped_bad": 2, "data/filtered_too_long": 1,
+              "data/skipped_bad/missing_image": 2}
+    assert data_counts(counts) == "10 rows: 7 kept, 2 skipped (bad), 1 too long (missing_image 2)"
+
+
+def test_summary_of_a_run_that_had_nothing_left_to_do(tmp_path):
+    cfg = load_config("demo_fre", overrides=[f"output_dir={tmp_path}"])
+    lines = run_summary(cfg, [], wall_s=1.0)
+    assert len(lines) == 1 and lines[0].startswith("done: nothing to train")
+
+
+def test_summary_names_outputs_and_commands(tmp_path):
+    cfg = load_config("demo_fre", overrides=[f"output_dir={tmp_path}", "trainer.tensorboard=false"])
+    (tmp_path / "hf").mkdir()
+    history = [{"step": 1, "reward/mean": 0.5, "reward/accuracy": 0.25, "timing/step": 2.0},
+               {"step": 2, "reward/mean": 0.75, "reward/accuracy": 0.5, "timing/step": 4.0,
+                "eval/all/accuracy": 0.4, "eval/all/pass@8": 0.9, "eval/all/pass@2": 0.6}]
+    lines = run_summary(cfg, history, wall_s=125.0, train_s=100.0,
+                        first_eval=(0, {"eval/all/accuracy": 0.2, "eval/all/pass@8": 0.7}))
+    text = "\n".join(lines)
+    assert lines[0] == "done: 2 steps (to step 2) in 2m05s (setup 25s), median step 3.0 s"
+    assert "reward 0.500 -> 0.750; accuracy 0.250 -> 0.500 (step 1 -> 2)" in text
+    assert "accuracy 0.200 -> 0.400; pass@8 0.700 -> 0.900 (step 0 -> 2)" in text
+    assert f"python -m lmm_r1_ascend.plot {tmp_path}" in text and f"--model {tmp_path}/hf" in text
