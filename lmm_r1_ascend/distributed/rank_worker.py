@@ -84,6 +84,16 @@ class TrainRank:
         """(this node's address, a free port on it): where a side group with this rank as rank 0 can meet."""
         return node_ip(), free_port()
 
+    def sequence_parallel_info(self) -> dict[str, tuple[int, int, str] | None]:
+        """{role: (SP size, rank in the SP group, mode) or None} for the models this rank hosts."""
+        from lmm_r1_ascend.models.sequence_parallel import sequence_parallel_of
+
+        out = {}
+        for name, worker in (("actor", self.actor), ("reference", self.reference), ("critic", self.critic)):
+            sp = sequence_parallel_of(worker.model) if worker is not None else None
+            out[name] = None if sp is None else (sp.size, sp.rank, sp.mode)
+        return out
+
     def take_peak_memory(self) -> int:
         """Bytes: this rank's peak device memory since the last call (the process's lifetime peak
         RSS on CPU, which cannot be reset), then a new window starts."""
