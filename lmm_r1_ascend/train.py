@@ -60,10 +60,10 @@ def resolve_config(args: argparse.Namespace):
 
 
 def _placement(cfg) -> str:
-    """Where training and rollout will run, from the config alone (the dry run starts nothing)."""
+    """Where training will run, from the config alone (the dry run starts nothing)."""
     d = cfg.distributed
     engine = "torch" if d.train_engine == "torch" else f"deepspeed ZeRO-{d.zero_stage}"
-    return f"{d.mode} mode, {d.world_size} rank(s), {engine}; rollout: {cfg.rollout.engine} engine"
+    return f"{d.mode} mode, {d.world_size} rank(s), {engine}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,8 +90,8 @@ def main(argv: list[str] | None = None) -> int:
             from lmm_r1_ascend.trainer.dry_run import dry_run
 
             checked = dry_run(cfg, log=lambda _: None)
-            print("\n".join(run_header(cfg, backend=get_backend(cfg.device), counts=checked,
-                                       placement=_placement(cfg), title="dry run")))
+            print("\n".join(run_header(cfg, backend=get_backend(cfg.device), counts=checked, placement=_placement(cfg),
+                                       rollout=f"{cfg.rollout.engine} engine", title="dry run")))
             print(f"dry run ok: config, device, model and all {checked['data/rows']} data rows checked "
                   f"({checked['prompts']} usable prompts); nothing was trained", flush=True)
             return 0
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         trainer = PPOTrainer(cfg)
         c, val = trainer.parts, trainer.validator
         print("\n".join(run_header(cfg, backend=trainer.backend, counts=c.dataset.counts,
-                                   placement=f"{c.cluster.describe()}; rollout: {c.rollout.describe()}",
+                                   placement=c.cluster.describe(), rollout=c.rollout.describe(),
                                    steps=trainer.total_steps, eval_prompts=len(val.prompts) if val else None)),
               flush=True)
         fit_started = time.perf_counter()

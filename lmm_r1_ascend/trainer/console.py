@@ -81,13 +81,13 @@ def model_dir(cfg: TrainConfig) -> Path:
     return Path(resolve_model_path(resolve_actor_path(cfg)))
 
 
-def run_header(cfg: TrainConfig, *, backend: Any, counts: dict[str, int], placement: str,
+def run_header(cfg: TrainConfig, *, backend: Any, counts: dict[str, int], placement: str, rollout: str = "",
                steps: int | None = None, eval_prompts: int | None = None, title: str = "train") -> list[str]:
     """The run's header lines (at most ~10, so it fits on a first screen with what follows).
 
     backend: the chosen Backend (its kernel choices are listed); counts: the prompt dataset's
-    row counts; placement: where training and rollout run (the cluster's and rollout client's
-    descriptions, or the configured ones for a dry run); steps: the planned step count;
+    row counts; placement / rollout: where training and rollout run (the cluster's and the rollout
+    client's descriptions, or the configured ones for a dry run); steps: the planned step count;
     eval_prompts: held-out prompts (None: not loaded yet)."""
     picked = ", ".join(f"{k.op}={k.name}" for k in backend.select_kernels())
     name = cfg.model.init_from if cfg.stage == "mgt" and cfg.model.init_from not in (None, "pretrain") \
@@ -101,13 +101,14 @@ def run_header(cfg: TrainConfig, *, backend: Any, counts: dict[str, int], placem
              _line("data", f"{', '.join(_rel(p) for p in cfg.data.prompt_data)}: {data_counts(counts)}")]
     t = cfg.trainer
     if cfg.data.eval_data and (t.eval_steps or t.eval_before_train):
-        when = f"every {t.eval_steps} steps" if t.eval_steps else "never during training"
-        if t.eval_before_train:
-            when += " and before the first"
+        when = ("at step 0 and " if t.eval_before_train else "") + (
+            f"every {t.eval_steps} steps" if t.eval_steps else "not during training")
         size = f"{eval_prompts} prompts x {cfg.eval.n_samples} samples" if eval_prompts is not None \
             else f"{cfg.eval.n_samples} samples per prompt"
         lines.append(_line("held-out", f"{', '.join(_rel(p) for p in cfg.data.eval_data)}: {size}, {when}"))
     lines.append(_line("placement", placement))
+    if rollout:
+        lines.append(_line("rollout", rollout))
     if steps is not None:
         alg = cfg.algorithm
         save = f"checkpoint every {t.save_steps} steps" if t.save_steps else "checkpoint at the end"
@@ -159,7 +160,7 @@ def run_summary(cfg: TrainConfig, history: Sequence[dict], *, wall_s: float, tra
         held = [f"{k.removeprefix('eval/all/')} {before[k]:.3f} -> {last[k]:.3f}"
                 for k in ("eval/all/accuracy", *[k for _, k in passes[-1:]])
                 if before.get(k) is not None and last.get(k) is not None]
-        lines.append(_line("held-out", "; ".join(held) + f" (step {step0} -> {last['step']})"))
+        lines.append(_line("held-out", "; ".join(held) + f" (step {step0} -> {last['step']}; tables in {o}/eval/)"))
     saved = ckpt.list_checkpoints(out)
     if saved:
         lines.append(_line("checkpoint", f"{_rel(saved[-1])} (kept: {', '.join(p.name for p in saved)})"))

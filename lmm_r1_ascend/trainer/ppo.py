@@ -274,26 +274,37 @@ class PPOTrainer:
                     "poisoned batch (bad data or rewards: see reward/status/* in metrics.jsonl), or too high a "
                     "learning rate (optim.*_lr)")
 
+    def _validate(self, step: int, bar) -> dict[str, float]:
+        """The held-out evaluation, said on the bar while it runs (64 x 8 samples take a while)."""
+        val = self.validator
+        if bar is not None:
+            bar.set_postfix_str(f"held-out eval ({len(val.prompts)} prompts x {val.sampling.n})...", refresh=True)
+        metrics = val.run(step)
+        if bar is not None and step == 0 and bar.n == 0:
+            bar.reset()  # the clock starts with training: the eval before it would skew the rate and ETA
+        if bar is not None and "eval/all/accuracy" in metrics:
+            self._held_out = f"{metrics['eval/all/accuracy']:.3f}"
+            bar.set_postfix_str(f"held-out acc={self._held_out}", refresh=True)
+        return metrics
+
     def _loop(self, history: list, writer: MetricsWriter, bar, stop_after: int | None) -> None:
         cfg, val = self.cfg, self.validator
         skip_runs: dict[str, int] = {}  # role -> optimizer steps skipped in a row (this process)
         if val is not None and cfg.trainer.eval_before_train and self.step == 0:
-            writer.write(0, val.run(0))  # the starting model, as step 0 (not a training step: not in history)
+            writer.write(0, self._validate(0, bar))  # the starting model, as step 0 (not a training step: not in history)
         while self.step < self.total_steps:
             if stop_after is not None and len(history) >= stop_after:
                 self.save()
                 return
             metrics = self.train_step()
             if val is not None and val.due(self.step, self.total_steps):
-                metrics.update(val.run(self.step))
+                metrics.update(self._validate(self.step, bar))
             history.append(writer.write(self.step, metrics))
             if bar is not None:
                 bar.update(1)
                 shown = {"reward": f"{metrics['reward/mean']:.3f}", "acc": f"{metrics.get('reward/accuracy', 0):.3f}",
                          "step": f"{metrics['timing/step']:.1f}s"}
-                if "eval/all/accuracy" in metrics:  # the held-out figure of the latest evaluation stays shown
-                    self._held_out = f"{metrics['eval/all/accuracy']:.3f}"
-                if getattr(self, "_held_out", None):
+                if getattr(self, "_held_out", None):  # the latest held-out figure stays shown
                     shown["held-out acc"] = self._held_out
                 bar.set_postfix(shown, refresh=True)
             self._count_skips(skip_runs)  # before the save: a stopped run keeps its last good checkpoint

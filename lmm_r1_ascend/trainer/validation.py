@@ -23,13 +23,13 @@ from lmm_r1_ascend.trainer.setup import prompt_dataset
 EVAL_SEED_OFFSET = 7_777_777  # eval seeds never equal a training draw's (those are seed * 100003 + step + ...)
 
 
-def eval_line(step: int, metrics: dict[str, float], prompts: int, n: int, where: Path) -> str:
+def eval_line(step: int, metrics: dict[str, float], prompts: int, n: int) -> str:
     """One console line per evaluation (the run's progress bar keeps the screen): the overall
-    accuracy, pass@n and format rate; the per-datasource table is in step_<N>_summary.json."""
-    figures = [f"{k} {metrics[f'eval/all/{k}']:.3f}" for k in ("accuracy", f"pass@{n}", "format_rate")
+    accuracy, pass@n and format rate; per datasource in <output_dir>/eval/step_<N>_summary.json."""
+    figures = [f"{name} {metrics[f'eval/all/{k}']:.3f}"
+               for name, k in (("accuracy", "accuracy"), (f"pass@{n}", f"pass@{n}"), ("format", "format_rate"))
                if f"eval/all/{k}" in metrics]
-    return (f"held-out eval at step {step} ({prompts} prompts x {n}): {', '.join(figures)} "
-            f"(per datasource: {where}/step_{step}_summary.json)")
+    return f"held-out eval at step {step} ({prompts} prompts x {n}): {', '.join(figures)}"
 
 
 class Validator:
@@ -66,7 +66,7 @@ class Validator:
         if self.first is None:
             self.first = (step, metrics)
         self._write(step, result)
-        self.log(eval_line(step, metrics, len(self.prompts), self.sampling.n, self.out / "eval"))
+        self.log(eval_line(step, metrics, len(self.prompts), self.sampling.n))
         key = self.cfg.trainer.best_metric
         if key:
             if key not in metrics:

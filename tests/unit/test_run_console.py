@@ -40,5 +40,5 @@ def test_summary_names_outputs_and_commands(tmp_path):
     text = "\n".join(lines)
     assert lines[0] == "done: 2 steps (to step 2) in 2m05s (setup 25s), median step 3.0 s"
     assert "reward 0.500 -> 0.750; accuracy 0.250 -> 0.500 (step 1 -> 2)" in text
-    assert "accuracy 0.200 -> 0.400; pass@8 0.700 -> 0.900 (step 0 -> 2)" in text
+    assert f"accuracy 0.200 -> 0.400; pass@8 0.700 -> 0.900 (step 0 -> 2; tables in {tmp_path}/eval/)" in text
     assert f"python -m lmm_r1_ascend.plot {tmp_path}" in text and f"--model {tmp_path}/hf" in text
