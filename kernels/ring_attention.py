@@ -89,9 +89,9 @@ def _take(x: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
     return x if idx is None else x.index_select(0, idx)
 
 
-def _run(attention_fn, call: _Call, q, k, v, scale):
+def _run(attention_fn, call: _Call, q, k, v, scale, return_lse=True):
     cu = torch.tensor(call.cu_host, dtype=torch.int32, device=q.device)
-    return attention_fn(q, k, v, cu, call.max_len(), scale=scale, causal=call.causal, return_lse=True,
+    return attention_fn(q, k, v, cu, call.max_len(), scale=scale, causal=call.causal, return_lse=return_lse,
                         cu_seqlens_host=list(call.cu_host))
 
 
@@ -211,7 +211,7 @@ def _block_backward(fn, call: _Call, q, k, v, out, lse, d_out, scale):
         e = (do * (o_blk.detach().float() - o_full)).sum(-1)  # (n, Hq)
         dq, dk, dv = torch.autograd.grad(o_blk, (qi, ki, vi), (w[..., None] * do).to(o_blk.dtype))
         k_as_v = ki.detach().clone().requires_grad_(True)
-        pk, _ = _run(fn, call, qi.detach(), ki.detach(), k_as_v, scale)
+        pk = _run(fn, call, qi.detach(), ki.detach(), k_as_v, scale, return_lse=False)
         g = (scale * (w * e)[..., None] * qi.detach().float()).to(pk.dtype)
         (dk_corr,) = torch.autograd.grad(pk, (k_as_v,), g)
     dq = dq.float() + scale * (w * e)[..., None] * pk.detach().float()
