@@ -284,7 +284,7 @@ class PPOTrainer:
             bar.reset()  # the clock starts with training: the eval before it would skew the rate and ETA
         if bar is not None and "eval/all/accuracy" in metrics:
             self._held_out = f"{metrics['eval/all/accuracy']:.3f}"
-            bar.set_postfix_str(f"held-out acc={self._held_out}", refresh=True)
+            bar.set_postfix_str(f"held-out {self._held_out}", refresh=True)
         return metrics
 
     def _loop(self, history: list, writer: MetricsWriter, bar, stop_after: int | None) -> None:
@@ -302,11 +302,11 @@ class PPOTrainer:
             history.append(writer.write(self.step, metrics))
             if bar is not None:
                 bar.update(1)
-                shown = {"reward": f"{metrics['reward/mean']:.3f}", "acc": f"{metrics.get('reward/accuracy', 0):.3f}",
-                         "step": f"{metrics['timing/step']:.1f}s"}
-                if getattr(self, "_held_out", None):  # the latest held-out figure stays shown
-                    shown["held-out acc"] = self._held_out
-                bar.set_postfix(shown, refresh=True)
+                shown = (f"reward {metrics['reward/mean']:.3f} acc {metrics.get('reward/accuracy', 0):.3f} "
+                         f"step {metrics['timing/step']:.1f}s")
+                if getattr(self, "_held_out", None):  # the latest held-out accuracy stays shown
+                    shown += f" held-out {self._held_out}"
+                bar.set_postfix_str(shown, refresh=True)
             self._count_skips(skip_runs)  # before the save: a stopped run keeps its last good checkpoint
             if cfg.trainer.save_steps and self.step % cfg.trainer.save_steps == 0 and self.step < self.total_steps:
                 self.save()
