@@ -28,9 +28,12 @@ def parameter_count(model_dir: str | os.PathLike) -> int | None:
     loaded); None when it has no safetensors files."""
     total, found = 0, False
     for path in sorted(Path(model_dir).glob("*.safetensors")):
-        with open(path, "rb") as f:
-            (size,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(size))
+        try:
+            with open(path, "rb") as f:
+                (size,) = struct.unpack("<Q", f.read(8))
+                header = json.loads(f.read(size))
+        except (OSError, ValueError, struct.error):  # unreadable: the header says "size unknown", loading will say why
+            return None
         found = True
         for name, spec in header.items():
             if name != "__metadata__":

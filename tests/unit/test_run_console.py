@@ -14,6 +14,8 @@ def test_parameter_count_reads_safetensors_headers(tmp_path):
     save_file({"c": torch.zeros(2, 2, 2)}, str(tmp_path / "model-2.safetensors"))
     assert parameter_count(tmp_path) == 12 + 5 + 8
     assert parameter_count(tmp_path / "nothing") is None and human_count(None) == "size unknown"
+    (tmp_path / "model-3.safetensors").write_bytes(b"\x01")  # truncated: no crash in the header
+    assert parameter_count(tmp_path) is None
     assert human_count(876_672) == "876.67K parameters" and human_count(3_090_000_000) == "3.09B parameters"
 
 
