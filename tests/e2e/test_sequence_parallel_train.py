@@ -1,5 +1,6 @@
-"""A demo training run with sequence parallelism (2 ranks splitting every packed micro-batch,
-ring attention, DeepSpeed ZeRO-2 on a local Ray cluster) logs the same per-step losses as the
+"""A demo training run with sequence parallelism (2 ranks splitting every packed micro-batch on a
+local Ray cluster: ring under DeepSpeed ZeRO-2 with an engine actor, Ulysses under ZeRO-3 with
+the engine in rank 0) logs the same per-step losses as the
 single-process run of the same recipe, within the tolerances of tests/e2e/test_ray_distributed.py.
 
 slow: a Ray start, DeepSpeed inits and three 3-step runs (sp=1, ring, Ulysses).
@@ -23,7 +24,7 @@ SMALL = ["rollout.rollout_batch_size=4", "algorithm.n_samples_per_prompt=4", "tr
          "rollout.max_new_tokens=24", "trainer.max_tokens_per_micro_batch=256", "reward.workers=1",
          "trainer.eval_before_train=false", "trainer.eval_steps=0"]
 SP_2 = ["distributed.mode=ray", "distributed.world_size=2", "distributed.train_engine=deepspeed",
-        "distributed.zero_stage=2", "distributed.rollout_engines=1", "distributed.sequence_parallel_size=2"]
+        "distributed.sequence_parallel_size=2"]
 COMPARED = ("reward/mean", "loss/policy", "loss/actor", "policy/clip_frac", "policy/approx_kl", "actor/grad_norm",
             "response_length/mean")
 
@@ -32,9 +33,22 @@ def _config(tmp_path, name, extra):
     return prepare_demo_data(load_config("demo_fre", overrides=SMALL + extra + [f"output_dir={tmp_path / name}"]))
 
 
+PPO = ["algorithm.advantage_estimator=gae", "algorithm.init_kl_coef=0.01"]  # actor, critic and reference
+
+
 @pytest.fixture(scope="module")
 def single(tmp_path_factory):
-    return PPOTrainer(_config(tmp_path_factory.mktemp("sp1"), "sp1", []), log=lambda _: None).fit(progress=False)
+    """The single-process history of an algorithm configuration, run once per configuration."""
+    runs: dict = {}
+
+    def get(algo: list[str]):
+        key = tuple(algo)
+        if key not in runs:
+            runs[key] = PPOTrainer(_config(tmp_path_factory.mktemp("sp1"), "sp1", algo),
+                                   log=lambda _: None).fit(progress=False)
+        return runs[key]
+
+    return get
 
 
 @pytest.fixture(scope="module")
@@ -47,18 +61,26 @@ def ray_cluster():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["ring", "ulysses"])  # the demo model has 4 heads / 2 kv heads: both divide by 2
-def test_sp2_run_logs_the_single_process_losses(tmp_path, single, ray_cluster, mode):
-    trainer = PPOTrainer(_config(tmp_path, "sp2", SP_2 + [f"distributed.sequence_parallel_mode={mode}"]),
+@pytest.mark.parametrize("mode, zero_stage, rollout_engines, algo", [("ring", 2, 1, []), ("ulysses", 3, 0, PPO)],
+                         ids=["ring-zero2-engine-actor", "ulysses-zero3-colocated-ppo"])  # demo model: 4 heads / 2 kv
+def test_sp2_run_logs_the_single_process_losses(tmp_path, single, ray_cluster, mode, zero_stage, rollout_engines,
+                                                algo):
+    want_history = single(algo)
+    trainer = PPOTrainer(_config(tmp_path, "sp2", algo + SP_2 + [f"distributed.sequence_parallel_mode={mode}",
+                                                         f"distributed.zero_stage={zero_stage}",
+                                                         f"distributed.rollout_engines={rollout_engines}"]),
                          log=lambda _: None)
     info = trainer.parts.cluster.group.call("sequence_parallel_info")
-    assert [i["actor"] for i in info] == [(2, 0, mode), (2, 1, mode)], info  # the ranks really split
+    roles = ("actor", "critic", "reference") if algo else ("actor",)
+    for role in roles:  # the ranks really split, for every model the algorithm uses
+        assert [i[role] for i in info] == [(2, 0, mode), (2, 1, mode)], info
     split = trainer.fit(progress=False)
-    assert len(split) == len(single) == 3
-    for step, (g, w) in enumerate(zip(split, single), start=1):
+    assert len(split) == len(want_history) == 3
+    keys = COMPARED + (("critic/loss", "kl") if algo else ())
+    for step, (g, w) in enumerate(zip(split, want_history), start=1):
         # the same sampled tokens (same seeds, weights equal up to fp32 reduction order)
         assert g["reward/mean"] == w["reward/mean"] and g["response_length/mean"] == w["response_length/mean"], step
-        for key in COMPARED:
+        for key in keys:
             # fp32; the SP gradient is the sum of two ranks' partial gradients (another reduction
             # order, and the ring's LSE merge): ~1e-7 relative per step, amplified a little by Adam.
             # 1e-4 relative as in test_ray_distributed.py; a lost half of the tokens or a doubled

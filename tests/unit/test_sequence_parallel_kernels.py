@@ -76,10 +76,23 @@ def _worker(rank: int, sp: int, tmp: str, seed: int) -> None:
             g_out = dout.index_select(0, shard.index).to(dtype) * shard.valid[:, None, None]
             out.backward(g_out)
             results.append({"out": out.detach().float(), **{f"d{c}": x.grad.float() for c, x in zip("qkv", leaves)}})
+        if sp == 4:  # two SP groups of 2 inside the 4-rank world: peers are mapped to global ranks
+            from lmm_r1_ascend.kernels.collectives import sequence_parallel_group
+
+            group, sub_rank = sequence_parallel_group(2)
+            for mode, fn in (("ring", ring_attention), ("ulysses", ulysses_attention)):
+                lengths, q, k, v, dout = _data(seed + 1000 + rank // 2, 0)  # each group its own batch
+                shard = split_packed(lengths, 2, sub_rank)
+                leaves = [x.index_select(0, shard.index).requires_grad_(True) for x in (q, k, v)]
+                out = fn(*leaves, shard, attention_fn=INNER["reference"], group=group)
+                out.backward(dout.index_select(0, shard.index) * shard.valid[:, None, None])
+                results.append({"out": out.detach(), **{f"d{c}": x.grad for c, x in zip("qkv", leaves)}})
         torch.save(results, f"{tmp}/rank{rank}.pt")
         # error path: a shard split for another SP size
         try:
-            ring_attention(*leaves, split_packed([4], sp + 1, 0), attention_fn=INNER["reference"])
+            other = split_packed([4], sp + 1, 0)
+            x = torch.zeros(other.num_local_tokens, 2, 4)
+            ring_attention(x, x, x, other, attention_fn=INNER["reference"])
         except ValueError as exc:
             torch.save(str(exc), f"{tmp}/err{rank}.pt")
     finally:
@@ -153,6 +166,19 @@ def test_ring_and_ulysses_equal_single_device_varlen(sp, tmp_path):
                 own = (unsplit[key].double() - want).abs().max().item()
                 tol = 3 * own + 4e-3 * want.abs().max().item()
             assert err <= tol, f"sp={sp} {mode} {inner} {dtype} lengths={lengths} {key}: err {err:.2e} > {tol:.2e}"
+    if sp == 4:
+        base = len(_cases(sp))
+        for group in range(2):
+            lengths, q, k, v, dout = _data(seed + 1000 + group, 0)
+            leaves64 = [x.double().requires_grad_(True) for x in (q, k, v)]
+            ref = _naive(*leaves64, lengths)
+            ref.backward(dout.double())
+            expected = {"out": ref.detach(), **{f"d{c}": x.grad for c, x in zip("qkv", leaves64)}}
+            for m in range(2):  # ring, ulysses
+                ranks = [got[2 * group][base + m], got[2 * group + 1][base + m]]
+                for key, want in expected.items():
+                    have = _assemble(ranks, lengths, 2, key, sum(lengths)).double()
+                    assert (have - want).abs().max().item() <= 2e-5 * max(1.0, want.abs().max().item()), (group, m, key)
 
 
 def test_zigzag_split_balances_tokens_and_causal_work():
