@@ -232,7 +232,8 @@ class Backend(ABC):
     def sequence_parallel_kernels(self, kernels: KernelSet | None = None) -> dict[str, KernelChoice]:
         """{mode: choice} for sequence_parallel_mode ring and ulysses, over this backend's own varlen
         kernel (``kernels.attention``, chosen by select_kernels when not given). Each fn has the
-        signature fn(q, k, v, shard, *, group, scale) of kernels/ring_attention and kernels/ulysses;
+        signature fn(q, k, v, shard, *, group, scale) of kernels/ring_attention and kernels/ulysses
+        (attention_fn may be passed again to run another varlen kernel inside);
         the exchanges run over ``distributed_backend()`` (P2P for ring, all_to_all for Ulysses)."""
         import functools
 

@@ -37,8 +37,9 @@ _SP: weakref.WeakKeyDictionary[torch.nn.Module, "SequenceParallel"] = weakref.We
 @dataclass(frozen=True)
 class SequenceParallel:
     """size / rank: the SP group and this rank's place in it; group: its process group (None:
-    the default group); mode: ring | ulysses; attention: fn(q, k, v, shard, *, group, scale)
-    (Backend.sequence_parallel_kernels()[mode].fn)."""
+    the default group); mode: ring | ulysses; attention: fn(q, k, v, shard, *, attention_fn, group,
+    scale) (Backend.sequence_parallel_kernels()[mode].fn; the packed-attention forward passes the
+    model's own varlen kernel as attention_fn, so a forced implementation is kept)."""
 
     size: int
     rank: int

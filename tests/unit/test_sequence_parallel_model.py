@@ -120,6 +120,9 @@ def _worker(rank: int, tmp: str, cache: str) -> None:
             _compare(f"{backend_name}/text/ring/actor", policy, lambda m: logp_ent(m, text), ring, results)
             if backend_name != "cpu":
                 continue
+            forced = load_policy(ModelSpec("tiny-qwen2", dtype="float32", tiny_cache_dir=cache, attention="reference"),
+                                 backend)  # a forced implementation runs inside the SP kernel too
+            _compare("cpu/text/ring[reference]/actor", forced, lambda m: logp_ent(m, text), ring, results)
             critic = load_critic(spec, backend, generator=torch.Generator().manual_seed(1))
             _compare("cpu/text/ring/critic", critic, lambda m: [packed_values(m, text)], ring, results)
             # Ulysses needs heads divisible by sp: a 4-head / 2-kv-head variant of the tiny config
@@ -170,6 +173,7 @@ def test_sp2_forwards_and_gradients_equal_sp1(tmp_path, cache):
         res = torch.load(tmp_path / f"res{rank}.pt")
         assert "kv heads = 1 not divisible by distributed.sequence_parallel_size = 2" in res.pop("ulysses_error")
         assert set(res) == {"cpu/text/ring/actor", "npu-emulated/text/ring/actor", "cpu/text/ring/critic",
+                            "cpu/text/ring[reference]/actor",
                             "cpu/text/ulysses/actor", "cpu/vl/ring/actor"}
         for name, (out_err, grad_err) in res.items():
             assert out_err <= TOL and grad_err <= TOL, f"rank {rank} {name}: outputs {out_err:.2e}, grads {grad_err:.2e}"
