@@ -25,12 +25,15 @@ from lmm_r1_ascend.algorithms.losses import (
 
 @dataclass
 class ActorLossOutput:
-    """loss = policy + kl_loss_coef * kl - entropy_loss_coef * entropy (differentiable)."""
+    """loss = policy + kl_loss_coef * kl - entropy_loss_coef * entropy (differentiable).
+    forward_log_probs: set by the actor worker on an on-policy update: the detached log-probs
+    of this forward (the old log-probs), packed like the inputs."""
 
     loss: torch.Tensor
     policy: PolicyLossOutput
     kl: torch.Tensor | None
     entropy: torch.Tensor | None
+    forward_log_probs: torch.Tensor | None = None
 
     def metrics(self) -> dict[str, float]:
         out = {"loss/actor": float(self.loss.detach()), "loss/policy": float(self.policy.loss.detach())}

@@ -22,7 +22,7 @@ from lmm_r1_ascend.distributed.worker_group import LocalWorkerGroup, WorkerGroup
 from lmm_r1_ascend.experience import ExperienceBatch
 from lmm_r1_ascend.experience.shard_plan import RankShard, shard_plan
 from lmm_r1_ascend.rollout.registry import engine_class
-from lmm_r1_ascend.workers.metric_sums import merge_all
+from lmm_r1_ascend.workers.metric_sums import MetricSums, merge_all
 
 
 class TrainingCluster:
@@ -95,17 +95,26 @@ class TrainingCluster:
         return self._gather(batch, "actor_log_probs", "actor", pad_forwards=self.zero3)
 
     # ------------------------------------------------------------------ updates
-    def _train(self, method: str, role: str, minibatch: ExperienceBatch, cfg: AlgorithmConfig) -> dict[str, float]:
+    def _train(self, method: str, role: str, minibatch: ExperienceBatch, cfg: AlgorithmConfig,
+               *extra) -> MetricSums:
         plan = self._plan(minibatch, cfg)
         results = self._first_of_groups(self.roles[role].call_each(method, self._per_rank(
-            [(minibatch.select(r.rows), cfg, r.normaliser, r.n_micro, r.real) for r in plan])))
-        return merge_all(results).result()
+            [(minibatch.select(r.rows), cfg, r.normaliser, r.n_micro, r.real, *extra) for r in plan])))
+        return merge_all(results)
 
     def train_actor(self, minibatch: ExperienceBatch, cfg: AlgorithmConfig) -> dict[str, float]:
-        return self._train("train_actor", "actor", minibatch, cfg)
+        return self._train("train_actor", "actor", minibatch, cfg).result()
+
+    def train_actor_on_policy(self, minibatch: ExperienceBatch, cfg: AlgorithmConfig
+                              ) -> tuple[dict[str, float], list[torch.Tensor]]:
+        """The rollout's only actor step, whose forward gives the old log-probs (ActorWorker._loss):
+        its metrics and those log-probs per sample in minibatch order (shards are contiguous and
+        merged in rank order, each in micro-batch order)."""
+        sums = self._train("train_actor", "actor", minibatch, cfg, True)
+        return sums.result(), list(torch.cat(sums.log_probs).split(minibatch.response_lengths))
 
     def train_critic(self, minibatch: ExperienceBatch, cfg: AlgorithmConfig) -> dict[str, float]:
-        return self._train("train_critic", "critic", minibatch, cfg)
+        return self._train("train_critic", "critic", minibatch, cfg).result()
 
     def peak_memory_gb(self) -> float:
         """GB (1e9 bytes): the largest per-rank device-memory peak since the last call, over every group."""

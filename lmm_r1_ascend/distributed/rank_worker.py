@@ -113,8 +113,9 @@ class TrainRank:
 
     # ------------------------------------------------------------------ updates
     def train_actor(self, shard: ExperienceBatch, cfg: AlgorithmConfig, normaliser: float, n_micro: int,
-                    real: bool = True) -> MetricSums:
-        return self.actor.train_shard(shard, cfg, normaliser=normaliser, n_micro=n_micro, real=real)
+                    real: bool = True, on_policy: bool = False) -> MetricSums:
+        return self.actor.train_shard(shard, cfg, normaliser=normaliser, n_micro=n_micro, real=real,
+                                      on_policy=on_policy)
 
     def train_critic(self, shard: ExperienceBatch, cfg: AlgorithmConfig, normaliser: float, n_micro: int,
                      real: bool = True) -> MetricSums:

@@ -18,6 +18,19 @@ from lmm_r1_ascend.experience.batch import ExperienceBatch
 from lmm_r1_ascend.kernels.packing import split_by_token_budget
 
 
+def minibatch_indices(n: int, batch_size: int, *, seed: int, shuffle: bool = True,
+                      drop_last: bool = False) -> list[list[int]]:
+    """The sample indices of each mini-batch of ``minibatches`` (same arguments)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"mini-batch size must be an int >= 1, got {batch_size!r}")
+    if shuffle:
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed))).tolist()
+    else:
+        order = list(range(n))
+    out = [order[start : start + batch_size] for start in range(0, n, batch_size)]
+    return [idx for idx in out if not (drop_last and len(idx) < batch_size)]
+
+
 def minibatches(
     batch: ExperienceBatch,
     batch_size: int,
@@ -32,20 +45,8 @@ def minibatches(
     e.g. ``base_seed + epoch``), so it is reproducible and leaves global RNG state alone.
     The last mini-batch may be smaller unless ``drop_last``.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"mini-batch size must be an int >= 1, got {batch_size!r}")
-    n = len(batch)
-    if shuffle:
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed))).tolist()
-    else:
-        order = list(range(n))
-    out = []
-    for start in range(0, n, batch_size):
-        idx = order[start : start + batch_size]
-        if drop_last and len(idx) < batch_size:
-            break
-        out.append(batch.select(idx))
-    return out
+    return [batch.select(idx) for idx in minibatch_indices(len(batch), batch_size, seed=seed, shuffle=shuffle,
+                                                           drop_last=drop_last)]
 
 
 @dataclass

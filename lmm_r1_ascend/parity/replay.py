@@ -108,6 +108,9 @@ class ParityModels:
     def train_actor(self, minibatch, alg) -> dict[str, float]:
         return self.actor.train_minibatch(minibatch, alg)
 
+    def train_actor_on_policy(self, minibatch, alg) -> tuple[dict[str, float], list[torch.Tensor]]:
+        return self.actor.train_on_policy(minibatch, alg)
+
     def attention_modules(self) -> list[torch.nn.Module]:
         """The modules whose text attention is the backend's packed attention."""
         return [self.actor.model, self.reference.model, self.critic.model.model]

@@ -6,7 +6,15 @@ actor updates over seeded mini-batches.
 One function, called by `PPOTrainer.train_step` and by the parity replay
 (`lmm_r1_ascend.parity`), so the replay is the trainer's computation and not a copy of it.
 `workers` is anything with the TrainingCluster methods actor_log_probs, ref_log_probs,
-critic_values, train_critic and train_actor (distributed/cluster.py).
+critic_values, train_critic and train_actor (distributed/cluster.py), and optionally
+train_actor_on_policy.
+
+When the rollout gets a single actor step (one epoch, one mini-batch) and no reference, the
+recompute forward is folded into that step: its forward, before any weight change, IS the old
+policy's, so its detached log-probs are the old log-probs (ratio exactly 1), the correction
+weights are computed from them inside the loss, and the mismatch metrics after the step. Same
+numbers as the separate recompute, one packed forward fewer (the demo's case; verl and TRL
+take the same shortcut on-policy).
 """
 
 from __future__ import annotations
@@ -18,7 +26,8 @@ from typing import Any, Callable
 
 from lmm_r1_ascend.algorithms.config import AlgorithmConfig
 from lmm_r1_ascend.algorithms.rollout_correction import correction_weights, mismatch_metrics
-from lmm_r1_ascend.experience import ExperienceBatch, minibatches
+from lmm_r1_ascend.experience import ExperienceBatch
+from lmm_r1_ascend.experience.micro import minibatch_indices
 
 
 @dataclass
@@ -41,11 +50,29 @@ def minibatch_seed(seed: int, step: int, epoch: int) -> int:
     return seed + 7919 * step + epoch
 
 
+def folds_recompute(workers, batch: ExperienceBatch, alg: AlgorithmConfig, *, train_batch_size: int,
+                    max_epochs: int) -> bool:
+    """Whether the old log-probs can come from the update's own forward instead of a recompute
+    forward before it: the rollout gets exactly one actor step (one epoch, one mini-batch), so
+    that step's weights are the ones the recompute would use, and nothing before the update
+    reads the old log-probs (no reference: the KL-shaped rewards and the kl metric do)."""
+    return (alg.old_logprobs == "recompute" and max_epochs == 1 and train_batch_size >= len(batch)
+            and not alg.uses_reference and hasattr(workers, "train_actor_on_policy"))
+
+
 def ppo_update(workers, batch: ExperienceBatch, alg: AlgorithmConfig, *, kl_ctl, train_batch_size: int,
                max_epochs: int, seed: int, step: int,
-               timed: Callable[[str], AbstractContextManager] = lambda name: nullcontext()) -> UpdateResult:
+               timed: Callable[[str], AbstractContextManager] = lambda name: nullcontext(),
+               fold_on_policy: bool = True) -> UpdateResult:
+    """fold_on_policy: take the old log-probs from the update's forward when `folds_recompute`
+    allows (the same numbers as the recompute forward, one forward fewer); False always runs the
+    separate recompute forward (tests compare the two)."""
     metrics: dict[str, float] = {}
-    if alg.old_logprobs == "recompute":
+    fold = fold_on_policy and folds_recompute(workers, batch, alg, train_batch_size=train_batch_size,
+                                              max_epochs=max_epochs)
+    if fold:
+        batch = dataclasses.replace(batch, rollout_log_probs=batch.log_probs)
+    elif alg.old_logprobs == "recompute":
         with timed("old_log_probs"):
             batch, metrics = recompute_old_log_probs(workers, batch, alg)
     if alg.uses_reference:
@@ -60,12 +87,22 @@ def ppo_update(workers, batch: ExperienceBatch, alg: AlgorithmConfig, *, kl_ctl,
     critic_rows: list[dict[str, float]] = []
     actor_rows: list[dict[str, float]] = []
     for epoch in range(max_epochs):
-        parts = minibatches(batch, train_batch_size, seed=minibatch_seed(seed, step, epoch))
+        order = minibatch_indices(len(batch), train_batch_size, seed=minibatch_seed(seed, step, epoch))
+        parts = [batch.select(idx) for idx in order]
         if alg.uses_critic:
             with timed("train_critic"):
                 critic_rows += [workers.train_critic(mb, alg) for mb in parts]
         with timed("train_actor"):
-            actor_rows += [workers.train_actor(mb, alg) for mb in parts]
+            if fold:  # one epoch, one mini-batch (folds_recompute)
+                row, old_in_order = workers.train_actor_on_policy(parts[0], alg)
+                actor_rows.append(row)
+                old: list = [None] * len(batch)
+                for i, lp in zip(order[0], old_in_order):
+                    old[i] = lp.to(batch.log_probs[i].dtype)
+            else:
+                actor_rows += [workers.train_actor(mb, alg) for mb in parts]
+    if fold:
+        batch, metrics = with_old_log_probs(batch, old, alg)
     return UpdateResult(batch, adv, kl_coef, critic_rows, actor_rows, metrics)
 
 
@@ -75,8 +112,16 @@ def recompute_old_log_probs(workers, batch: ExperienceBatch, alg: AlgorithmConfi
     rollout engine's move to rollout_log_probs (the behaviour policy). Returns the new batch
     (with correction_weights when alg.rollout_correction asks for any) and the mismatch and
     correction metrics."""
-    old = workers.actor_log_probs(batch)
-    new = dataclasses.replace(batch, log_probs=old, rollout_log_probs=batch.log_probs)
+    return with_old_log_probs(dataclasses.replace(batch, rollout_log_probs=batch.log_probs),
+                              workers.actor_log_probs(batch), alg)
+
+
+def with_old_log_probs(batch: ExperienceBatch, old: list, alg: AlgorithmConfig
+                       ) -> tuple[ExperienceBatch, dict[str, float]]:
+    """batch (whose rollout_log_probs are set) with the trainer's old log-probs `old` (B tensors
+    (R_i,)), its correction weights when alg.rollout_correction asks for any, and the mismatch
+    and correction metrics."""
+    new = dataclasses.replace(batch, log_probs=old)
     args = (new.packed("log_probs"), new.packed("rollout_log_probs"), new.packed("action_mask"),
             new.response_cu_seqlens())
     metrics = mismatch_metrics(*args)

@@ -16,6 +16,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import torch
+
 ADDITIVE_KEYS = frozenset({"policy/loss", "policy/entropy", "critic/loss"})  # besides every loss/* key
 
 
@@ -37,6 +39,9 @@ class MetricSums:
     weights: dict[str, float] = field(default_factory=dict)
     extremes: dict[str, float] = field(default_factory=dict)
     scalars: dict[str, float] = field(default_factory=dict)  # same on every rank (grad norm, lr): kept as is
+    # The on-policy update's detached log-probs (packed response tokens of each real micro-batch),
+    # concatenated in merge order: ranks hold contiguous shards, so it is the mini-batch's order.
+    log_probs: list[torch.Tensor] = field(default_factory=list)
 
     def add(self, metrics: dict[str, float], weight: float) -> MetricSums:
         """One micro-batch's metrics; weight: its action-token count (for the weighted means)."""
@@ -53,7 +58,8 @@ class MetricSums:
         return self
 
     def merge(self, other: MetricSums) -> MetricSums:
-        out = MetricSums(dict(self.sums), dict(self.weights), dict(self.extremes), {**self.scalars, **other.scalars})
+        out = MetricSums(dict(self.sums), dict(self.weights), dict(self.extremes), {**self.scalars, **other.scalars},
+                         self.log_probs + other.log_probs)
         for key, value in other.sums.items():
             out.sums[key] = out.sums.get(key, 0.0) + value
         for key, value in other.weights.items():

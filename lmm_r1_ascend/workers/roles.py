@@ -30,6 +30,7 @@ import torch
 
 from lmm_r1_ascend.algorithms.config import AlgorithmConfig
 from lmm_r1_ascend.algorithms.objectives import actor_loss, critic_loss
+from lmm_r1_ascend.algorithms.rollout_correction import correction_weights
 from lmm_r1_ascend.experience import ExperienceBatch, micro_batches
 from lmm_r1_ascend.experience.micro import MicroBatch
 from lmm_r1_ascend.kernels.packing import split_by_token_budget
@@ -92,6 +93,8 @@ def _train_micro_batches(engine, micros: list[MicroBatch], n_micro: int | None, 
         engine.backward(loss, last=k == len(plan) - 1)
         if weight:
             sums.add(out.metrics(), weight=float(sum(micro.batch.action_counts)))
+            if getattr(out, "forward_log_probs", None) is not None:
+                sums.log_probs.append(out.forward_log_probs.cpu())
     lr = engine.lr  # the rate this step uses (step() advances the schedule)
     grad_norm = engine.step()
     skipped = bool(getattr(engine, "last_step_skipped", False))
@@ -137,18 +140,20 @@ class TrainedRole:
         self.model, self.engine, self.max_tokens = model, engine, max_tokens
         _check_wrapped(engine, self.wrapper)
 
-    def _loss(self, micro: MicroBatch, cfg: AlgorithmConfig, device: torch.device):
+    def _loss(self, micro: MicroBatch, cfg: AlgorithmConfig, device: torch.device, on_policy: bool = False):
         raise NotImplementedError
 
     def train_shard(self, shard: ExperienceBatch, cfg: AlgorithmConfig, *, normaliser: float | None = None,
-                    n_micro: int | None = None, real: bool = True) -> MetricSums:
+                    n_micro: int | None = None, real: bool = True, on_policy: bool = False) -> MetricSums:
         """One optimizer step over (this rank's shard of) a mini-batch, following the rank's
-        experience.shard_plan.RankShard (normaliser, n_micro, real); see the module docstring."""
+        experience.shard_plan.RankShard (normaliser, n_micro, real); see the module docstring.
+        on_policy (actor only): the weights are the old policy's, so this forward's detached
+        log-probs are the old log-probs (see ActorWorker._loss); they come back in .log_probs."""
         device = next(self.model.parameters()).device
         micros = micro_batches(shard, self.max_tokens, agg_mode=cfg.loss_agg_mode, constant=cfg.loss_agg_constant,
                                normaliser=normaliser)
-        return _train_micro_batches(self.engine, micros, n_micro, real, lambda m: self._loss(m, cfg, device),
-                                    self.prefix)
+        return _train_micro_batches(self.engine, micros, n_micro, real,
+                                    lambda m: self._loss(m, cfg, device, on_policy), self.prefix)
 
     def train_minibatch(self, minibatch: ExperienceBatch, cfg: AlgorithmConfig) -> dict[str, float]:
         """One optimizer step over a whole mini-batch (single process)."""
@@ -168,7 +173,9 @@ class CriticWorker(TrainedRole):
         finally:
             self.model.train()
 
-    def _loss(self, micro: MicroBatch, cfg: AlgorithmConfig, device: torch.device):
+    def _loss(self, micro: MicroBatch, cfg: AlgorithmConfig, device: torch.device, on_policy: bool = False):
+        if on_policy:
+            raise ValueError("on_policy is the actor's: the critic's values have no old-policy counterpart")
         mb = micro.batch
         values = self.engine.module(samples_from_experience(mb))
         return critic_loss(cfg, values.float(), mb.packed("values").to(device), mb.packed("returns").to(device),
@@ -185,15 +192,39 @@ class ActorWorker(TrainedRole):
         super().__init__(model, engine, max_tokens=max_tokens)
         self.temperature = temperature
 
-    def _loss(self, micro: MicroBatch, cfg: AlgorithmConfig, device: torch.device):
+    def _loss(self, micro: MicroBatch, cfg: AlgorithmConfig, device: torch.device, on_policy: bool = False):
+        """on_policy: this is the only update of the rollout (one epoch, one mini-batch), so the
+        weights are still those a recompute forward would have used: the old log-probs are this
+        forward's, detached (the ratio is exactly 1, as verl and TRL do on-policy), and the
+        rollout-correction weights are computed here from them and mb.rollout_log_probs. The
+        detached log-probs ride back on the output (forward_log_probs) for the mismatch metrics."""
         mb = micro.batch
         res = self.engine.module(samples_from_experience(mb), return_entropy=True)
         ref = mb.packed("ref_log_probs").to(device) if mb.ref_log_probs is not None else None
-        weights = mb.packed("correction_weights").to(device) if mb.correction_weights is not None else None
-        return actor_loss(cfg, res["log_probs"], mb.packed("log_probs").to(device),
-                          mb.packed("advantages").to(device), mb.packed("action_mask").to(device),
-                          normaliser=micro.normaliser, ref_log_probs=ref, entropy=res["entropy"],
-                          cu_seqlens=mb.response_cu_seqlens(), correction_weights=weights)
+        mask, cu = mb.packed("action_mask").to(device), mb.response_cu_seqlens()
+        if on_policy:
+            old = res["log_probs"].detach()
+            weights = None
+            if cfg.corrections:
+                low, high = cfg.rollout_correction_bounds
+                weights = correction_weights(cfg.corrections, old, mb.packed("rollout_log_probs").to(device), mask,
+                                             cu, low=low, high=high).weights
+        else:
+            old = mb.packed("log_probs").to(device)
+            weights = mb.packed("correction_weights").to(device) if mb.correction_weights is not None else None
+        out = actor_loss(cfg, res["log_probs"], old, mb.packed("advantages").to(device), mask,
+                         normaliser=micro.normaliser, ref_log_probs=ref, entropy=res["entropy"],
+                         cu_seqlens=cu, correction_weights=weights)
+        if on_policy:
+            out.forward_log_probs = old
+        return out
+
+    def train_on_policy(self, minibatch: ExperienceBatch, cfg: AlgorithmConfig
+                        ) -> tuple[dict[str, float], list[torch.Tensor]]:
+        """The rollout's only optimizer step (single process): its metrics and the old log-probs
+        its forward computed, per sample (R_i,) float32 on the CPU, in minibatch order."""
+        sums = self.train_shard(minibatch, cfg, on_policy=True)
+        return sums.result(), list(torch.cat(sums.log_probs).split(minibatch.response_lengths))
 
     def log_probs(self, batch: ExperienceBatch, n_chunks: int | None = None) -> list[torch.Tensor]:
         """The current policy's log-probs of the response tokens, under no_grad on the reference

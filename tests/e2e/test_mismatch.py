@@ -35,22 +35,31 @@ def _trainer(out, *extra, base=SMALL, recipe=None):
 
 
 class _Capture:
-    """Records what ppo_update hands the actor: the batch after recompute and corrections."""
+    """Records the batch with the trainer's old log-probs and corrections (recomputed before the
+    update, or folded into its only step: both end in with_old_log_probs)."""
 
     def __init__(self, monkeypatch):
         self.batches = []
-        real = ppo_update_module.recompute_old_log_probs
+        real = ppo_update_module.with_old_log_probs
 
-        def spy(workers, batch, alg):
-            new, metrics = real(workers, batch, alg)
+        def spy(batch, old, alg):
+            new, metrics = real(batch, old, alg)
             self.batches.append(new)
             return new, metrics
 
-        monkeypatch.setattr(ppo_update_module, "recompute_old_log_probs", spy)
+        monkeypatch.setattr(ppo_update_module, "with_old_log_probs", spy)
 
 
-def test_hf_recompute_agrees_with_the_rollout_and_the_first_ratio_is_one(tmp_path, monkeypatch):
+def _no_fold(monkeypatch):
+    """Force the separate recompute forward even where the update is a single on-policy step."""
+    monkeypatch.setattr(ppo_update_module, "folds_recompute", lambda *a, **k: False)
+
+
+@pytest.mark.parametrize("fold", [True, False], ids=["folded", "separate-forward"])
+def test_hf_recompute_agrees_with_the_rollout_and_the_first_ratio_is_one(tmp_path, monkeypatch, fold):
     cap = _Capture(monkeypatch)
+    if not fold:
+        _no_fold(monkeypatch)
     trainer, logs = _trainer(tmp_path)
     try:
         m = trainer.train_step()
@@ -68,7 +77,10 @@ def test_hf_recompute_agrees_with_the_rollout_and_the_first_ratio_is_one(tmp_pat
     assert not any("mismatch" in line for line in logs)
     batch = cap.batches[0]
     assert batch.rollout_log_probs is not None and batch.correction_weights is None  # rollout_correction: none
-    assert "timing/old_log_probs" in m
+    # one mini-batch, one epoch, no reference: the update's own forward gives the old log-probs
+    assert ("timing/old_log_probs" in m) is (not fold)
+    if fold:  # exactly the forward's: the ratio is 1 to the bit
+        assert m["policy/ratio_max"] == 1.0 and m["policy/ratio_min"] == 1.0
 
 
 def test_rollout_mode_trains_on_the_engines_log_probs(tmp_path, monkeypatch):
@@ -133,6 +145,44 @@ def test_corrections_bound_the_loss_weights_under_a_planted_mismatch(tmp_path, m
         assert m["rollout_correction/masked_frac"] > 0  # temperature 0.6 vs 1.0 pushes some ratios out
     assert m["rollout_correction/weight_mean"] == pytest.approx(float(weights[mask].mean()), rel=1e-5)
     assert torch.isfinite(torch.tensor(m["loss/policy"]))
+
+
+@pytest.mark.parametrize("extra", [[], ["algorithm.rollout_correction=seq_mask", "algorithm.rollout_correction_bounds=[0.8, 1.25]"],
+                                   ["algorithm.rollout_correction=token_tis", "algorithm.rollout_correction_bounds=[0.5, 1.5]"]],
+                         ids=["none", "seq_mask", "token_tis"])
+def test_the_folded_recompute_equals_the_separate_forward(tmp_path, monkeypatch, extra):
+    """One on-policy step with the old log-probs from the update's own forward (corrections
+    computed inside the loss) against the separate recompute forward, same seed, under a planted
+    mismatch (engine temperature 1.3) so that the corrections really weigh and drop tokens."""
+    rows, weights = {}, {}
+    for fold in (True, False):
+        with monkeypatch.context() as mp:
+            if not fold:
+                _no_fold(mp)
+            trainer, _ = _trainer(tmp_path / str(fold), "rollout.rollout_batch_size=4", "trainer.train_batch_size=16",
+                                  "rollout.max_new_tokens=40",  # whole answers: rewards (and advantages) vary
+                                  *extra)
+            trainer.sampling = dataclasses.replace(trainer.sampling, temperature=1.3)
+            try:
+                rows[fold] = trainer.train_step()
+                model = trainer.parts.cluster.group.workers[0].actor.model
+                weights[fold] = {n: p.detach().clone() for n, p in model.named_parameters()}
+            finally:
+                trainer.parts.close()
+    folded, separate = rows[True], rows[False]
+    assert "timing/old_log_probs" in separate and "timing/old_log_probs" not in folded
+    keys = [k for k in separate if k.startswith(("mismatch/", "rollout_correction/", "policy/", "loss/"))]
+    keys += ["actor/grad_norm"]
+    assert "mismatch/probs_diff_mean" in keys and (not extra or "rollout_correction/weight_mean" in keys)
+    assert separate["actor/grad_norm"] > 1e-3  # informative groups: a real update (a wrong weight shows)
+    if "seq_mask" in str(extra):
+        assert separate["rollout_correction/masked_frac"] > 0  # the correction really dropped sequences
+    # The two forwards pack the same samples in other orders (shuffled mini-batch vs rollout
+    # order), so fp32 rounding differs: log-probs ~1e-6 apart, losses and norms ~1e-6 relative.
+    for k in keys:
+        assert folded[k] == pytest.approx(separate[k], rel=1e-4, abs=1e-6), k
+    for name, w in weights[False].items():
+        torch.testing.assert_close(weights[True][name], w, rtol=1e-5, atol=1e-6, msg=name)
 
 
 DS = [  # the demo model on its arithmetic: 4 prompts x 4 samples per rollout, some groups all right / all wrong
