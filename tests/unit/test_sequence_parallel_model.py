@@ -177,3 +177,23 @@ def test_sp2_forwards_and_gradients_equal_sp1(tmp_path, cache):
                             "cpu/text/ulysses/actor", "cpu/vl/ring/actor"}
         for name, (out_err, grad_err) in res.items():
             assert out_err <= TOL and grad_err <= TOL, f"rank {rank} {name}: outputs {out_err:.2e}, grads {grad_err:.2e}"
+
+
+@pytest.mark.slow
+def test_benchmark_reports_memory_falling_with_sp():
+    """benchmarks/bench_sequence_parallel.py end to end on a small row (slow: 3 process groups)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_sequence_parallel.py"
+    proc = subprocess.run([sys.executable, str(path), "--tokens", "512", "--seqs", "2", "--hidden", "32", "--layers", "1",
+                           "--heads", "4", "--kv-heads", "2", "--sizes", "1,2", "--repeats", "1", "--json"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert [(r["sp"], r["mode"]) for r in rows] == [(1, "-"), (2, "ring"), (2, "ulysses")]
+    for r in rows[1:]:
+        assert r["activation_ratio"] < 0.7, r  # about 1/2 plus the per-sequence padding
+        assert r["loss_vs_sp1"] < 1e-5, r
