@@ -233,8 +233,11 @@ class PPOTrainer:
             if progress:
                 from tqdm.auto import tqdm
 
+                # tqdm's own rate would repeat the step time the postfix gives; without it the figures fit 100 columns
                 bar = self._bar = tqdm(total=self.total_steps, initial=self.step, unit="step", dynamic_ncols=True,
-                                       desc=f"{cfg.stage} {cfg.recipe or ''}".strip())
+                                       desc=f"{cfg.stage} {cfg.recipe or ''}".strip(),
+                                       bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} "
+                                                  "[{elapsed}<{remaining}{postfix}]")
             self._loop(history, writer, bar, stop_after)
         except WorkerDiedError as err:
             raise err.with_hint(self._resume_hint()) from None
