@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from lmm_r1_ascend.models.shape_models import ensure_shape_model, is_shape_model
 from lmm_r1_ascend.models.tiny import TINY_MODELS, ensure_tiny_model
 
 if TYPE_CHECKING:
@@ -99,6 +100,8 @@ def resolve_model_path(path: str | os.PathLike, *, tiny_seed: int = 0, tiny_cach
     text = str(path)
     if text in TINY_MODELS:
         return ensure_tiny_model(text, seed=tiny_seed, cache_dir=tiny_cache_dir)
+    if is_shape_model(text):  # real widths, random weights (models.shape_models)
+        return ensure_shape_model(text, seed=tiny_seed, cache_dir=tiny_cache_dir)
     p = Path(text).expanduser()
     if not p.exists():
         msg = f"model directory '{text}' does not exist"

@@ -23,6 +23,9 @@ from lmm_r1_ascend.workers.roles import ActorWorker, CriticWorker, ReferenceWork
 BUILTIN_MODELS = {  # names that resolve to models the project ships or builds offline
     "demo-fre": Path(__file__).resolve().parent.parent / "demo" / "assets" / "fre-warmup",
 }
+# Built on first use into the cache (models.shape_models): Qwen2.5-VL-3B widths, random weights;
+# a ':layers=N,vision_layers=M' suffix sets the depths (default 2 and 2).
+BUILTIN_SHAPE_MODELS = ("qwen2.5-vl-3b-shape", "qwen2.5-vl-3b-text-shape")
 
 
 
@@ -47,6 +50,13 @@ def resolve_model_name(name: str) -> str:
         if not (path / "config.json").exists():
             raise SetupError(f"built-in model '{name}' is missing at {path}: run `python scripts/build_demo_model.py`")
         return str(path)
+    if name.partition(":")[0] in BUILTIN_SHAPE_MODELS:
+        from lmm_r1_ascend.models.shape_models import ensure_shape_model
+
+        try:
+            return str(ensure_shape_model(name))
+        except ValueError as err:
+            raise SetupError(str(err)) from err
     return name
 
 
