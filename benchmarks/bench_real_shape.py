@@ -1,0 +1,164 @@
+"""One PPO step of each paper recipe's algorithm at Qwen2.5-VL-3B's real widths, on CPU.
+
+    python benchmarks/bench_real_shape.py                       # 3 recipes x {torch, ZeRO-3 x 2 ranks}
+    python benchmarks/bench_real_shape.py --recipes fre_multi --engines torch --layers 1 --vision-layers 1
+
+Each run is the train CLI itself (`python -m lmm_r1_ascend.train --recipe R ...`) with the
+built-in `qwen2.5-vl-3b-shape:layers=L,vision_layers=M` model (vocab 151,936, hidden 2048,
+16/2 heads, vision 1280 with window attention), packed prompts of --prompt-tokens tokens
+each with one 448x448 image (256 image tokens), --samples samples per prompt, and the
+recipe's own algorithm: fre_multi = reinforce_baseline with a KL reference; mgt_geo = gae with
+a critic and reference; mgt_sokoban = gae with a critic, no reference, frozen vision tower
+(its reward is switched to math here: the step's memory, not the Sokoban simulator, is
+measured). bf16 where the CPU has AVX512-BF16 / AMX, fp32 otherwise.
+
+Recorded per run: wall seconds of the whole CLI (model build excluded: built before),
+`timing/step` and `memory/peak_gb` from metrics.jsonl (the largest per-rank peak: process
+RSS on CPU, backends/cpu.py), and the plan's estimate for the same config
+(lmm_r1_ascend.plan) beside it. One JSON line per run goes to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ENGINES = {
+    "torch": ["distributed.train_engine=torch"],
+    "zero3": ["distributed.mode=ray", "distributed.world_size=2", "distributed.train_engine=deepspeed",
+              "distributed.zero_stage=3", "distributed.rollout_engines=0"],
+}
+RECIPES = ("fre_multi", "mgt_geo", "mgt_sokoban")
+
+
+def cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def write_data(out: Path, tokenizer, prompts: int, prompt_tokens: int) -> Path:
+    """`prompts` rows, each one 448x448 image (256 merged patches) and text up to prompt_tokens in all."""
+    from PIL import Image
+
+    from lmm_r1_ascend.models.tiny import _training_corpus
+
+    out.mkdir(parents=True, exist_ok=True)
+    corpus = " ".join(_training_corpus())
+    rows = []
+    for i in range(prompts):
+        image = out / f"img{i}.png"
+        Image.effect_noise((448, 448), 64).convert("RGB").save(image)
+        words, text = corpus.split(" "), ""
+        budget = max(8, prompt_tokens - 256 - 40)  # image tokens and the chat template's own
+        k = i * 17
+        while len(tokenizer(text).input_ids) < budget:
+            text += " " + " ".join(words[k % len(words):k % len(words) + 16])
+            k += 16
+        message = [{"role": "user", "content": [{"type": "image", "image": f"file://{image}"},
+                                                 {"type": "text", "text": text.strip()}]}]
+        rows.append({"message": json.dumps(message), "answer": "$\\boxed{2}$"})
+    path = out / "prompts.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def run_overrides(recipe: str, engine: str, model: str, data: Path, out: Path, args) -> list[str]:
+    dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if cpu_has_bf16() else "float32")
+    ov = [f"model.pretrain={model}", f"data.prompt_data=[{data}]", f"output_dir={out}", f"model.dtype={dtype}",
+          f"rollout.rollout_batch_size={args.prompts}", f"algorithm.n_samples_per_prompt={args.samples}",
+          f"trainer.train_batch_size={args.prompts * args.samples}", f"rollout.max_new_tokens={args.max_new_tokens}",
+          f"rollout.micro_rollout_batch_size={args.prompts}",
+          f"trainer.max_tokens_per_micro_batch={args.micro_tokens}", "trainer.max_steps=1", "trainer.save_steps=0",
+          "trainer.save_hf=false", "trainer.tensorboard=false", "reward.workers=1", "data.shuffle=false",
+          f"model.gradient_checkpointing={str(args.gradient_checkpointing).lower()}"]
+    if recipe.startswith("mgt"):
+        ov.append("model.init_from=pretrain")
+    if recipe == "mgt_sokoban":
+        ov.append("reward.default=math")
+    return ov + ENGINES[engine]
+
+
+def one_run(recipe: str, engine: str, model: str, data: Path, root: Path, args) -> dict:
+    out = root / f"{recipe}-{engine}"
+    overrides = run_overrides(recipe, engine, model, data, out, args)
+    cmd = [sys.executable, "-m", "lmm_r1_ascend.train", "--recipe", recipe, "--device", "cpu", "--no-progress",
+           *overrides]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+    wall = time.perf_counter() - start
+    row = {"recipe": recipe, "engine": engine, "model": model, "wall_s": round(wall, 1), "rc": proc.returncode,
+           "prompt_tokens": args.prompt_tokens, "prompts": args.prompts, "samples": args.samples,
+           "max_new_tokens": args.max_new_tokens, "micro_tokens": args.micro_tokens,
+           "gradient_checkpointing": args.gradient_checkpointing,
+           "command": "python -m lmm_r1_ascend.train --recipe " + recipe + " --device cpu " + " ".join(
+               o for o in overrides if not o.startswith(("output_dir=", "data.prompt_data=")))}
+    metrics = out / "metrics.jsonl"
+    if proc.returncode != 0 or not metrics.exists():
+        row["error"] = proc.stderr[-3000:]
+        return row
+    step = json.loads(metrics.read_text().splitlines()[-1])
+    row.update(peak_gb=step.get("memory/peak_gb"), step_s=step.get("timing/step"),
+               tokens=step.get("tokens/total", None), loss_policy=step.get("loss/policy"))
+    try:
+        from lmm_r1_ascend.plan import estimate_from_overrides
+
+        est = estimate_from_overrides(recipe, overrides, devices=2 if engine == "zero3" else 1, device_memory_gb=24,
+                                      backend="cpu")
+        row["plan_gb"] = round(est.total_gb, 3)
+        row["plan_error"] = round(est.total_gb / row["peak_gb"] - 1, 3) if row["peak_gb"] else None
+    except ImportError:
+        pass
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--recipes", default=",".join(RECIPES))
+    p.add_argument("--engines", default="torch,zero3")
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--vision-layers", type=int, default=2)
+    p.add_argument("--prompts", type=int, default=2, help="prompts per rollout (one 448x448 image each)")
+    p.add_argument("--prompt-tokens", type=int, default=320)
+    p.add_argument("--samples", type=int, default=2)
+    p.add_argument("--max-new-tokens", type=int, default=16)
+    p.add_argument("--micro-tokens", type=int, default=1024)
+    p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--dtype", default="auto", help="auto: bf16 where the CPU supports it, else float32")
+    p.add_argument("--timeout", type=float, default=1800)
+    p.add_argument("--out", default="benchmarks/results/real_shape_cpu.jsonl")
+    p.add_argument("--workdir", default=None)
+    args = p.parse_args(argv)
+
+    from lmm_r1_ascend.models.shape_models import build_tokenizer
+    from lmm_r1_ascend.workers.builders import resolve_model_name
+
+    model = f"qwen2.5-vl-3b-shape:layers={args.layers},vision_layers={args.vision_layers}"
+    resolve_model_name(model)  # build once, outside the timed runs
+    root = Path(args.workdir or tempfile.mkdtemp(prefix="real_shape_"))
+    data = write_data(root / "data", build_tokenizer(), args.prompts, args.prompt_tokens)
+    stamp = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": platform.machine(),
+             "cpus": os.cpu_count(), "python": platform.python_version()}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    failed = 0
+    for recipe in args.recipes.split(","):
+        for engine in args.engines.split(","):
+            row = {**one_run(recipe, engine, model, data, root, args), **stamp}
+            failed += row["rc"] != 0
+            print(json.dumps({k: v for k, v in row.items() if k != "command"}), flush=True)
+            with open(args.out, "a") as f:
+                f.write(json.dumps(row) + "\n")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
