@@ -113,12 +113,33 @@ def one_run(recipe: str, engine: str, model: str, data: Path, root: Path, args) 
         from lmm_r1_ascend.plan import estimate_from_overrides
 
         est = estimate_from_overrides(recipe, overrides, devices=2 if engine == "zero3" else 1, device_memory_gb=24,
-                                      backend="cpu")
+                                      backend="cpu", steps=1)  # one step measured: AdamW moments come after its backward
         row["plan_gb"] = round(est.total_gb, 3)
         row["plan_error"] = round(est.total_gb / row["peak_gb"] - 1, 3) if row["peak_gb"] else None
     except ImportError:
         pass
     return row
+
+
+def table(path: str) -> str:
+    """Markdown: every recorded run, measured peak per rank beside the plan's estimate (recomputed now)."""
+    from lmm_r1_ascend.plan import estimate_from_overrides
+
+    lines = ["| recipe | engine | model (layers, vision) | prompt tok | micro tok | ckpt | step s | measured GB/rank "
+             "| plan GB | error |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for line in Path(path).read_text().splitlines():
+        r = json.loads(line)
+        if r.get("rc") != 0:
+            lines.append(f"| {r['recipe']} | {r['engine']} | {r['model']} | failed: {r.get('error', '')[-120:]} |")
+            continue
+        overrides = r["command"].split(" --device cpu ", 1)[1].split()
+        est = estimate_from_overrides(r["recipe"], overrides, devices=2 if r["engine"] == "zero3" else 1,
+                                      device_memory_gb=24, backend="cpu", steps=1)
+        depth = r["model"].split(":", 1)[1].replace("layers=", "").replace("vision_", "")
+        lines.append(f"| {r['recipe']} | {r['engine']} | {depth} | {r['prompt_tokens']} | {r['micro_tokens']} | "
+                     f"{'on' if r['gradient_checkpointing'] else 'off'} | {r['step_s']:.1f} | {r['peak_gb']:.2f} | "
+                     f"{est.total_gb:.2f} | {est.total_gb / r['peak_gb'] - 1:+.0%} |")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,7 +158,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=1800)
     p.add_argument("--out", default="benchmarks/results/real_shape_cpu.jsonl")
     p.add_argument("--workdir", default=None)
+    p.add_argument("--table", default=None, metavar="JSONL", help="print the measured-vs-plan table of a results file")
     args = p.parse_args(argv)
+    if args.table:
+        print(table(args.table))
+        return 0
 
     from lmm_r1_ascend.models.shape_models import build_tokenizer
     from lmm_r1_ascend.workers.builders import resolve_model_name

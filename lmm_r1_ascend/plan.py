@@ -13,6 +13,8 @@ are counted exactly on the meta device (no weights are read). Per device, in GB 
       breakdown of DeepSpeed's own estimate_zero2_model_states_mem_needs), split over the
       devices by ZeRO stage (1: optimizer; 2: + grads; 3: + weights, plus the gathered largest
       layer), moved to the host by offload_optimizer / offload_params.
+  buckets          ZeRO-2/3's flat gradient-reduction bucket (reduce_bucket_size, 5e8 elements by
+      default), as far as gradients fill it.
   activations      per micro-batch of trainer.max_tokens_per_micro_batch tokens: with gradient
       checkpointing the input of each decoder layer (H values per token per layer) plus one
       layer recomputed; without, every layer's saved tensors (10H + 4I + 4 kv values per token).
@@ -40,6 +42,7 @@ from dataclasses import asdict, dataclass, field, replace
 GB = 1e9
 HUB_SHAPES = {"Qwen/Qwen2.5-VL-3B-Instruct": "qwen2.5-vl-3b-shape:layers=36,vision_layers=32"}
 RUNTIME_GB = {"cpu": 0.75, "cuda": 0.6, "npu": 1.2}  # process / context overhead (cpu measured, others typical)
+REDUCE_BUCKET = 500_000_000  # DeepSpeed's zero_optimization.reduce_bucket_size default (the engine keeps it)
 LOGPROB_CHUNK = 1024  # models.forward.packed_log_probs' default chunk_size
 _BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
@@ -129,6 +132,9 @@ def _states(n: int, trainable: int, *, engine: str, zero: int, devices: int, b: 
     weights = n * w / d + largest * w if zero == 3 else n * w  # ZeRO-3: own shard + the gathered layer
     grads = trainable * (g_low / d if zero >= 2 else g_low) + trainable * g32 / (d if zero >= 2 else 1)
     optim = trainable * (master + moments) / (d if zero >= 1 else 1)
+    # ZeRO-2/3 reduce gradients through a flat bucket of reduce_bucket_size (DeepSpeed's default
+    # 5e8) elements; pages of it count once written, i.e. up to the trainable parameters.
+    buckets = min(REDUCE_BUCKET, trainable) * (2 if bf16 else 4) if zero >= 2 else 0.0
     host = 0.0
     if offload_opt:
         host += optim + trainable * g32 / d
@@ -137,7 +143,7 @@ def _states(n: int, trainable: int, *, engine: str, zero: int, devices: int, b: 
     if offload_params:
         host += n * w / d
         weights = largest * w
-    return {"weights": weights, "gradients": grads, "optimizer": optim}, host
+    return {"weights": weights, "gradients": grads, "optimizer": optim, "buckets": buckets}, host
 
 
 def activations(shape: ModelShape, tokens: int, image_patches: int, *, b: int, checkpointing: bool,
@@ -194,7 +200,9 @@ def estimate(cfg, *, devices: int, device_memory_gb: float, backend: str = "cuda
               offload_params=dist.offload_params, largest=shape.largest_layer)
     actor, host = _states(shape.params, trainable, **kw)
     parts = {k: v for k, v in actor.items()}
-    if steps == 1:  # AdamW moments exist only after the first backward: the step peak is the larger
+    moments = 0.0
+    if steps == 1:  # AdamW moments exist only after the first backward (torch's lazy state; DeepSpeed
+        # keeps the torch optimizer, whose moments are lazy too): the step peak is the larger
         moments = parts["optimizer"] * (8 / (12 if engine == "deepspeed" and b == 2 else 8))
         parts["optimizer"] -= moments
     act = activations(shape, tokens, 4 * image_tokens, b=b, checkpointing=cfg.model.gradient_checkpointing,
