@@ -125,19 +125,23 @@ def table(path: str) -> str:
     """Markdown: every recorded run, measured peak per rank beside the plan's estimate (recomputed now)."""
     from lmm_r1_ascend.plan import estimate_from_overrides
 
-    lines = ["| recipe | engine | model (layers, vision) | prompt tok | micro tok | ckpt | step s | measured GB/rank "
-             "| plan GB | error |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| recipe | engine | model (layers, vision) | prompt tok | micro tok | ckpt | step s | CLI wall s | "
+             "measured GB/rank | plan GB | error |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for line in Path(path).read_text().splitlines():
         r = json.loads(line)
-        if r.get("rc") != 0:
-            lines.append(f"| {r['recipe']} | {r['engine']} | {r['model']} | failed: {r.get('error', '')[-120:]} |")
-            continue
         overrides = r["command"].split(" --device cpu ", 1)[1].split()
         est = estimate_from_overrides(r["recipe"], overrides, devices=2 if r["engine"] == "zero3" else 1,
                                       device_memory_gb=24, backend="cpu", steps=1)
         depth = r["model"].split(":", 1)[1].replace("layers=", "").replace("vision_", "")
+        if r.get("rc") != 0:
+            why = "killed by Ray's memory monitor (host RAM)" if "memory" in r.get("error", "") else "failed"
+            ranks = 2 if r["engine"] == "zero3" else 1
+            lines.append(f"| {r['recipe']} | {r['engine']} | {depth} | {r['prompt_tokens']} | {r['micro_tokens']} | "
+                         f"{'on' if r['gradient_checkpointing'] else 'off'} | - | {r['wall_s']:.0f} | {why} | {est.total_gb:.2f} "
+                         f"(x {ranks} ranks = {ranks * est.total_gb:.1f} GB of one 24 GB host) | - |")
+            continue
         lines.append(f"| {r['recipe']} | {r['engine']} | {depth} | {r['prompt_tokens']} | {r['micro_tokens']} | "
-                     f"{'on' if r['gradient_checkpointing'] else 'off'} | {r['step_s']:.1f} | {r['peak_gb']:.2f} | "
+                     f"{'on' if r['gradient_checkpointing'] else 'off'} | {r['step_s']:.1f} | {r['wall_s']:.0f} | {r['peak_gb']:.2f} | "
                      f"{est.total_gb:.2f} | {est.total_gb / r['peak_gb'] - 1:+.0%} |")
     return "\n".join(lines)
 

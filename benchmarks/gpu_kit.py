@@ -191,6 +191,8 @@ def step_rollout_and_sync(backend, args) -> tuple[dict, dict]:
     path = resolve_model_name(name)
     cfg = load_config("demo_fre", overrides=[f"model.pretrain={name}", f"rollout.engine={engine_name}",
                                              f"rollout.micro_rollout_batch_size={args.rollout_prompts}",
+                                             f"rollout.rollout_batch_size={args.rollout_prompts}",
+                                             f"trainer.train_batch_size={args.rollout_prompts}",
                                              "algorithm.n_samples_per_prompt=1", "algorithm.advantage_estimator=reinforce"])
     dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
     engine = build_rollout_engine(cfg, path, backend.device(0), dtype)
