@@ -167,6 +167,31 @@ def _bucket_layout(bounds: list[int], buckets: list[list[int]], device) -> tuple
     return torch.cat(gathers).to(device), scatter.to(device)
 
 
+def _fused_cpu_lse(q: torch.Tensor) -> bool:
+    """fp32 only: in bf16 the CPU flash kernel's lse carries ~6e-5 absolute error from its
+    reduced-precision score arithmetic, past the float32-from-rounded-inputs contract every
+    implementation meets (tests/unit/test_attention.py LSE_TOL); bf16 keeps the exact scoring."""
+    return (q.device.type == "cpu" and q.dtype == torch.float32
+            and hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu"))
+
+
+def _sdpa_cpu_with_lse(qb, kb, vb, mask, causal: bool, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """SDPA's CPU flash kernel, which returns the log-sum-exp beside the output (the public SDPA
+    drops it; scoring the keys again for it costs a full fp32 (B, H, L, L) matrix per bucket).
+    (B, H, L, D) inputs, k/v heads expanded for GQA (the op takes equal head counts); a bool
+    key-padding mask becomes the additive mask the op takes. Returns out (B, Hq, L, D) in q's
+    dtype and lse (B, Hq, L) float32 without gradient."""
+    if kb.shape[1] != qb.shape[1]:
+        rep = qb.shape[1] // kb.shape[1]
+        kb, vb = kb.repeat_interleave(rep, dim=1), vb.repeat_interleave(rep, dim=1)
+    additive = None
+    if mask is not None:
+        additive = torch.zeros(mask.shape, dtype=qb.dtype, device=qb.device).masked_fill(~mask, float("-inf"))
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+        qb, kb, vb, 0.0, causal, attn_mask=additive, scale=scale)
+    return out, lse.detach().float()
+
+
 def varlen_attention_batched(q, k, v, cu_seqlens, max_seqlen, *, scale=None, causal=True, return_lse=False,
                              cu_seqlens_host=None):
     """Length-bucketed batched SDPA: one call per bucket of similar lengths, not one per sequence.
@@ -199,6 +224,11 @@ def varlen_attention_batched(q, k, v, cu_seqlens, max_seqlen, *, scale=None, cau
         if not causal and any(lengths[i] != top for i in bucket):
             lens = torch.tensor([lengths[i] for i in bucket], device=q.device)
             mask = (torch.arange(top, device=q.device)[None] < lens[:, None])[:, None, None, :]  # (B, 1, 1, L)
+        if return_lse and _fused_cpu_lse(q):
+            out, lse = _sdpa_cpu_with_lse(qb, kb, vb, mask, causal, scale)
+            outs.append(out.transpose(1, 2).reshape(b * top, *out.shape[1:2], out.shape[-1]))
+            lses.append(lse.transpose(1, 2).reshape(b * top, -1))
+            continue
         out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask, is_causal=causal, scale=scale,
                                              enable_gqa=gqa)  # (B, Hq, L, D)
         outs.append(out.transpose(1, 2).reshape(b * top, *out.shape[1:2], out.shape[-1]))
