@@ -7,12 +7,12 @@ to race for) and a short collective timeout, so a hang fails within seconds.
 from __future__ import annotations
 
 import datetime
-import time
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+
+from _mp_deadline import spawn_until
 
 from lmm_r1_ascend.kernels import collectives as C
 
@@ -22,14 +22,7 @@ TIMEOUT_S = 20.0
 
 def _spawn(fn, *args) -> None:
     """Run fn(rank, *args) on WORLD processes; fail (not hang) if they outlive a deadline."""
-    ctx = mp.start_processes(fn, args=args, nprocs=WORLD, join=False, start_method="spawn")
-    deadline = time.monotonic() + 3 * TIMEOUT_S
-    while not ctx.join(timeout=1.0):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                if p.is_alive():
-                    p.kill()
-            pytest.fail(f"{WORLD}-process run did not finish in time")
+    spawn_until(fn, args, WORLD, 3 * TIMEOUT_S, f"{WORLD}-process run")
 
 
 def _worker(rank: int, tmp: str) -> None:

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import functools
 import math
-import time
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+
+from _mp_deadline import spawn_until
 
 from lmm_r1_ascend.kernels import attention as A
 from lmm_r1_ascend.kernels import npu_emulation
@@ -100,14 +100,7 @@ def _worker(rank: int, sp: int, tmp: str, seed: int) -> None:
 
 
 def _spawn(sp: int, tmp, seed: int) -> list[list[dict]]:
-    ctx = mp.start_processes(_worker, args=(sp, str(tmp), seed), nprocs=sp, join=False, start_method="spawn")
-    deadline = time.monotonic() + 3 * TIMEOUT_S
-    while not ctx.join(timeout=1.0):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                if p.is_alive():
-                    p.kill()
-            pytest.fail(f"{sp}-rank run did not finish in time")
+    spawn_until(_worker, (sp, str(tmp), seed), sp, 3 * TIMEOUT_S, f"{sp}-rank run")
     assert "split for sp=" in torch.load(f"{tmp}/err0.pt")
     return [torch.load(f"{tmp}/rank{r}.pt") for r in range(sp)]
 

@@ -12,12 +12,12 @@ critic values, and the npu-emulated backend for the text model.
 from __future__ import annotations
 
 import datetime
-import time
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+
+from _mp_deadline import spawn_until
 
 from lmm_r1_ascend.models.forward import Sample
 
@@ -161,14 +161,7 @@ def cache(tmp_path_factory):
 
 
 def test_sp2_forwards_and_gradients_equal_sp1(tmp_path, cache):
-    ctx = mp.start_processes(_worker, args=(str(tmp_path), cache), nprocs=2, join=False, start_method="spawn")
-    deadline = time.monotonic() + 3 * TIMEOUT_S
-    while not ctx.join(timeout=1.0):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                if p.is_alive():
-                    p.kill()
-            pytest.fail("2-rank run did not finish in time")
+    spawn_until(_worker, (str(tmp_path), cache), 2, 3 * TIMEOUT_S, "2-rank run")
     for rank in range(2):
         res = torch.load(tmp_path / f"res{rank}.pt")
         assert "kv heads = 1 not divisible by distributed.sequence_parallel_size = 2" in res.pop("ulysses_error")
