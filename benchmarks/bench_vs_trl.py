@@ -15,7 +15,9 @@ x 8 samples, 40 new tokens, temperature 1, no KL, one optimizer step of 128 comp
 rollout, group-mean baseline without std scaling, token-mean loss, Adam at lr 3e-4 constant,
 fp32. TRL (loss_type=dapo, scale_rewards=none, beta=0) and our reinforce_baseline with
 token-mean optimise the same objective; TRL gets the same templated prompt text our loader
-builds, so both tokenize the same ids.
+builds, so both tokenize the same ids, and neither shuffles: step k of both trains on the
+same 16 prompts (with long-tailed lengths a batch's cost follows its longest prompt, so
+batches drawn apart would compare luck).
 
 Workloads:
   demo      the demo as is: short prompts (~60 tokens), responses of ~25 tokens.
@@ -56,7 +58,7 @@ FILLER_WORDS = ["note", "this", "is", "a", "sum", "of", "two", "numbers", "read"
 def _overrides(tmp: str, steps: int, data_file: str | None) -> list[str]:
     o = [f"output_dir={tmp}", f"trainer.max_steps={steps}", "trainer.eval_before_train=false",
          "trainer.eval_steps=0", "trainer.save_steps=0", "trainer.save_hf=false", "trainer.tensorboard=false",
-         "trainer.resume=false"]
+         "trainer.resume=false", "data.shuffle=false"]  # both trainers take the same batches, in file order
     return o + ([f"data.prompt_data=[{data_file}]"] if data_file else [])
 
 
@@ -154,7 +156,7 @@ def run_trl(workload: str, steps: int, tmp: str) -> dict:
         learning_rate=cfg.optim.actor_lr, lr_scheduler_type="constant", warmup_steps=0,
         adam_beta1=cfg.optim.adam_betas[0], adam_beta2=cfg.optim.adam_betas[1], weight_decay=cfg.optim.weight_decay,
         max_grad_norm=cfg.optim.max_norm, max_steps=steps + 1, use_cpu=True, report_to=[], save_strategy="no",
-        logging_steps=1, seed=cfg.seed, dataloader_num_workers=0, log_completions=False,
+        logging_steps=1, seed=cfg.seed, dataloader_num_workers=0, log_completions=False, shuffle_dataset=False,
         model_init_kwargs={"dtype": torch.float32}, disable_tqdm=True)
     tokenizer = AutoTokenizer.from_pretrained(model_path, padding_side="left")
     trainer = GRPOTrainer(model=model_path, reward_funcs=math_reward, args=args,

@@ -59,8 +59,8 @@ class RolloutConfig:
     micro_rollout_batch_size: prompts per generate() call of the hf engine (x n samples = rows
       per call); vLLM schedules its own batches and ignores it. On CPU at small widths each
       decode iteration is mostly fixed overhead, so fewer, wider calls win: the demo's 16
-      prompts x 8 in one call took 0.59x the time of 2-prompt calls
-      (benchmarks/bench_rollout_rows.py). With the hf engine on a GPU/NPU the bound is the KV
+      prompts x 8 in one call took 0.52x the time of 2-prompt calls and 0.82x that of 8-prompt
+      ones (benchmarks/results/rollout_rows_cpu.txt). With the hf engine on a GPU/NPU the bound is the KV
       cache: rows x (prompt + max_new_tokens) x layers x 2 x kv_heads x head_dim x bytes
       (Qwen2.5-VL-3B in bf16: 36 KiB per token, ~300 MB per 8k-token row), which is why the
       paper recipes keep 1-2 prompts x 16 samples; use vLLM there.
