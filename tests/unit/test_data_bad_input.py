@@ -136,7 +136,8 @@ def test_dry_run_skips_and_counts_a_bad_utf8_line(tmp_path, capsys):
             "trainer.eval_before_train=false", f"output_dir={tmp_path / 'out'}"]
     assert main(base + ["data.on_bad_line=skip"]) == 0
     out = capsys.readouterr().out
-    assert "dry run ok" in out and "'data/skipped_bad/invalid_utf8': 2" in out and "'prompts': 3" in out
+    assert "dry run ok" in out and "(3 usable prompts)" in out
+    assert "5 rows: 3 kept, 2 skipped (bad), 0 too long (invalid_utf8 2)" in out  # the header's data line
     assert main(base + ["data.on_bad_line=raise"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {data}:2: the line is not valid UTF-8") and "\n" not in err
