@@ -104,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
                                    steps=trainer.total_steps, eval_prompts=len(val.prompts) if val else None)),
               flush=True)
         fit_started = time.perf_counter()
-        history = trainer.fit(progress=not args.no_progress and sys.stderr.isatty() or os.environ.get("LMM_R1_PROGRESS") == "1")
+        bar = not args.no_progress and sys.stderr.isatty() or os.environ.get("LMM_R1_PROGRESS") == "1"
+        history = trainer.fit(progress=bar, step_lines=not bar)  # no bar (a file, CI): a line per step
     except (ConfigError, SetupError, BackendUnavailable, DataError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

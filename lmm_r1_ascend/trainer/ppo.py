@@ -222,9 +222,11 @@ class PPOTrainer:
         return metrics
 
     # ------------------------------------------------------------------ the loop
-    def fit(self, progress: bool = True, stop_after: int | None = None) -> list[dict]:
+    def fit(self, progress: bool = True, stop_after: int | None = None, step_lines: bool = False) -> list[dict]:
         """Train to the planned step count (resuming when a checkpoint exists). stop_after: end this
-        process after that many steps with a checkpoint, as an interruption would (tests, preemption)."""
+        process after that many steps with a checkpoint, as an interruption would (tests, preemption).
+        step_lines: without a bar, log one line per step (a run written to a file shows its progress)."""
+        self._step_lines = step_lines and not progress
         cfg = self.cfg
         writer, bar, history = None, None, []
         try:
@@ -310,6 +312,9 @@ class PPOTrainer:
                 if getattr(self, "_held_out", None):  # the latest held-out accuracy stays shown
                     shown += f" held-out {self._held_out}"
                 bar.set_postfix_str(shown, refresh=True)
+            elif getattr(self, "_step_lines", False):
+                self.log(f"step {self.step}/{self.total_steps}: reward {metrics['reward/mean']:.3f} "
+                         f"acc {metrics.get('reward/accuracy', 0):.3f} step {metrics['timing/step']:.1f}s")
             self._count_skips(skip_runs)  # before the save: a stopped run keeps its last good checkpoint
             if cfg.trainer.save_steps and self.step % cfg.trainer.save_steps == 0 and self.step < self.total_steps:
                 self.save()

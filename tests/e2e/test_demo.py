@@ -33,6 +33,8 @@ def test_fre_demo_raises_accuracy(tmp_path):
     assert end - start >= 0.15, (start, end, acc)
     assert all(r["reward/format"] > 0.4 for r in rows)  # the warm-up model keeps the format
     assert (tmp_path / "fre" / "hf" / "model.safetensors").exists()
+    # without a terminal each step is one line (progress in a log file)
+    assert len(re.findall(r"^step \d+/60: reward [\d.]+ acc [\d.]+ step [\d.]+s$", proc.stdout, re.M)) == 60
     summary = proc.stdout[proc.stdout.rindex("\ndone: 60 steps"):]  # the end-of-run summary
     assert re.search(r"^\s+train\s+reward [\d.]+ -> [\d.]+; accuracy ", summary, re.M), summary
     assert re.search(r"^\s+held-out\s+accuracy [\d.]+ -> [\d.]+", summary, re.M), summary
