@@ -217,6 +217,7 @@ def varlen_attention_batched(q, k, v, cu_seqlens, max_seqlen, *, scale=None, cau
     sizes = [len(bk) * lengths[bk[0]] for bk in buckets]
     padded = [torch.index_select(x, 0, gather).split(sizes) for x in (q, k, v)]  # per bucket (B * L, H, D)
     outs, lses = [], []
+    fused_lse = return_lse and _fused_cpu_lse(q)
     for n, bucket in enumerate(buckets):
         b, top = len(bucket), lengths[bucket[0]]
         qb, kb, vb = (x[n].view(b, top, *x[n].shape[1:]).transpose(1, 2) for x in padded)  # (B, H, L, D)
@@ -224,7 +225,7 @@ def varlen_attention_batched(q, k, v, cu_seqlens, max_seqlen, *, scale=None, cau
         if not causal and any(lengths[i] != top for i in bucket):
             lens = torch.tensor([lengths[i] for i in bucket], device=q.device)
             mask = (torch.arange(top, device=q.device)[None] < lens[:, None])[:, None, None, :]  # (B, 1, 1, L)
-        if return_lse and _fused_cpu_lse(q):
+        if fused_lse:
             out, lse = _sdpa_cpu_with_lse(qb, kb, vb, mask, causal, scale)
             outs.append(out.transpose(1, 2).reshape(b * top, *out.shape[1:2], out.shape[-1]))
             lses.append(lse.transpose(1, 2).reshape(b * top, -1))

@@ -111,7 +111,7 @@ class TrainingCluster:
         its metrics and those log-probs per sample in minibatch order (shards are contiguous and
         merged in rank order, each in micro-batch order)."""
         sums = self._train("train_actor", "actor", minibatch, cfg, True)
-        return sums.result(), list(torch.cat(sums.log_probs).split(minibatch.response_lengths))
+        return sums.result(), sums.per_sample_log_probs(minibatch.response_lengths)
 
     def train_critic(self, minibatch: ExperienceBatch, cfg: AlgorithmConfig) -> dict[str, float]:
         return self._train("train_critic", "critic", minibatch, cfg).result()

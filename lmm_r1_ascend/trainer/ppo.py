@@ -312,7 +312,7 @@ class PPOTrainer:
                 if getattr(self, "_held_out", None):  # the latest held-out accuracy stays shown
                     shown += f" held-out {self._held_out}"
                 bar.set_postfix_str(shown, refresh=True)
-            elif getattr(self, "_step_lines", False):
+            elif self._step_lines:
                 self.log(f"step {self.step}/{self.total_steps}: reward {metrics['reward/mean']:.3f} "
                          f"acc {metrics.get('reward/accuracy', 0):.3f} step {metrics['timing/step']:.1f}s")
             self._count_skips(skip_runs)  # before the save: a stopped run keeps its last good checkpoint

@@ -6,8 +6,7 @@ actor updates over seeded mini-batches.
 One function, called by `PPOTrainer.train_step` and by the parity replay
 (`lmm_r1_ascend.parity`), so the replay is the trainer's computation and not a copy of it.
 `workers` is anything with the TrainingCluster methods actor_log_probs, ref_log_probs,
-critic_values, train_critic and train_actor (distributed/cluster.py), and optionally
-train_actor_on_policy.
+critic_values, train_critic, train_actor and train_actor_on_policy (distributed/cluster.py).
 
 When the rollout gets a single actor step (one epoch, one mini-batch) and no reference, the
 recompute forward is folded into that step: its forward, before any weight change, IS the old
@@ -57,19 +56,14 @@ def folds_recompute(workers, batch: ExperienceBatch, alg: AlgorithmConfig, *, tr
     that step's weights are the ones the recompute would use, and nothing before the update
     reads the old log-probs (no reference: the KL-shaped rewards and the kl metric do)."""
     return (alg.old_logprobs == "recompute" and max_epochs == 1 and train_batch_size >= len(batch)
-            and not alg.uses_reference and hasattr(workers, "train_actor_on_policy"))
+            and not alg.uses_reference)
 
 
 def ppo_update(workers, batch: ExperienceBatch, alg: AlgorithmConfig, *, kl_ctl, train_batch_size: int,
                max_epochs: int, seed: int, step: int,
-               timed: Callable[[str], AbstractContextManager] = lambda name: nullcontext(),
-               fold_on_policy: bool = True) -> UpdateResult:
-    """fold_on_policy: take the old log-probs from the update's forward when `folds_recompute`
-    allows (the same numbers as the recompute forward, one forward fewer); False always runs the
-    separate recompute forward (tests compare the two)."""
+               timed: Callable[[str], AbstractContextManager] = lambda name: nullcontext()) -> UpdateResult:
     metrics: dict[str, float] = {}
-    fold = fold_on_policy and folds_recompute(workers, batch, alg, train_batch_size=train_batch_size,
-                                              max_epochs=max_epochs)
+    fold = folds_recompute(workers, batch, alg, train_batch_size=train_batch_size, max_epochs=max_epochs)
     if fold:
         batch = dataclasses.replace(batch, rollout_log_probs=batch.log_probs)
     elif alg.old_logprobs == "recompute":

@@ -69,6 +69,10 @@ class MetricSums:
             out.extremes[key] = pick(out.extremes.get(key, value), value)
         return out
 
+    def per_sample_log_probs(self, lengths: list[int]) -> list[torch.Tensor]:
+        """The collected on-policy log-probs cut into samples of `lengths` response tokens."""
+        return list(torch.cat(self.log_probs).split(lengths))
+
     def result(self) -> dict[str, float]:
         out = dict(self.scalars)
         for key, value in self.sums.items():

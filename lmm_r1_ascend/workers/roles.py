@@ -224,7 +224,7 @@ class ActorWorker(TrainedRole):
         """The rollout's only optimizer step (single process): its metrics and the old log-probs
         its forward computed, per sample (R_i,) float32 on the CPU, in minibatch order."""
         sums = self.train_shard(minibatch, cfg, on_policy=True)
-        return sums.result(), list(torch.cat(sums.log_probs).split(minibatch.response_lengths))
+        return sums.result(), sums.per_sample_log_probs(minibatch.response_lengths)
 
     def log_probs(self, batch: ExperienceBatch, n_chunks: int | None = None) -> list[torch.Tensor]:
         """The current policy's log-probs of the response tokens, under no_grad on the reference
