@@ -27,11 +27,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
+
+from lmm_r1_ascend.models.tiny import build_once
 
 SHAPE_MODELS = ("qwen2.5-vl-3b-shape", "qwen2.5-vl-3b-text-shape")
 BUILDER_VERSION = 1
@@ -190,18 +190,5 @@ def ensure_shape_model(name: str, seed: int = 0, cache_dir: str | os.PathLike | 
     key = hashlib.sha256(f"{base}|{layers}|{vision}|{seed}|{BUILDER_VERSION}|{transformers.__version__}"
                          .encode()).hexdigest()[:12]
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    final = root / f"{base}-L{layers}V{vision}-seed{seed}-{key}"
-    if (final / "lmm_r1_shape.json").exists():
-        return final
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{base}-", dir=root))
-    try:
-        build_shape_model(name, tmp, seed)
-        try:
-            os.rename(tmp, final)
-        except OSError:  # another process finished first: keep theirs
-            if not (final / "lmm_r1_shape.json").exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    return build_once(root / f"{base}-L{layers}V{vision}-seed{seed}-{key}", "lmm_r1_shape.json",
+                      lambda tmp: build_shape_model(name, tmp, seed))

@@ -170,24 +170,31 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("LMM_R1_CACHE", Path.home() / ".cache" / "lmm_r1_ascend")) / "tiny_models"
 
 
+def build_once(final: Path, marker: str, build) -> Path:
+    """`final`, built by build(tmp_dir) the first time: into a temporary sibling renamed into place,
+    so a killed build leaves nothing and concurrent builders keep the first one to finish.
+    marker: the file whose presence in `final` means the build completed."""
+    if (final / marker).exists():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
+    try:
+        build(tmp)
+        try:
+            os.rename(tmp, final)
+        except OSError:  # another process finished first: keep theirs
+            if not (final / marker).exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
 def ensure_tiny_model(name: str, seed: int = 0, cache_dir: str | os.PathLike | None = None) -> Path:
     """The path of tiny model `name`, building it once into the cache (atomically: build aside, rename)."""
     import transformers
 
     key = hashlib.sha256(f"{name}|{seed}|{BUILDER_VERSION}|{transformers.__version__}".encode()).hexdigest()[:12]
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    final = root / f"{name}-seed{seed}-{key}"
-    if (final / "lmm_r1_tiny.json").exists():
-        return final
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
-    try:
-        build_tiny_model(name, tmp, seed)
-        try:
-            os.rename(tmp, final)
-        except OSError:  # another process finished first: keep theirs
-            if not (final / "lmm_r1_tiny.json").exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    return build_once(root / f"{name}-seed{seed}-{key}", "lmm_r1_tiny.json",
+                      lambda tmp: build_tiny_model(name, tmp, seed))
