@@ -109,7 +109,7 @@ def run_ours(workload: str, steps: int, tmp: str) -> dict:
                                                  "timing/train_actor", "timing/train_critic"))
             out.append({"step": m["timing/step"], "generation": m["timing/rollout"], "update": update,
                         "response_tokens": m["response_length/mean"] * cfg.rollout.rollout_batch_size
-                        * cfg.algorithm.n_samples_per_prompt, "reward": m["reward/mean"]})
+                        * cfg.algorithm.n_samples_per_prompt})
     finally:
         trainer.parts.close()
     return {"steps": out[1:], "peak_rss_mb": _peak_rss_mb(),
