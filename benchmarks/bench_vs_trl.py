@@ -105,7 +105,7 @@ def run_ours(workload: str, steps: int, tmp: str) -> dict:
     try:
         for _ in range(steps + 1):
             m = trainer.train_step()
-            update = sum(m.get(k, 0.0) for k in ("timing/old_log_probs", "timing/ref_log_probs", "timing/values",
+            update = sum(m.get(k, 0.0) for k in ("timing/old_log_probs", "timing/reference", "timing/critic_forward",
                                                  "timing/train_actor", "timing/train_critic"))
             out.append({"step": m["timing/step"], "generation": m["timing/rollout"], "update": update,
                         "response_tokens": m["response_length/mean"] * cfg.rollout.rollout_batch_size
