@@ -212,6 +212,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if cfg.rollout.micro_rollout_batch_size < 1:
         raise ConfigError(f"rollout.micro_rollout_batch_size: must be >= 1, got {cfg.rollout.micro_rollout_batch_size}")
     _validate_distributed(cfg)
+    _validate_async(cfg)
     r = cfg.reward
     if r.overlong_shaping and not 0 < r.overlong_buffer_len <= cfg.rollout.max_new_tokens:
         raise ConfigError(f"reward.overlong_buffer_len ({r.overlong_buffer_len}) must be in [1, rollout.max_new_tokens "
@@ -278,6 +279,32 @@ def _validate_distributed(cfg: TrainConfig) -> None:
         raise ConfigError(f"trainer.train_batch_size ({cfg.trainer.train_batch_size}) must be >= the data-parallel "
                           f"replicas (distributed.world_size / sequence_parallel_size = {replicas}): "
                           "every rank needs samples (the ranks of one SP group share theirs)")
+
+
+ASYNC_MODES = ("sync", "one_step_off", "bounded")
+
+
+def _validate_async(cfg: TrainConfig) -> None:
+    r, d = cfg.rollout, cfg.distributed
+    if r.async_mode not in ASYNC_MODES:
+        raise ConfigError(f"rollout.async_mode: must be one of {', '.join(ASYNC_MODES)}, got '{r.async_mode}'")
+    s = r.max_staleness
+    if isinstance(s, bool) or not isinstance(s, int) or s < 1:
+        raise ConfigError(f"rollout.max_staleness: must be an int >= 1 (sync mode is staleness 0), got {s!r}")
+    if r.async_mode == "one_step_off" and s != 1:
+        raise ConfigError(f"rollout.max_staleness={s} with async_mode=one_step_off, which is one version by "
+                          "definition: use rollout.async_mode=bounded to allow more")
+    if r.async_mode == "sync":
+        return
+    if d.mode != "ray" or d.rollout_engines < 1:
+        where = "in this process" if d.mode == "local" else "inside the training ranks (rollout_engines=0)"
+        raise ConfigError(f"rollout.async_mode={r.async_mode} generates while the ranks train, which needs rollout "
+                          f"engines on devices of their own, but this placement runs them {where}: set "
+                          "distributed.mode=ray and distributed.rollout_engines >= 1, or rollout.async_mode=sync")
+    if cfg.algorithm.old_logprobs != "recompute":
+        raise ConfigError(f"rollout.async_mode={r.async_mode} trains on samples from older weights: the PPO ratio "
+                          "needs the trainer's recomputed log-probs as its proximal policy (decoupled PPO), so "
+                          f"set algorithm.old_logprobs=recompute (got {cfg.algorithm.old_logprobs})")
 
 
 def _validate_eval(cfg: TrainConfig) -> None:

@@ -64,6 +64,14 @@ class RolloutConfig:
       cache: rows x (prompt + max_new_tokens) x layers x 2 x kv_heads x head_dim x bytes
       (Qwen2.5-VL-3B in bf16: 36 KiB per token, ~300 MB per 8k-token row), which is why the
       paper recipes keep 1-2 prompts x 16 samples; use vLLM there.
+    async_mode: sync (generate, then train, then sync weights: exact, resumable bit for bit) |
+      one_step_off (engine actors generate the next batch while the ranks train on this one:
+      each batch is one weight version behind) | bounded (engine actors run up to
+      max_staleness versions ahead). Async modes need engine actors on devices of their own
+      (distributed.mode=ray, rollout_engines >= 1) and old_logprobs=recompute: the update is
+      decoupled PPO, see docs/async_rollout.md.
+    max_staleness: bounded mode: how many weight versions a sample may lag the trainer
+      (>= 1; one_step_off is bounded with 1, sync is 0).
     """
 
     engine: str = "hf"
@@ -76,6 +84,8 @@ class RolloutConfig:
     vllm_tensor_parallel_size: int = 1
     vllm_gpu_memory_utilization: float = 0.5
     vllm_enable_sleep: bool = True
+    async_mode: str = "sync"
+    max_staleness: int = 1
 
 
 @dataclass

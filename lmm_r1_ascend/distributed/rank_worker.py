@@ -63,6 +63,8 @@ class TrainRank:
             self.rollout = build_rollout_engine(self.cfg, actor_path, self.device, self.actor.model.dtype)
         self._sync_group = None
         self._meta: list | None = None
+        self._sender = None  # async modes: rank 0's weight-send thread (stage_weights)
+        self._sends: list = []  # its futures, oldest first
 
     def _init_process_group(self, master: tuple[str, int] | None) -> None:
         import torch.distributed as dist
@@ -174,6 +176,43 @@ class TrainRank:
 
         return send_buckets(self._sync_group, meta, named, bucket_bytes=self._bucket_bytes())
 
+    def stage_weights(self, meta: list) -> int:
+        """Async rollout: every rank gathers (ZeRO-3); rank 0 copies the full weights to host
+        memory and returns at once, while a thread of its own broadcasts that copy to the engines
+        whenever they take it (RolloutActor.receive_weights, queued behind their generation).
+        Training goes on meanwhile: the copy, not the live weights, is sent. Snapshots are sent
+        in order, one per call; rank 0 holds one host copy per send the engines have not taken
+        yet (at most max_staleness + 1). A failed send is raised by the next call."""
+        named = self.actor.named_weights(self._bucket_bytes())
+        if self.rank != 0:
+            for _ in named:
+                pass
+            return 0
+        self._raise_failed_sends()
+        snapshot = [(name, tensor.detach().to("cpu", copy=True)) for name, tensor in named]
+        if self._sender is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="weight-send")
+        from lmm_r1_ascend.kernels.weight_sync import send_buckets
+
+        # gloo sends from host memory; nccl / hccl need each bucket on this rank's device
+        device = "cpu" if self.backend.distributed_backend() == "gloo" else self.device
+        self._sends.append(self._sender.submit(send_buckets, self._sync_group, meta, snapshot,
+                                               bucket_bytes=self._bucket_bytes(), device=device))
+        return len(snapshot)
+
+    def _raise_failed_sends(self) -> None:
+        while self._sends and self._sends[0].done():
+            self._sends.pop(0).result()  # re-raises the send thread's error
+
+    def finish_weight_sends(self) -> int:
+        """Wait for the staged sends (the engines must be taking them); returns how many there were."""
+        n = len(self._sends)
+        while self._sends:
+            self._sends.pop(0).result()
+        return n
+
     # ------------------------------------------------------------------ checkpoints and export
     def save(self, directory: str) -> None:
         """Weights (full, model's own names, rank 0) and engine states (every rank) into a checkpoint directory."""
@@ -222,6 +261,9 @@ class TrainRank:
         return {name: worker for name, worker in workers.items() if worker is not None}
 
     def close(self) -> None:
+        if self._sender is not None:  # a send no engine will take must not keep the process alive
+            self._sender.shutdown(wait=False, cancel_futures=True)
+            self._sender = None
         if self.rollout is not None:
             self.rollout.close()
             self.rollout = None

@@ -15,38 +15,57 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+import time
+from dataclasses import dataclass, field
 
 import torch
 
 from lmm_r1_ascend.config import TrainConfig, to_dict
-from lmm_r1_ascend.distributed.ray_group import RayWorkerGroup, gather_calls
+from lmm_r1_ascend.distributed.ray_group import RayWorkerGroup, gather_calls, wait_all
 from lmm_r1_ascend.distributed.worker_group import WorkerGroup
 from lmm_r1_ascend.rollout.registry import engine_class
 
 
-def split_generate(group: WorkerGroup, engine_ranks: int, prompts: list, sampling) -> list:
-    """Contiguous prompt chunks over the first `engine_ranks` ranks of `group`; rank k samples
-    with seed + k (so rank 0 alone reproduces a single engine's run); prompt indices global."""
-    k_engines = min(engine_ranks, len(prompts))
-    bounds = [round(i * len(prompts) / k_engines) for i in range(k_engines + 1)]
-    args: list[Any] = []
-    for k in range(group.world_size):
-        if k < k_engines:
-            seed = None if sampling.seed is None else sampling.seed + k
-            args.append((prompts[bounds[k]:bounds[k + 1]], dataclasses.replace(sampling, seed=seed)))
-        else:
-            args.append(None)
-    results = group.call_each("generate", args)
+def staleness_bound(rollout_cfg) -> int:
+    """Weight versions a sample may lag the trainer: 0 (rollout.async_mode=sync), 1
+    (one_step_off), rollout.max_staleness (bounded)."""
+    return {"sync": 0, "one_step_off": 1}.get(rollout_cfg.async_mode, rollout_cfg.max_staleness)
+
+
+def engine_chunks(n_prompts: int, n_engines: int, world_size: int, sampling) -> list[tuple | None]:
+    """Per rank of a `world_size` group: (start, end, sampling) for the first min(n_engines,
+    n_prompts) ranks (contiguous prompt chunks; rank k samples with seed + k, so rank 0 alone
+    reproduces a single engine's run), None for the others."""
+    k_engines = min(n_engines, n_prompts)
+    bounds = [round(i * n_prompts / k_engines) for i in range(k_engines + 1)]
+    out: list[tuple | None] = []
+    for k in range(world_size):
+        seed = None if sampling.seed is None else sampling.seed + k
+        out.append((bounds[k], bounds[k + 1], dataclasses.replace(sampling, seed=seed)) if k < k_engines else None)
+    return out
+
+
+def merge_chunks(chunks: list[tuple | None], results: list) -> list:
+    """The samples of every chunk in rank order, prompt indices made global."""
     samples = []
-    for k in range(k_engines):
-        for s in results[k]:
-            samples.append(dataclasses.replace(s, prompt_index=s.prompt_index + bounds[k]))
+    for chunk, part in zip(chunks, results):
+        if chunk is not None:
+            samples += [dataclasses.replace(s, prompt_index=s.prompt_index + chunk[0]) for s in part]
     return samples
 
 
+def split_generate(group: WorkerGroup, engine_ranks: int, prompts: list, sampling) -> list:
+    """Contiguous prompt chunks over the first `engine_ranks` ranks of `group` (engine_chunks)."""
+    chunks = engine_chunks(len(prompts), engine_ranks, group.world_size, sampling)
+    results = group.call_each("generate", [None if c is None else (prompts[c[0]:c[1]], c[2]) for c in chunks])
+    return merge_chunks(chunks, results)
+
+
 class InProcessRollout:
-    """every_rank: an engine in each training rank (else in rank 0 only)."""
+    """every_rank: an engine in each training rank (else in rank 0 only). Always synchronous:
+    its engines are the ranks' own, updated in place (version stays 0: nothing is ever stale)."""
+
+    version = 0
 
     def __init__(self, train: WorkerGroup, cfg: TrainConfig, every_rank: bool = False):
         self.train, self.cfg, self.every_rank = train, cfg, every_rank
@@ -65,12 +84,59 @@ class InProcessRollout:
     def sync_weights(self) -> int:
         return self.train.call("sync_weights_in_process")[0]
 
+    def metrics(self) -> dict[str, float]:  # engines and ranks share the processes: no idle figures
+        return {}
+
     def close(self) -> None:  # the engines belong to the ranks and close with them
         pass
 
 
+@dataclass
+class PendingGeneration:
+    """A generate() submitted to the engine actors and not collected yet."""
+
+    chunks: list[tuple | None]
+    entries: list[tuple]  # the engines' (group, rank, ref, method), from RayWorkerGroup.submit
+    receives: list[tuple]  # weight receives submitted before it (done by the time it is)
+
+
+@dataclass
+class GenerationMeter:
+    """Where the time goes with engine actors: each engine's generation time (from the actor's
+    clock, exact: an actor runs one call at a time, so every interval before its latest
+    return is known) and the controller's waits for generation. Fractions over the run so far."""
+
+    engines: int
+    start: float | None = None
+    busy_s: list[float] = field(default_factory=list)
+    last_end: list[float] = field(default_factory=list)
+    wait_s: float = 0.0
+
+    def begin(self) -> None:
+        if self.start is None:
+            self.start = time.time()
+            self.busy_s, self.last_end = [0.0] * self.engines, [self.start] * self.engines
+
+    def record(self, rank: int, begin: float, end: float) -> None:
+        self.busy_s[rank] += end - begin
+        self.last_end[rank] = max(self.last_end[rank], end)
+
+    def metrics(self) -> dict[str, float]:
+        """rollout/engine_idle_frac: 1 - generation time / time since the first generate, per engine
+        (up to its latest return), averaged; rollout/trainer_idle_frac: the controller's waits for
+        generation (the ranks have nothing to do meanwhile) over the time since the first generate."""
+        if self.start is None:
+            return {}
+        idle = [1 - b / max(e - self.start, 1e-9) for b, e in zip(self.busy_s, self.last_end) if e > self.start]
+        out = {"rollout/trainer_idle_frac": self.wait_s / max(time.time() - self.start, 1e-9)}
+        if idle:
+            out["rollout/engine_idle_frac"] = sum(idle) / len(idle)
+        return out
+
+
 class RemoteRollout:
-    """engines: a WorkerGroup of RolloutActor; train: the training ranks (rank 0 sends weights)."""
+    """engines: a WorkerGroup of RolloutActor; train: the training ranks (rank 0 sends weights).
+    version: the trainer weight version the engines were last sent (pushes so far)."""
 
     def __init__(self, engines: WorkerGroup, train: WorkerGroup, cfg: TrainConfig, processes_per_engine: int):
         self.engines, self.train, self.cfg = engines, train, cfg
@@ -81,19 +147,62 @@ class RemoteRollout:
         gather_calls([(train, "init_weight_sync", [(host, port, world)] * train.world_size),
                        (engines, "init_weight_sync", offsets)])
         self.meta = train.call("weights_meta")[0]
+        self.version = 0
+        self.meter = GenerationMeter(engines.world_size)
+        self._receives: list[tuple] = []  # pushed weights the engines have not been seen to take
 
     def describe(self) -> str:
-        return (f"{self.engines.world_size} {self.cfg.rollout.engine} engine actor(s), broadcast weight sync "
-                f"({self.cfg.distributed.weight_sync_bucket_mb} MB buckets)")
+        r = self.cfg.rollout
+        mode = "" if r.async_mode == "sync" else f", async {r.async_mode} (staleness <= {staleness_bound(r)})"
+        return (f"{self.engines.world_size} {r.engine} engine actor(s), broadcast weight sync "
+                f"({self.cfg.distributed.weight_sync_bucket_mb} MB buckets){mode}")
+
+    def metrics(self) -> dict[str, float]:
+        return self.meter.metrics()
+
+    def submit(self, prompts: list, sampling) -> PendingGeneration:
+        """Start generating on the engines (contiguous prompt chunks, engine k with seed + k) and
+        return at once; each engine runs it after what it was given before (weights included)."""
+        self.meter.begin()
+        chunks = engine_chunks(len(prompts), self.engines.world_size, self.engines.world_size, sampling)
+        entries = self.engines.submit("generate_timed", [None if c is None else (prompts[c[0]:c[1]], c[2])
+                                                         for c in chunks])
+        return PendingGeneration(chunks, entries, list(self._receives))
+
+    def collect(self, pending: PendingGeneration) -> list:
+        """The samples of a submitted generation (waiting for them; a dead engine raises WorkerDiedError)."""
+        start = time.time()
+        results = wait_all(pending.receives + pending.entries)[len(pending.receives):]
+        self.meter.wait_s += time.time() - start
+        taken = {id(e) for e in pending.receives}
+        self._receives = [e for e in self._receives if id(e) not in taken]
+        parts: list = [None] * self.engines.world_size
+        for (_, rank, _, _), (samples, begin, end) in zip(pending.entries, results):
+            parts[rank] = samples
+            self.meter.record(rank, begin, end)
+        return merge_chunks(pending.chunks, parts)
 
     def generate(self, prompts: list, sampling) -> list:
-        """Contiguous prompt chunks per engine; engine k samples with seed + k (see split_generate)."""
-        return split_generate(self.engines, self.engines.world_size, prompts, sampling)
+        return self.collect(self.submit(prompts, sampling))
 
     def sync_weights(self) -> int:
+        """Send the actor's weights and wait until every engine has them (sync mode, resume)."""
+        self.version += 1
+        n = self.engines.world_size
         counts = gather_calls([(self.train, "send_weights", [(self.meta,)] * self.train.world_size),
-                                (self.engines, "receive_weights", [(self.meta, self.bucket_bytes)] * self.engines.world_size)])
+                                (self.engines, "receive_weights", [(self.meta, self.bucket_bytes, self.version)] * n)])
         return counts[0][0]
+
+    def push_weights(self) -> int:
+        """Async modes: the ranks stage the weights (rank 0 copies them to host memory and sends
+        from a thread, TrainRank.stage_weights) and training goes on at once; every engine takes
+        them after the generation it is running, so what is submitted from now on samples with
+        them (version + 1)."""
+        self.version += 1
+        count = self.train.call("stage_weights", self.meta)[0]
+        self._receives += self.engines.submit("receive_weights", [(self.meta, self.bucket_bytes, self.version)]
+                                              * self.engines.world_size)
+        return count
 
     def close(self) -> None:
         self.engines.close()
@@ -119,16 +228,25 @@ class RolloutActor:
         self.engine = build_rollout_engine(self.cfg, actor_path, self.device, dtype)
         self.rank = rank
         self._group = None
+        self.version = 0  # the trainer weight version this engine holds (RolloutSample.weight_version)
 
     def generate(self, prompts: list, sampling) -> list:
-        return self.engine.generate(prompts, sampling)
+        return [dataclasses.replace(s, weight_version=self.version) for s in self.engine.generate(prompts, sampling)]
+
+    def generate_timed(self, prompts: list, sampling) -> tuple[list, float, float]:
+        """(samples, start, end): generate() and when it ran (time.time() of this process)."""
+        begin = time.time()
+        samples = self.generate(prompts, sampling)
+        return samples, begin, time.time()
 
     def init_weight_sync(self, host: str, port: int, rank_offset: int, world_size: int) -> None:
         self.engine.join_weight_sync(host, port, rank_offset, world_size, self.backend.distributed_backend(),
                                      self.cfg.distributed.timeout_s)
 
-    def receive_weights(self, meta: list, bucket_bytes: int) -> int:
-        return self.engine.receive_weights(meta, bucket_bytes)
+    def receive_weights(self, meta: list, bucket_bytes: int, version: int) -> int:
+        count = self.engine.receive_weights(meta, bucket_bytes)
+        self.version = version
+        return count
 
     def close(self) -> None:
         self.engine.close()

@@ -113,6 +113,9 @@ class RolloutSample:
         because the experience batch carries it.
     finish_reason: "stop" (ended with a stop token) or "length" (hit max_new_tokens).
     prompt: the PromptItem itself (images, label, datasource, meta pass through).
+    weight_version: the trainer weight version the engine sampled with (how many weight
+        pushes it had received; the trainer's staleness of the sample is its own version
+        minus this one). 0 for engines that are updated in place.
     """
 
     prompt_index: int
@@ -123,6 +126,7 @@ class RolloutSample:
     action_mask: torch.Tensor
     finish_reason: str
     prompt: PromptItem = field(repr=False)
+    weight_version: int = 0
 
     @property
     def multimodal(self) -> dict[str, torch.Tensor]:

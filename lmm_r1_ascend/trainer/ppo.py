@@ -8,6 +8,10 @@ weights -> reference log-probs and critic values on packed micro-batches -> KL-s
 advantages -> critic update -> actor update -> new actor weights into the rollout engine
 -> metrics -> checkpoint. The controller only
 holds small CPU tensors; the workers own the models.
+
+With rollout.async_mode one_step_off | bounded the engine actors generate the next batches
+while the ranks train (trainer/async_rollout.py): the step takes a batch generated ahead,
+and pushes the new weights without waiting for the engines.
 """
 
 from __future__ import annotations
@@ -25,11 +29,13 @@ from lmm_r1_ascend.algorithms.kl import make_kl_controller
 from lmm_r1_ascend.algorithms.rollout_correction import MISMATCH_WARNING_CAUSES
 from lmm_r1_ascend.backends import get_backend
 from lmm_r1_ascend.config import TrainConfig, to_dict
+from lmm_r1_ascend.distributed.rollout_client import staleness_bound
 from lmm_r1_ascend.distributed.worker_group import WorkerDiedError
 from lmm_r1_ascend.engines.base import NonFiniteError
 from lmm_r1_ascend.experience import ExperienceBatch
 from lmm_r1_ascend.rollout.base import RolloutSample, SamplingConfig
 from lmm_r1_ascend.trainer import checkpoint as ckpt
+from lmm_r1_ascend.trainer.async_rollout import AsyncRollout, staleness_metrics
 from lmm_r1_ascend.trainer.metrics import MetricsWriter
 from lmm_r1_ascend.trainer.ppo_update import ppo_update
 from lmm_r1_ascend.config.errors import SetupError
@@ -62,6 +68,18 @@ class PPOTrainer:
         self.sampling = SamplingConfig(
             n=alg.n_samples_per_prompt, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
             top_k=cfg.rollout.top_k, max_new_tokens=cfg.rollout.max_new_tokens)
+        self.async_rollout = None
+        if cfg.rollout.async_mode != "sync":  # config validation ensures engine actors (RemoteRollout)
+            self.async_rollout = AsyncRollout(
+                c.rollout, bound=staleness_bound(cfg.rollout), take_prompts=self._next_prompts,
+                data_state=c.dataset.state_dict, sampling=self.sampling, seed=cfg.seed,
+                steps_after=lambda: self.total_steps - self.step - 1)
+            if not alg.corrections:
+                self.log(f"warning: rollout.async_mode={cfg.rollout.async_mode} trains on samples from weights up to "
+                         f"{staleness_bound(cfg.rollout)} update(s) old with algorithm.rollout_correction=none: the PPO "
+                         "ratio is taken against the recomputed (proximal) policy, but nothing reweights for the "
+                         "policy that sampled them; token_tis gives decoupled PPO's importance weight "
+                         "(docs/async_rollout.md)")
 
     def log(self, text: str) -> None:
         """A message of the run: printed above the progress bar (which is redrawn), not through it."""
@@ -93,6 +111,8 @@ class PPOTrainer:
                              "world size mid-run is not supported; trainer.resume=false starts over)")
         c.cluster.load(path)
         c.dataset.load_state_dict(state["data"])
+        if self.async_rollout is not None:  # in-flight draws were dropped: regenerate from the oldest
+            self.async_rollout.load_resume_state(state.get("async", {"draw": int(state["step"])}))
         self.kl_ctl.value = float(state["kl_coef"])
         self.step = int(state["step"])
         if self.validator is not None:
@@ -108,6 +128,9 @@ class PPOTrainer:
 
         state = {"data": c.dataset.state_dict(), "kl_coef": self.kl_ctl.value,
                  "world_size": c.cluster.world_size, "fingerprint": fp.run_fingerprint(self.cfg, fp.model_info(self.cfg))}
+        if self.async_rollout is not None:  # the dataset position before the oldest unconsumed draw
+            state["async"] = self.async_rollout.resume_state()
+            state["data"] = state["async"]["data"]
         if self.validator is not None:
             state["eval"] = self.validator.state_dict()
         return ckpt.save_checkpoint(self.out, self.step, state, c.cluster.save,
@@ -138,10 +161,13 @@ class PPOTrainer:
         """The k-th prompt batch of this step (k > 0 only under dynamic sampling), sampled and scored."""
         c, cfg = self.parts, self.cfg
         with timed("rollout"):
-            prompts = self._next_prompts()
-            # draw 0 keeps the seed it always had; further draws get seeds no other step uses
-            sampling = dataclasses.replace(self.sampling, seed=cfg.seed * 100003 + self.step + k * 1_000_003)
-            samples = c.rollout.generate(prompts, sampling)
+            if self.async_rollout is not None:  # generated ahead, up to the staleness bound
+                samples = self.async_rollout.take()
+            else:
+                prompts = self._next_prompts()
+                # draw 0 keeps the seed it always had; further draws get seeds no other step uses
+                sampling = dataclasses.replace(self.sampling, seed=cfg.seed * 100003 + self.step + k * 1_000_003)
+                samples = c.rollout.generate(prompts, sampling)
         with timed("reward"):
             scored = c.score_samples(samples)
             r = cfg.reward
@@ -165,6 +191,7 @@ class PPOTrainer:
     def train_step(self) -> dict[str, float]:
         c, cfg, alg = self.parts, self.cfg, self.cfg.algorithm
         timings: dict[str, float] = {}
+        version = c.rollout.version  # the weights this step trains (the staleness of its samples is against them)
 
         @contextmanager
         def timed(name: str):
@@ -182,7 +209,11 @@ class PPOTrainer:
                 batch = self._experience(got.samples, got.scored.totals, got.scored.info)
                 upd = ppo_update(c.cluster, batch, alg, kl_ctl=self.kl_ctl, train_batch_size=cfg.trainer.train_batch_size,
                                  max_epochs=cfg.trainer.max_epochs, seed=cfg.seed, step=self.step, timed=timed)
-                with timed("weight_sync"):
+            with timed("weight_sync"):
+                if self.async_rollout is not None:
+                    depth = self.async_rollout.depth_seen
+                    self.async_rollout.end_step(updated=upd is not None)
+                elif upd is not None:
                     c.rollout.sync_weights()
         self.step += 1
         drawn = got.drawn
@@ -193,7 +224,11 @@ class PPOTrainer:
             "response_length/mean": float(lengths.mean()), "response_length/max": float(lengths.max()),
             "response_length/clip_ratio": sum(s.finish_reason == "length" for s in drawn) / len(drawn),
             **got.metrics,
+            **staleness_metrics(got.samples or drawn, version),
+            **c.rollout.metrics(),
         }
+        if self.async_rollout is not None:
+            metrics["rollout/queue_depth"] = float(depth)
         self.step_skips = {}  # role -> skipped (1.0) or applied (0.0) per optimizer step, in order
         if upd is not None:
             self._check_mismatch(upd.metrics, step=self.step)  # self.step already counts this step
