@@ -26,6 +26,7 @@ are counted exactly on the meta device (no weights are read). Per device, in GB 
       vllm_gpu_memory_utilization x device memory (weights + KV cache inside it), released
       for training when vllm_enable_sleep is on (then the larger phase counts, not the sum).
   runtime          the process / device context (CPU: Python, torch and libraries' RSS).
+  offloaded        backend cpu only: offloaded state, which on a CPU stays in the same RAM.
 
 The estimate was checked against measured per-rank peaks (benchmarks/bench_real_shape.py,
 docs/memory_plan.md); it is meant to be within 25 % of them, not exact.
@@ -245,6 +246,11 @@ def estimate(cfg, *, devices: int, device_memory_gb: float, backend: str = "cuda
                      f"{ro.vllm_tensor_parallel_size}): not counted here")
     parts["rollout"] = rollout_resident
     parts["runtime"] = RUNTIME_GB.get(backend, 0.6) * GB
+    if backend == "cpu" and host:
+        # On CPU the "host" DeepSpeed offloads to is the rank's own RAM: nothing leaves the device
+        # (measured: mgt_sokoban ZeRO-3 x 2 with offload_optimizer was killed earlier, not later).
+        parts["offloaded"] = host
+        notes.append(f"backend cpu: the {host / GB:.1f} GB offloaded stay in the same RAM (counted in the total)")
     resident = sum(parts.values())
     transient = max(train_transient, rollout_transient)  # phases run one after another
     parts["activations"] = act

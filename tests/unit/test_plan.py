@@ -80,6 +80,22 @@ def test_verdict_and_the_smallest_change_that_fits():
     assert estimate(fixed, devices=devices, device_memory_gb=32).fits
 
 
+def test_offload_frees_device_memory_on_accelerators_but_not_on_cpu():
+    """On CPU the host DeepSpeed offloads to is the same RAM: the total keeps the offloaded state."""
+    base = ["model.pretrain=qwen2.5-vl-3b-shape:layers=1,vision_layers=1", "model.dtype=bfloat16",
+            "distributed.train_engine=deepspeed", "distributed.zero_stage=3", "trainer.max_tokens_per_micro_batch=1024"]
+    for backend in ("cuda", "cpu"):
+        plain = estimate(_cfg("mgt_sokoban", *base), devices=2, device_memory_gb=24, backend=backend, steps=1)
+        off = estimate(_cfg("mgt_sokoban", *base, "distributed.offload_optimizer=true"), devices=2, device_memory_gb=24,
+                       backend=backend, steps=1)
+        assert off.host_gb > 3
+        if backend == "cuda":
+            assert off.total_gb < plain.total_gb - 3 and "offloaded" not in off.parts
+        else:
+            assert off.parts["offloaded"] == off.host_gb and off.total_gb >= plain.total_gb - 0.05
+            assert any("same RAM" in n for n in off.notes)
+
+
 def _plan(*args):
     return subprocess.run([sys.executable, "-m", "lmm_r1_ascend.plan", *args], capture_output=True, text=True,
                           timeout=120)
