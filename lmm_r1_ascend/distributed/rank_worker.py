@@ -206,13 +206,6 @@ class TrainRank:
         while self._sends and self._sends[0].done():
             self._sends.pop(0).result()  # re-raises the send thread's error
 
-    def finish_weight_sends(self) -> int:
-        """Wait for the staged sends (the engines must be taking them); returns how many there were."""
-        n = len(self._sends)
-        while self._sends:
-            self._sends.pop(0).result()
-        return n
-
     # ------------------------------------------------------------------ checkpoints and export
     def save(self, directory: str) -> None:
         """Weights (full, model's own names, rank 0) and engine states (every rank) into a checkpoint directory."""

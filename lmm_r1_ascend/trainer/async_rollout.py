@@ -61,7 +61,6 @@ class AsyncRollout:
         self._take_prompts, self._data_state, self._steps_after = take_prompts, data_state, steps_after
         self.queue: list[Draw] = []
         self.next_index = 0
-        self.depth_seen = 0  # queue depth when the latest draw was taken
 
     # ------------------------------------------------------------------ the queue
     def _submit(self) -> None:
@@ -78,7 +77,6 @@ class AsyncRollout:
 
     def take(self) -> list[RolloutSample]:
         """The oldest draw's samples, for the step running now (its update still to come)."""
-        self.depth_seen = len(self.queue)
         if not self.queue:  # needed now: sampled with the latest weights
             self._submit()
         draw = self.queue.pop(0)

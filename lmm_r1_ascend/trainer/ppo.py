@@ -192,6 +192,7 @@ class PPOTrainer:
         c, cfg, alg = self.parts, self.cfg, self.cfg.algorithm
         timings: dict[str, float] = {}
         version = c.rollout.version  # the weights this step trains (the staleness of its samples is against them)
+        depth = len(self.async_rollout.queue) if self.async_rollout is not None else 0  # draws generated ahead
 
         @contextmanager
         def timed(name: str):
@@ -211,7 +212,6 @@ class PPOTrainer:
                                  max_epochs=cfg.trainer.max_epochs, seed=cfg.seed, step=self.step, timed=timed)
             with timed("weight_sync"):
                 if self.async_rollout is not None:
-                    depth = self.async_rollout.depth_seen
                     self.async_rollout.end_step(updated=upd is not None)
                 elif upd is not None:
                     c.rollout.sync_weights()
