@@ -14,6 +14,8 @@ still being filled, never the whole model.
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterable, Iterator
 from datetime import timedelta
 
@@ -109,3 +111,29 @@ def receive_buckets(group, meta: Meta, *, bucket_bytes: int, src: int = 0,
             group_broadcast(group, flat.view(torch.uint8), src)
         for i, piece in zip(bucket.indices, flat.split(list(bucket.numels))):
             yield meta[i][0], piece.view(meta[i][1])
+
+
+class ReadyFlags:
+    """Receivers say, per weight version, that they are about to join its broadcast; the sender
+    waits for all of them before starting it. An asynchronous push (trainer rank 0 sends from
+    a thread while the engines finish the generations queued before the push) must not start
+    the broadcast early: its timeout would run while the engines are still generating, and on
+    nccl / hccl the pending collective would hold back the sender's device stream.
+
+    A TCPStore of its own (rank 0 hosts it on `port`), independent of the group's store, so it
+    works alongside any group helper (ours or vLLM's)."""
+
+    def __init__(self, host: str, port: int, *, is_master: bool, timeout_s: float = 1800):
+        self.store = dist.TCPStore(host, int(port), is_master=is_master, timeout=timedelta(seconds=timeout_s),
+                                   wait_for_workers=False)
+
+    def announce(self, version: int) -> None:
+        self.store.add(f"ready/{version}", 1)
+
+    def wait(self, version: int, count: int, *, stop: threading.Event | None = None, poll_s: float = 0.01) -> None:
+        """Until `count` receivers announced `version` (no deadline: they may be generating for
+        long; `stop` set raises RuntimeError, so a closing process does not wait forever)."""
+        while self.store.add(f"ready/{version}", 0) < count:
+            if stop is not None and stop.is_set():
+                raise RuntimeError(f"weight version {version}: stopped while waiting for {count} receiver(s)")
+            time.sleep(poll_s)

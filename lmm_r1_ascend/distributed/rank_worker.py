@@ -10,6 +10,7 @@ collective: all ranks must call it, with the same forward/backward counts.
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import torch
@@ -65,6 +66,8 @@ class TrainRank:
         self._meta: list | None = None
         self._sender = None  # async modes: rank 0's weight-send thread (stage_weights)
         self._sends: list = []  # its futures, oldest first
+        self._ready = None  # rank 0: where the engines say they are ready for a version (ReadyFlags)
+        self._stop = threading.Event()  # set at close: a send still waiting for the engines gives up
 
     def _init_process_group(self, master: tuple[str, int] | None) -> None:
         import torch.distributed as dist
@@ -155,12 +158,16 @@ class TrainRank:
         """[(name, shape, dtype)] of the weights in send order (collective under ZeRO-3)."""
         return [(name, tuple(t.shape), t.dtype) for name, t in self.actor.named_weights(self._bucket_bytes())]
 
-    def init_weight_sync(self, host: str, port: int, world_size: int) -> None:
+    def init_weight_sync(self, host: str, port: int, world_size: int, ready_port: int) -> None:
         """Rank 0 joins the side group with the rollout engines as its rank 0 (the sender), the
-        group kind the configured engine joins (RolloutEngine.sender_group)."""
+        group kind the configured engine joins (RolloutEngine.sender_group), and hosts the
+        engines' ready flags on ready_port (kernels/weight_sync.ReadyFlags)."""
         if self.rank != 0:
             return
+        from lmm_r1_ascend.kernels.weight_sync import ReadyFlags
         from lmm_r1_ascend.rollout.registry import engine_class
+
+        self._ready = ReadyFlags(host, ready_port, is_master=True, timeout_s=self.cfg.distributed.timeout_s)
 
         self._sync_group = engine_class(self.cfg.rollout.engine).sender_group(
             host, port, world_size, self.backend.distributed_backend(), self.cfg.distributed.timeout_s)
@@ -176,31 +183,35 @@ class TrainRank:
 
         return send_buckets(self._sync_group, meta, named, bucket_bytes=self._bucket_bytes())
 
-    def stage_weights(self, meta: list) -> int:
+    def stage_weights(self, meta: list, version: int, engines: int) -> int:
         """Async rollout: every rank gathers (ZeRO-3); rank 0 copies the full weights to host
-        memory and returns at once, while a thread of its own broadcasts that copy to the engines
-        whenever they take it (RolloutActor.receive_weights, queued behind their generation).
-        Training goes on meanwhile: the copy, not the live weights, is sent. Snapshots are sent
-        in order, one per call; rank 0 holds one host copy per send the engines have not taken
-        yet (at most max_staleness + 1). A failed send is raised by the next call."""
+        memory and returns at once, while a thread of its own broadcasts that copy as weight
+        `version` once all `engines` engine actors say they are ready for it (they take it after
+        the generations queued before it: RolloutActor.receive_weights). Training goes on
+        meanwhile: the copy, not the live weights, is sent. Snapshots are sent in order, one per
+        call; rank 0 holds one host copy per send the engines have not taken yet (at most
+        max_staleness + 1). A failed send is raised by the next call."""
         named = self.actor.named_weights(self._bucket_bytes())
         if self.rank != 0:
             for _ in named:
                 pass
             return 0
-        self._raise_failed_sends()
         snapshot = [(name, tensor.detach().to("cpu", copy=True)) for name, tensor in named]
+        self._raise_failed_sends()  # after the gathers: the other ranks are not left inside one
         if self._sender is None:
             from concurrent.futures import ThreadPoolExecutor
 
             self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="weight-send")
+        self._sends.append(self._sender.submit(self._send_when_ready, meta, snapshot, version, engines))
+        return len(snapshot)
+
+    def _send_when_ready(self, meta: list, snapshot: list, version: int, engines: int) -> int:
         from lmm_r1_ascend.kernels.weight_sync import send_buckets
 
+        self._ready.wait(version, engines, stop=self._stop)
         # gloo sends from host memory; nccl / hccl need each bucket on this rank's device
         device = "cpu" if self.backend.distributed_backend() == "gloo" else self.device
-        self._sends.append(self._sender.submit(send_buckets, self._sync_group, meta, snapshot,
-                                               bucket_bytes=self._bucket_bytes(), device=device))
-        return len(snapshot)
+        return send_buckets(self._sync_group, meta, snapshot, bucket_bytes=self._bucket_bytes(), device=device)
 
     def _raise_failed_sends(self) -> None:
         while self._sends and self._sends[0].done():
@@ -255,6 +266,7 @@ class TrainRank:
 
     def close(self) -> None:
         if self._sender is not None:  # a send no engine will take must not keep the process alive
+            self._stop.set()
             self._sender.shutdown(wait=False, cancel_futures=True)
             self._sender = None
         if self.rollout is not None:

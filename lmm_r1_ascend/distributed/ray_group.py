@@ -136,6 +136,13 @@ class RayWorkerGroup(WorkerGroup):
             out[rank] = value
         return out
 
+    def first_dead(self, grace_s: float = 5.0) -> WorkerDiedError | None:
+        """The first rank whose process is gone (each is probed), or None: for an error seen
+        elsewhere (a peer's failed collective) that a dead rank of this group may have caused.
+        Only when the controller has no call of its own in flight on this group."""
+        probes = [(self, rank, actor.__ray_ready__.remote(), "stage_weights") for rank, actor in enumerate(self.actors)]
+        return _first_dead([p[2] for p in probes], {p[2]: p for p in probes}, grace_s)
+
     def where(self, rank: int) -> str:
         return self._where[rank] if rank < len(self._where) else f"bundle {rank}"
 

@@ -22,7 +22,7 @@ import torch
 
 from lmm_r1_ascend.config import TrainConfig, to_dict
 from lmm_r1_ascend.distributed.ray_group import RayWorkerGroup, gather_calls, wait_all
-from lmm_r1_ascend.distributed.worker_group import WorkerGroup
+from lmm_r1_ascend.distributed.worker_group import WorkerDiedError, WorkerGroup
 from lmm_r1_ascend.rollout.registry import engine_class
 
 
@@ -103,8 +103,11 @@ class PendingGeneration:
 @dataclass
 class GenerationMeter:
     """Where the time goes with engine actors: each engine's generation time (from the actor's
-    clock, exact: an actor runs one call at a time, so every interval before its latest
-    return is known) and the controller's waits for generation. Fractions over the run so far."""
+    clock) and the controller's waits for generation, as fractions of the time since the first
+    generate. An engine's window ends now when it has nothing in flight, else at its latest
+    return (an actor runs one call at a time: every interval before that return is known), so
+    both fractions are exact on one host (across hosts, as good as the clocks' agreement).
+    Weight receives count as engine idle; held-out evaluation counts as generation."""
 
     engines: int
     start: float | None = None
@@ -112,23 +115,29 @@ class GenerationMeter:
     last_end: list[float] = field(default_factory=list)
     wait_s: float = 0.0
 
-    def begin(self) -> None:
+    def begin(self, now: float | None = None) -> None:
         if self.start is None:
-            self.start = time.time()
+            self.start = time.time() if now is None else now
             self.busy_s, self.last_end = [0.0] * self.engines, [self.start] * self.engines
 
     def record(self, rank: int, begin: float, end: float) -> None:
         self.busy_s[rank] += end - begin
         self.last_end[rank] = max(self.last_end[rank], end)
 
-    def metrics(self) -> dict[str, float]:
-        """rollout/engine_idle_frac: 1 - generation time / time since the first generate, per engine
-        (up to its latest return), averaged; rollout/trainer_idle_frac: the controller's waits for
-        generation (the ranks have nothing to do meanwhile) over the time since the first generate."""
+    def metrics(self, in_flight: list[bool], now: float | None = None) -> dict[str, float]:
+        """rollout/engine_idle_frac: 1 - generation time / its window, averaged over engines;
+        rollout/trainer_idle_frac: the controller's waits for generation (the ranks have nothing
+        to do meanwhile) / the time since the first generate. in_flight[k]: engine k has a
+        generation submitted and not collected."""
         if self.start is None:
             return {}
-        idle = [1 - b / max(e - self.start, 1e-9) for b, e in zip(self.busy_s, self.last_end) if e > self.start]
-        out = {"rollout/trainer_idle_frac": self.wait_s / max(time.time() - self.start, 1e-9)}
+        now = time.time() if now is None else now
+        idle = []
+        for busy, end, flying in zip(self.busy_s, self.last_end, in_flight):
+            window = (end if flying else now) - self.start
+            if window > 0:
+                idle.append(1 - busy / window)
+        out = {"rollout/trainer_idle_frac": self.wait_s / max(now - self.start, 1e-9)}
         if idle:
             out["rollout/engine_idle_frac"] = sum(idle) / len(idle)
         return out
@@ -142,14 +151,19 @@ class RemoteRollout:
         self.engines, self.train, self.cfg = engines, train, cfg
         self.bucket_bytes = cfg.distributed.weight_sync_bucket_mb << 20
         host, port = train.call_rank(0, "rendezvous_address")
+        ready_port = port
+        while ready_port == port:  # the engines' ready flags (kernels/weight_sync.ReadyFlags)
+            ready_port = train.call_rank(0, "rendezvous_address")[1]
         world = 1 + engines.world_size * processes_per_engine
-        offsets = [(host, port, 1 + k * processes_per_engine, world) for k in range(engines.world_size)]
-        gather_calls([(train, "init_weight_sync", [(host, port, world)] * train.world_size),
+        offsets = [(host, port, 1 + k * processes_per_engine, world, ready_port) for k in range(engines.world_size)]
+        gather_calls([(train, "init_weight_sync", [(host, port, world, ready_port)] * train.world_size),
                        (engines, "init_weight_sync", offsets)])
         self.meta = train.call("weights_meta")[0]
         self.version = 0
         self.meter = GenerationMeter(engines.world_size)
+        self.last_generation_s = 0.0  # the latest collected generation's duration (its slowest engine)
         self._receives: list[tuple] = []  # pushed weights the engines have not been seen to take
+        self._in_flight = [0] * engines.world_size  # generations submitted and not collected, per engine
 
     def describe(self) -> str:
         r = self.cfg.rollout
@@ -158,7 +172,7 @@ class RemoteRollout:
                 f"({self.cfg.distributed.weight_sync_bucket_mb} MB buckets){mode}")
 
     def metrics(self) -> dict[str, float]:
-        return self.meter.metrics()
+        return self.meter.metrics([n > 0 for n in self._in_flight])
 
     def submit(self, prompts: list, sampling) -> PendingGeneration:
         """Start generating on the engines (contiguous prompt chunks, engine k with seed + k) and
@@ -167,19 +181,35 @@ class RemoteRollout:
         chunks = engine_chunks(len(prompts), self.engines.world_size, self.engines.world_size, sampling)
         entries = self.engines.submit("generate_timed", [None if c is None else (prompts[c[0]:c[1]], c[2])
                                                          for c in chunks])
+        for entry in entries:
+            self._in_flight[entry[1]] += 1
         return PendingGeneration(chunks, entries, list(self._receives))
 
     def collect(self, pending: PendingGeneration) -> list:
-        """The samples of a submitted generation (waiting for them; a dead engine raises WorkerDiedError)."""
+        """The samples of a submitted generation (waiting for them). A dead engine raises
+        WorkerDiedError; so does a dead training rank when the engines' weight receive failed
+        because of it (rank 0 sends while the controller waits here)."""
         start = time.time()
-        results = wait_all(pending.receives + pending.entries)[len(pending.receives):]
+        try:
+            results = wait_all(pending.receives + pending.entries)[len(pending.receives):]
+        except WorkerDiedError:
+            raise
+        except Exception:
+            died = self.train.first_dead() if isinstance(self.train, RayWorkerGroup) else None
+            if died is not None:
+                raise died from None
+            raise
         self.meter.wait_s += time.time() - start
         taken = {id(e) for e in pending.receives}
         self._receives = [e for e in self._receives if id(e) not in taken]
         parts: list = [None] * self.engines.world_size
+        durations = []
         for (_, rank, _, _), (samples, begin, end) in zip(pending.entries, results):
             parts[rank] = samples
             self.meter.record(rank, begin, end)
+            self._in_flight[rank] -= 1
+            durations.append(end - begin)
+        self.last_generation_s = max(durations, default=0.0)
         return merge_chunks(pending.chunks, parts)
 
     def generate(self, prompts: list, sampling) -> list:
@@ -198,11 +228,24 @@ class RemoteRollout:
         from a thread, TrainRank.stage_weights) and training goes on at once; every engine takes
         them after the generation it is running, so what is submitted from now on samples with
         them (version + 1)."""
+        self._check_receives()
         self.version += 1
-        count = self.train.call("stage_weights", self.meta)[0]
+        count = self.train.call("stage_weights", self.meta, self.version, self.engines.world_size)[0]
         self._receives += self.engines.submit("receive_weights", [(self.meta, self.bucket_bytes, self.version)]
                                               * self.engines.world_size)
         return count
+
+    def _check_receives(self) -> None:
+        """Raise now (WorkerDiedError for a dead engine) if an earlier push's receive failed:
+        pushes are not waited for, and without a next generation nothing else would notice."""
+        import ray
+
+        refs = [e[2] for e in self._receives]
+        done, _ = ray.wait(refs, num_returns=len(refs), timeout=0) if refs else ([], [])
+        finished = [e for e in self._receives if e[2] in set(done)]
+        if finished:
+            wait_all(finished)
+            self._receives = [e for e in self._receives if e not in finished]
 
     def close(self) -> None:
         self.engines.close()
@@ -228,6 +271,7 @@ class RolloutActor:
         self.engine = build_rollout_engine(self.cfg, actor_path, self.device, dtype)
         self.rank = rank
         self._group = None
+        self._ready = None  # ReadyFlags client: says when this engine is about to receive a version
         self.version = 0  # the trainer weight version this engine holds (RolloutSample.weight_version)
 
     def generate(self, prompts: list, sampling) -> list:
@@ -239,11 +283,16 @@ class RolloutActor:
         samples = self.generate(prompts, sampling)
         return samples, begin, time.time()
 
-    def init_weight_sync(self, host: str, port: int, rank_offset: int, world_size: int) -> None:
+    def init_weight_sync(self, host: str, port: int, rank_offset: int, world_size: int, ready_port: int) -> None:
+        from lmm_r1_ascend.kernels.weight_sync import ReadyFlags
+
         self.engine.join_weight_sync(host, port, rank_offset, world_size, self.backend.distributed_backend(),
                                      self.cfg.distributed.timeout_s)
+        self._ready = ReadyFlags(host, ready_port, is_master=False, timeout_s=self.cfg.distributed.timeout_s)
 
     def receive_weights(self, meta: list, bucket_bytes: int, version: int) -> int:
+        """Receive weight `version` (the sender waits for every engine's ready flag, then sends)."""
+        self._ready.announce(version)
         count = self.engine.receive_weights(meta, bucket_bytes)
         self.version = version
         return count

@@ -61,6 +61,7 @@ class AsyncRollout:
         self._take_prompts, self._data_state, self._steps_after = take_prompts, data_state, steps_after
         self.queue: list[Draw] = []
         self.next_index = 0
+        self.generation_s = 0.0  # engine time of the draws taken since the last pop_generation_s
 
     # ------------------------------------------------------------------ the queue
     def _submit(self) -> None:
@@ -81,7 +82,19 @@ class AsyncRollout:
             self._submit()
         draw = self.queue.pop(0)
         self._top_up(update_pending=True)  # keep the engines busy while this step trains
-        return self.rollout.collect(draw.pending)
+        samples = self.rollout.collect(draw.pending)
+        self.generation_s += self.rollout.last_generation_s
+        wrong = sorted({s.weight_version for s in samples} - {draw.version})
+        if wrong:  # the bound's premise: an engine actor runs its calls in the order they were sent
+            raise RuntimeError(f"draw {draw.index} was submitted after weight version {draw.version} but sampled "
+                               f"with version(s) {wrong}: the engine actors ran calls out of order (threaded or "
+                               "async Ray actors break rollout.async_mode's staleness bound)")
+        return samples
+
+    def pop_generation_s(self) -> float:
+        """Engine seconds of the draws taken since the last call (their slowest engine each)."""
+        out, self.generation_s = self.generation_s, 0.0
+        return out
 
     def end_step(self, updated: bool) -> None:
         """After the step's update (when there was one): push the new weights, then queue what

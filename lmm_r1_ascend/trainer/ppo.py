@@ -76,7 +76,8 @@ class PPOTrainer:
                 steps_after=lambda: self.total_steps - self.step - 1)
             if not alg.corrections:
                 self.log(f"warning: rollout.async_mode={cfg.rollout.async_mode} trains on samples from weights up to "
-                         f"{staleness_bound(cfg.rollout)} update(s) old with algorithm.rollout_correction=none: the PPO "
+                         f"{staleness_bound(cfg.rollout)} weight version(s) (rollouts' updates) old with "
+                         "algorithm.rollout_correction=none: the PPO "
                          "ratio is taken against the recomputed (proximal) policy, but nothing reweights for the "
                          "policy that sampled them; token_tis gives decoupled PPO's importance weight "
                          "(docs/async_rollout.md)")
@@ -231,7 +232,8 @@ class PPOTrainer:
             metrics["rollout/queue_depth"] = float(depth)
         self.step_skips = {}  # role -> skipped (1.0) or applied (0.0) per optimizer step, in order
         if upd is not None:
-            self._check_mismatch(upd.metrics, step=self.step)  # self.step already counts this step
+            if not metrics.get("rollout/staleness_max"):  # stale samples' mismatch includes the policy lag
+                self._check_mismatch(upd.metrics, step=self.step)  # self.step already counts this step
             metrics.update({
                 "kl": float(upd.advantages.mean_kl), "kl_coef": upd.kl_coef,
                 "advantages/mean": float(upd.batch.packed("advantages").mean()),
@@ -241,9 +243,11 @@ class PPOTrainer:
                     self.step_skips[role] = [float(r.get(f"{role}/skipped_steps", 0.0)) for r in rows]
                     metrics[f"{role}/skipped_steps"] = sum(self.step_skips[role])
         prompt_tokens = sum(int(s.prompt_ids.numel()) for s in drawn)
+        # async: timing/rollout is only the wait for samples generated ahead; the engines' own time counts
+        gen_s = self.async_rollout.pop_generation_s() if self.async_rollout is not None else timings["timing/rollout"]
         metrics.update({
             **timings,
-            "throughput/rollout_tokens_per_s": gen_tokens / max(timings["timing/rollout"], 1e-9),
+            "throughput/rollout_tokens_per_s": gen_tokens / max(gen_s, 1e-9),
             "throughput/tokens_per_s": (gen_tokens + prompt_tokens) / timings["timing/step"],
             "data/epoch": c.dataset.epoch,
             "memory/peak_gb": c.cluster.peak_memory_gb(),

@@ -29,6 +29,7 @@ class _EngineModel:
     def __init__(self):
         self.version = 0
         self.submitted: list[tuple[int, int]] = []  # (seed, version) in submission order
+        self.last_generation_s = 0.5  # each generation's engine time
 
     def submit(self, prompts, sampling):
         self.submitted.append((sampling.seed, self.version))
@@ -95,6 +96,8 @@ def test_one_step_off_trains_each_batch_one_version_late_and_wastes_no_generatio
     assert lags == [[0], [1], [1], [1], [1]]
     assert len(engine.submitted) == total and not pipe.queue  # nothing generated for a step that never runs
     assert [seed for seed, _ in engine.submitted] == [7 * 100003 + d for d in range(total)]
+    # the engines' time of what was taken (throughput/rollout_tokens_per_s), not the trainer's wait
+    assert pipe.pop_generation_s() == pytest.approx(0.5 * total) and pipe.pop_generation_s() == 0.0
 
 
 def test_generation_overlaps_training_up_to_the_bound():
@@ -174,3 +177,35 @@ def test_async_config_errors_say_what_to_change(overrides, message):
     (["rollout.async_mode=bounded", "rollout.max_staleness=3", *RAY_ENGINE], 3)])
 def test_the_documented_async_layouts_load(overrides, bound):
     assert staleness_bound(load_config("demo_fre", overrides=overrides).rollout) == bound
+
+
+def test_a_sample_from_other_weights_than_its_draw_was_queued_behind_is_an_error():
+    """The bound rests on engine actors running calls in order; a draw that comes back sampled
+    with other weights (a threaded or async actor) is refused, not trained on."""
+
+    class _OutOfOrder(_EngineModel):
+        def collect(self, pending):
+            pending.weight_version += 1  # as if a later push had overtaken the generation
+            return [pending]
+
+    step = [0]
+    pipe, _, _ = _pipeline(1, 4, step, engine=_OutOfOrder())
+    with pytest.raises(RuntimeError, match="ran calls out of order"):
+        pipe.take()
+
+
+def test_generation_meter_fractions_follow_their_definition():
+    """Two engines from t=0: engine 0 generated [1, 3] and [4, 5] and is idle now (t=10); engine
+    1 generated [0, 6] and has a generation in flight, so its window ends at its last return."""
+    from lmm_r1_ascend.distributed.rollout_client import GenerationMeter
+
+    meter = GenerationMeter(2)
+    meter.begin(now=0.0)
+    for rank, begin, end in ((0, 1.0, 3.0), (0, 4.0, 5.0), (1, 0.0, 6.0)):
+        meter.record(rank, begin, end)
+    meter.wait_s = 2.5
+    got = meter.metrics([False, True], now=10.0)
+    want_engine = ((1 - 3.0 / 10.0) + (1 - 6.0 / 6.0)) / 2
+    assert got["rollout/engine_idle_frac"] == pytest.approx(want_engine)
+    assert got["rollout/trainer_idle_frac"] == pytest.approx(2.5 / 10.0)
+    assert GenerationMeter(1).metrics([False]) == {}  # nothing generated yet: no figures

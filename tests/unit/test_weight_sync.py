@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from lmm_r1_ascend.distributed.net import free_port
-from lmm_r1_ascend.kernels.weight_sync import receive_buckets, send_buckets, stateless_group
+from lmm_r1_ascend.kernels.weight_sync import ReadyFlags, receive_buckets, send_buckets, stateless_group
 
 
 def _named(rng: torch.Generator) -> list[tuple[str, torch.Tensor]]:
@@ -119,3 +119,24 @@ def test_stateless_group_rejects_bad_arguments():
         stateless_group("gloo", "127.0.0.1", 1, 2, 2)
     with pytest.raises(ValueError, match="unknown weight-sync backend"):
         stateless_group("mpi", "127.0.0.1", free_port(), 0, 1, timeout_s=5)
+
+
+def test_ready_flags_hold_the_sender_until_every_receiver_announced():
+    """The sender of an asynchronous push waits for each receiver's flag of that version (and
+    gives up when told to stop), so its broadcast never starts while an engine is generating."""
+    port = free_port()
+    sender = ReadyFlags("127.0.0.1", port, is_master=True, timeout_s=30)
+    receivers = [ReadyFlags("127.0.0.1", port, is_master=False, timeout_s=30) for _ in range(2)]
+    released = threading.Event()
+    waiter = threading.Thread(target=lambda: (sender.wait(1, 2), released.set()))
+    waiter.start()
+    receivers[0].announce(1)
+    receivers[1].announce(2)  # another version's flag does not count
+    assert not released.wait(0.3)
+    receivers[1].announce(1)
+    assert released.wait(10)
+    waiter.join()
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(RuntimeError, match="stopped while waiting"):
+        sender.wait(3, 1, stop=stop)
