@@ -32,15 +32,6 @@ def _config(tmp_path, name: str, extra: list[str]):
     return prepare_demo_data(load_config("demo_fre", overrides=SMALL + extra + [f"output_dir={tmp_path / name}"]))
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    from lmm_r1_ascend.distributed.ray_group import ray_init
-
-    ray_init("", num_cpus=4)
-    yield
-    ray.shutdown()
-
-
 def _quiet(cfg, cls=PPOTrainer):
     return cls(cfg, log=lambda _: None)
 

@@ -36,15 +36,6 @@ def _config(tmp_path, name: str, extra: list[str]):
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
-    from lmm_r1_ascend.distributed.ray_group import ray_init
-
-    ray_init("", num_cpus=4)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def single_process(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
     return PPOTrainer(_config(out, "local", []), log=lambda _: None).fit(progress=False)

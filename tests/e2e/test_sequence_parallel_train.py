@@ -51,15 +51,6 @@ def single(tmp_path_factory):
     return get
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    from lmm_r1_ascend.distributed.ray_group import ray_init
-
-    ray_init("", num_cpus=4)
-    yield
-    ray.shutdown()
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("mode, zero_stage, rollout_engines, algo", [("ring", 2, 1, []), ("ulysses", 3, 0, PPO)],
                          ids=["ring-zero2-engine-actor", "ulysses-zero3-colocated-ppo"])  # demo model: 4 heads / 2 kv
