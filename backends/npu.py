@@ -34,12 +34,32 @@ class NpuBackend(AcceleratorBackend):
     ds_accelerator: ClassVar[str] = "npu"
     # No CUDA IPC on Ascend; vLLM's own nccl/ipc weight transfer is CUDA-only (ASCEND.md).
     weight_sync_transports: ClassVar[tuple[str, ...]] = ("in_process", "hccl_broadcast")
-    env_vars: ClassVar[tuple[str, ...]] = (
-        "ASCEND_RT_VISIBLE_DEVICES", "ASCEND_HOME_PATH", "ASCEND_TOOLKIT_HOME", "PYTORCH_NPU_ALLOC_CONF",
-        "HCCL_CONNECT_TIMEOUT", "HCCL_EXEC_TIMEOUT", "HCCL_DETERMINISTIC", "HCCL_BUFFSIZE",
+    # The settings a run may tune (ASCEND.md, "Environment variables" and "More facts"); doctor
+    # reports them, and worker_env passes the controller's values on to every Ray worker.
+    forwarded_env_vars: ClassVar[tuple[str, ...]] = (
+        "PYTORCH_NPU_ALLOC_CONF",
+        "HCCL_CONNECT_TIMEOUT", "HCCL_EXEC_TIMEOUT", "HCCL_BUFFSIZE", "HCCL_OP_EXPANSION_MODE",
         "HCCL_IF_BASE_PORT", "HCCL_HOST_SOCKET_PORT_RANGE", "HCCL_NPU_SOCKET_PORT_RANGE",
-        "CLOSE_MATMUL_K_SHIFT", "VLLM_ASCEND_ENABLE_NZ", "RAY_EXPERIMENTAL_NOSET_ASCEND_RT_VISIBLE_DEVICES",
+        "TASK_QUEUE_ENABLE", "CPU_AFFINITY_CONF",
+        "HCCL_DETERMINISTIC", "LCCL_DETERMINISTIC", "CLOSE_MATMUL_K_SHIFT", "ATB_MATMUL_SHUFFLE_K_ENABLE",
+        "VLLM_ENABLE_V1_MULTIPROCESSING", "VLLM_BATCH_INVARIANT",
+        "VLLM_ASCEND_ENABLE_NZ",
     )
+    # Reported but never forwarded: the visible devices (Ray sets them per actor), the CANN install
+    # paths (each node's own set_env.sh) and Ray's own switch (read by Ray, not by the workers).
+    env_vars: ClassVar[tuple[str, ...]] = (
+        "ASCEND_RT_VISIBLE_DEVICES", "ASCEND_HOME_PATH", "ASCEND_TOOLKIT_HOME",
+        *forwarded_env_vars, "RAY_EXPERIMENTAL_NOSET_ASCEND_RT_VISIBLE_DEVICES",
+    )
+    # What set_deterministic(True) sets: the NPU-vs-GPU alignment knobs of ASCEND.md ("More facts").
+    # Two knobs of that list are left to the user (docs/docker.md): VLLM_ENABLE_V1_MULTIPROCESSING=0
+    # would run vLLM's engine core inside the training rank's process, next to the rank's own
+    # torch.distributed state (not tried here), and VLLM_BATCH_INVARIANT=1 selects vllm-ascend's
+    # batch-invariant kernels, a beta for Atlas A2/A3 only.
+    deterministic_env: ClassVar[dict[str, str]] = {
+        "HCCL_DETERMINISTIC": "true", "LCCL_DETERMINISTIC": "1",
+        "CLOSE_MATMUL_K_SHIFT": "1", "ATB_MATMUL_SHUFFLE_K_ENABLE": "0",
+    }
     install_hint: ClassVar[str] = (
         "use the NPU image (docker/Dockerfile.npu) or install CANN and `pip install -r requirements-npu.txt`; "
         "to run the NPU code path on CPU, use --device npu-emulated"
@@ -64,21 +84,34 @@ class NpuBackend(AcceleratorBackend):
         return importlib.import_module("torch_npu")
 
     def set_deterministic(self, enabled: bool = True) -> None:
-        # Reduction collectives and the matmul K-axis shift are the NPU's sources of run-to-run noise.
-        os.environ["HCCL_DETERMINISTIC"] = "true" if enabled else "false"
-        os.environ["CLOSE_MATMUL_K_SHIFT"] = "1" if enabled else "0"
+        """Reduction collectives (HCCL, and LCCL in vllm-ascend's ATB operators) and the matmul
+        K-axis shift / shuffle are the NPU's sources of run-to-run noise. The trainer calls this
+        before the process group and the rollout engine start (the libraries read the variables
+        then); disabling unsets them, which restores the libraries' defaults."""
+        for name, value in self.deterministic_env.items():
+            if enabled:
+                os.environ[name] = value
+            else:
+                os.environ.pop(name, None)
         super().set_deterministic(enabled)
 
     def worker_env(self, visible_devices: Sequence[int] | None = None) -> dict[str, str]:
-        """The common worker variables plus VLLM_ASCEND_ENABLE_NZ=0 (the user's value if set).
+        """The common worker variables, the controller's values of `forwarded_env_vars`, and
+        VLLM_ASCEND_ENABLE_NZ=0 unless the user chose a value.
 
-        vllm-ascend's NZ weight layout breaks in-place weight updates on reshaped weights
-        (ASCEND.md), and an RL rollout engine is updated every step. PYTORCH_NPU_ALLOC_CONF
-        is deliberately not defaulted: expandable segments conflict with vLLM's sleep mode on
-        NPU (ASCEND.md), so it stays whatever the user exported.
+        Forwarded because a Ray worker inherits the environment of its node's raylet, not the
+        controller's: on a cluster made with `ray start`, HCCL timeouts or ports exported before
+        the launch, or the determinism switches set_deterministic sets in the controller, would
+        otherwise not reach the ranks and engine actors. vllm-ascend's NZ weight layout breaks
+        in-place weight updates on reshaped weights (ASCEND.md), and an RL rollout engine is
+        updated every step. PYTORCH_NPU_ALLOC_CONF is deliberately not defaulted (only forwarded
+        when the user set it): the vLLM rollout uses sleep mode by default
+        (rollout.vllm_enable_sleep), and expandable segments do not work with vllm-ascend's
+        sleep-mode memory pool (ASCEND.md, "More facts": its fix was still open in 2026-05).
         """
         env = super().worker_env(visible_devices)
-        env["VLLM_ASCEND_ENABLE_NZ"] = os.environ.get("VLLM_ASCEND_ENABLE_NZ", "0")
+        env.update({name: os.environ[name] for name in self.forwarded_env_vars if name in os.environ})
+        env.setdefault("VLLM_ASCEND_ENABLE_NZ", "0")
         return env
 
     def select_kernels(self, overrides: dict[str, str] | None = None,

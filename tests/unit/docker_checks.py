@@ -339,3 +339,91 @@ def write_file(root: Path, name: str, text: str, mode: int = 0o644) -> Path:
     path.write_text(text)
     path.chmod(mode)
     return path
+
+
+# ---- environment defaults of the images and launch scripts (ASCEND.md, "More facts") ----------------
+
+# The first vLLM release with PR 40812 (its v0.20.1 release notes list it): the sleep-mode (cumem) pool
+# turns expandable segments off inside itself instead of asserting against them (PR 14189), and it
+# looks for them in PYTORCH_CUDA_ALLOC_CONF only.
+VLLM_EXPANDABLE_WITH_SLEEP = "0.20.1"
+HCCL_CONNECT_RANGE = (120, 7200)  # seconds (ASCEND.md, "Environment variables")
+HCCL_AIV_EXEC_MAX = 1091          # CANN: with HCCL_OP_EXPANSION_MODE=AIV a larger HCCL_EXEC_TIMEOUT is lowered to this
+# Opt-in NPU settings no image or launch script may default (why: docs/docker.md, "NPU settings"),
+# with the values that would be a change from the libraries' own defaults.
+NPU_OPT_IN = {"HCCL_OP_EXPANSION_MODE": None, "TASK_QUEUE_ENABLE": {"2"}, "CPU_AFFINITY_CONF": None,
+              "VLLM_ENABLE_V1_MULTIPROCESSING": None, "VLLM_BATCH_INVARIANT": None}
+
+
+def dockerfile_env(path: Path) -> dict[str, str]:
+    """NAME -> value of every ENV instruction (`ENV A=1 B=2` and the legacy `ENV A 1`), later ones winning."""
+    env: dict[str, str] = {}
+    for ins in parse_dockerfile(path.read_text()):
+        if ins.keyword != "ENV":
+            continue
+        tokens = shlex.split(ins.value)
+        if tokens and "=" not in tokens[0]:
+            env[tokens[0]] = " ".join(tokens[1:])
+        else:
+            env.update(t.split("=", 1) for t in tokens)
+    return env
+
+
+def script_env_defaults(text: str) -> dict[str, str]:
+    """NAME -> value a shell script exports when the caller has not set NAME: `export NAME=VALUE`,
+    `export NAME=${NAME:-VALUE}` and `: "${NAME:=VALUE}"` (comment lines are not read)."""
+    env: dict[str, str] = {}
+    for raw in text.splitlines():
+        line = raw.split(" #", 1)[0].strip()
+        if line.startswith("#"):
+            continue
+        for name, default, plain in re.findall(r"\bexport\s+(\w+)=(?:\"?\$\{\w+:?-([^}]*)\}\"?|(\S+))", line):
+            env[name] = default if default or not plain else plain
+        for name, default in re.findall(r"\$\{(\w+):?=([^}]*)\}", line):
+            env[name] = default
+    return env
+
+
+def _expandable(value: str | None) -> bool:
+    return bool(value) and re.search(r"expandable_segments\s*:\s*true", value, re.IGNORECASE) is not None
+
+
+def check_env_defaults(defaults: dict[str, str], device: str, *, where: str, sleep_mode_default: bool,
+                       vllm_version: str | None = None) -> list[str]:
+    """Problems of one image's / script's environment defaults against ASCEND.md ("More facts").
+
+    NPU: no expandable segments while vLLM's sleep mode is the default; HCCL connect timeout within
+    120-7200 s; no AIV expansion mode with an exec timeout above its 1091 s cap; no opt-in setting
+    defaulted. CUDA: expandable segments as a default only with a vLLM that includes PR 40812, and only
+    under PYTORCH_CUDA_ALLOC_CONF (the name vLLM reads)."""
+    from packaging.version import Version
+
+    problems = []
+    if device == "npu":
+        if sleep_mode_default:
+            problems += [f"{where}: defaults {name}={defaults[name]} while vLLM's sleep mode is on by default "
+                         "(rollout.vllm_enable_sleep): expandable segments break vllm-ascend's sleep-mode pool"
+                         for name in ("PYTORCH_NPU_ALLOC_CONF", "PYTORCH_ALLOC_CONF")
+                         if _expandable(defaults.get(name))]
+        connect, (low, high) = defaults.get("HCCL_CONNECT_TIMEOUT"), HCCL_CONNECT_RANGE
+        if connect is not None and not (connect.isdigit() and low <= int(connect) <= high):
+            problems.append(f"{where}: HCCL_CONNECT_TIMEOUT={connect} is outside HCCL's {low}-{high} s")
+        execute = defaults.get("HCCL_EXEC_TIMEOUT")
+        if execute is not None and not (execute.isdigit() and int(execute) > 0):
+            problems.append(f"{where}: HCCL_EXEC_TIMEOUT={execute} is not a positive number of seconds")
+        if (defaults.get("HCCL_OP_EXPANSION_MODE", "").upper() == "AIV" and execute and execute.isdigit()
+                and int(execute) > HCCL_AIV_EXEC_MAX):
+            problems.append(f"{where}: HCCL_EXEC_TIMEOUT={execute} with HCCL_OP_EXPANSION_MODE=AIV is silently "
+                            f"lowered to {HCCL_AIV_EXEC_MAX} s")
+        for name, values in NPU_OPT_IN.items():
+            if name in defaults and (values is None or defaults[name] in values):
+                problems.append(f"{where}: defaults the opt-in {name}={defaults[name]} (docs/docker.md, NPU settings)")
+    elif device == "cuda" and sleep_mode_default:
+        if _expandable(defaults.get("PYTORCH_CUDA_ALLOC_CONF")) and (
+                vllm_version is None or Version(vllm_version) < Version(VLLM_EXPANDABLE_WITH_SLEEP)):
+            problems.append(f"{where}: defaults expandable segments with vLLM {vllm_version}: sleep mode asserts "
+                            f"against them before vLLM {VLLM_EXPANDABLE_WITH_SLEEP} (PR 40812)")
+        if _expandable(defaults.get("PYTORCH_ALLOC_CONF")):
+            problems.append(f"{where}: defaults expandable segments under PYTORCH_ALLOC_CONF, which vLLM's sleep-mode "
+                            "pool does not read (use PYTORCH_CUDA_ALLOC_CONF)")
+    return problems

@@ -78,7 +78,9 @@ def test_static_facts_per_device(cls, dist, mixed, ray, visible, ds):
 
 def test_npu_lists_the_hccl_and_ascend_variables():
     for var in ("ASCEND_RT_VISIBLE_DEVICES", "HCCL_CONNECT_TIMEOUT", "HCCL_EXEC_TIMEOUT", "HCCL_DETERMINISTIC",
-                "HCCL_IF_BASE_PORT", "HCCL_BUFFSIZE", "PYTORCH_NPU_ALLOC_CONF", "VLLM_ASCEND_ENABLE_NZ"):
+                "HCCL_IF_BASE_PORT", "HCCL_BUFFSIZE", "PYTORCH_NPU_ALLOC_CONF", "VLLM_ASCEND_ENABLE_NZ",
+                "HCCL_OP_EXPANSION_MODE", "TASK_QUEUE_ENABLE", "CPU_AFFINITY_CONF", "LCCL_DETERMINISTIC",
+                "ATB_MATMUL_SHUFFLE_K_ENABLE", "VLLM_ENABLE_V1_MULTIPROCESSING", "VLLM_BATCH_INVARIANT"):
         assert var in NpuBackend.env_vars
     assert "CUDA_VISIBLE_DEVICES" in CudaBackend.env_vars and "CUBLAS_WORKSPACE_CONFIG" in CudaBackend.env_vars
 
@@ -185,13 +187,30 @@ def test_determinism_switch_toggles_torch(monkeypatch):
     assert not torch.are_deterministic_algorithms_enabled()
 
 
-def test_npu_determinism_sets_hccl_variables(monkeypatch):
-    monkeypatch.delenv("HCCL_DETERMINISTIC", raising=False)
-    monkeypatch.delenv("CLOSE_MATMUL_K_SHIFT", raising=False)
+# ASCEND.md, "More facts": the determinism knobs used for NPU-vs-GPU alignment.
+NPU_DETERMINISM = {"HCCL_DETERMINISTIC": "true", "LCCL_DETERMINISTIC": "1", "CLOSE_MATMUL_K_SHIFT": "1",
+                   "ATB_MATMUL_SHUFFLE_K_ENABLE": "0"}
+NPU_OPT_IN_DETERMINISM = ("VLLM_ENABLE_V1_MULTIPROCESSING", "VLLM_BATCH_INVARIANT")
+
+
+def _clear_env(monkeypatch, *names):
+    for name in names:  # setenv first, so that monkeypatch restores the variable's absence afterwards
+        monkeypatch.setenv(name, "x")
+        monkeypatch.delenv(name)
+
+
+def test_npu_determinism_sets_every_alignment_knob_and_unsets_them_again(monkeypatch):
+    _clear_env(monkeypatch, *NPU_DETERMINISM, *NPU_OPT_IN_DETERMINISM)
     backend = object.__new__(NpuBackend)
     try:
         backend.set_deterministic(True)
-        assert os.environ["HCCL_DETERMINISTIC"] == "true" and os.environ["CLOSE_MATMUL_K_SHIFT"] == "1"
+        assert {name: os.environ.get(name) for name in NPU_DETERMINISM} == NPU_DETERMINISM
+        # Not set by the switch (docs/docker.md, NPU settings): vLLM's engine core in the rank's own
+        # process, and vllm-ascend's beta batch-invariant kernels.
+        assert [name for name in NPU_OPT_IN_DETERMINISM if name in os.environ] == []
+        assert backend.worker_env()["HCCL_DETERMINISTIC"] == "true"  # and it reaches every Ray worker
+        backend.set_deterministic(False)
+        assert [name for name in NPU_DETERMINISM if name in os.environ] == []
     finally:
         torch.use_deterministic_algorithms(False)
 
@@ -275,6 +294,48 @@ def test_ray_actor_options_per_backend():
         object.__new__(NpuBackend).ray_actor_options(0)
 
 
+# ASCEND.md's NPU settings ("Environment variables" and "More facts") that Ray workers must see as the
+# controller has them.
+NPU_FORWARDED = ("PYTORCH_NPU_ALLOC_CONF", "HCCL_CONNECT_TIMEOUT", "HCCL_EXEC_TIMEOUT", "HCCL_BUFFSIZE",
+                 "HCCL_IF_BASE_PORT", "HCCL_HOST_SOCKET_PORT_RANGE", "HCCL_NPU_SOCKET_PORT_RANGE",
+                 "HCCL_OP_EXPANSION_MODE", "TASK_QUEUE_ENABLE", "CPU_AFFINITY_CONF", "VLLM_ASCEND_ENABLE_NZ",
+                 *NPU_DETERMINISM, *NPU_OPT_IN_DETERMINISM)
+
+
+def test_npu_worker_env_forwards_the_controllers_settings_to_ray_workers(monkeypatch):
+    """A Ray worker inherits its raylet's environment, not the controller's: worker_env carries them."""
+    assert sorted(NpuBackend.forwarded_env_vars) == sorted(NPU_FORWARDED)
+    assert set(NpuBackend.forwarded_env_vars) <= set(NpuBackend.env_vars)  # doctor reports them too
+    never = ("ASCEND_RT_VISIBLE_DEVICES", "ASCEND_HOME_PATH", "ASCEND_TOOLKIT_HOME",
+             "RAY_EXPERIMENTAL_NOSET_ASCEND_RT_VISIBLE_DEVICES")
+    assert [name for name in never if name in NpuBackend.forwarded_env_vars] == []
+    npu = object.__new__(NpuBackend)
+    _clear_env(monkeypatch, *NPU_FORWARDED)
+    for name in never:
+        monkeypatch.setenv(name, "7")
+    monkeypatch.setenv("HCCL_CONNECT_TIMEOUT", "3600")
+    monkeypatch.setenv("HCCL_OP_EXPANSION_MODE", "AIV")
+    env = npu.worker_env()
+    assert {k: v for k, v in env.items() if k in NPU_FORWARDED} == {
+        "HCCL_CONNECT_TIMEOUT": "3600", "HCCL_OP_EXPANSION_MODE": "AIV", "VLLM_ASCEND_ENABLE_NZ": "0"}
+    assert [name for name in never if name in env] == []  # Ray sets the visible devices per actor
+    assert npu.worker_env([3])["ASCEND_RT_VISIBLE_DEVICES"] == "3"
+
+
+def test_cuda_worker_env_forwards_the_controllers_settings_to_ray_workers(monkeypatch):
+    cuda = object.__new__(CudaBackend)
+    _clear_env(monkeypatch, *CudaBackend.forwarded_env_vars)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5")
+    monkeypatch.setenv("NCCL_SOCKET_IFNAME", "eth1")
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    env = cuda.worker_env()
+    assert {k: v for k, v in env.items() if k in CudaBackend.forwarded_env_vars} == {
+        "NCCL_SOCKET_IFNAME": "eth1", "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
+    assert "CUDA_VISIBLE_DEVICES" not in env and "CUDA_VISIBLE_DEVICES" not in CudaBackend.forwarded_env_vars
+    assert set(CudaBackend.forwarded_env_vars) <= set(CudaBackend.env_vars)
+    assert "PYTORCH_ALLOC_CONF" in CudaBackend.forwarded_env_vars  # PyTorch's newer name, reported and forwarded
+
+
 def test_npu_worker_env_turns_nz_off_unless_the_user_chose(monkeypatch):
     npu = object.__new__(NpuBackend)
     monkeypatch.delenv("VLLM_ASCEND_ENABLE_NZ", raising=False)
@@ -285,6 +346,8 @@ def test_npu_worker_env_turns_nz_off_unless_the_user_chose(monkeypatch):
     monkeypatch.setenv("VLLM_ASCEND_ENABLE_NZ", "1")
     assert npu.worker_env()["VLLM_ASCEND_ENABLE_NZ"] == "1"
     assert "VLLM_ASCEND_ENABLE_NZ" not in get_backend("npu-emulated").worker_env()
+    monkeypatch.setenv("PYTORCH_NPU_ALLOC_CONF", "expandable_segments:False")
+    assert npu.worker_env()["PYTORCH_NPU_ALLOC_CONF"] == "expandable_segments:False"  # the user's, unchanged
 
 
 def test_reset_peak_memory_stats(monkeypatch):

@@ -77,3 +77,60 @@ def test_entrypoint_shell_and_cann_environment(tmp_path):
     result, calls = _entrypoint(tmp_path, "--stage", "fre")
     assert result.returncode == 0, result.stderr
     assert [c.rsplit("| ", 1)[1] for c in calls] == ["cann=9.1", "cann=9.1"]
+
+
+# ---- the launch scripts (scripts/train_{npu,cuda}.sh): the environment training starts with ----------
+
+ENV_STUB_PYTHON = """#!/usr/bin/env bash
+if [ "$2" = "lmm_r1_ascend.train" ]; then env > "$ENV_DUMP"; fi
+"""
+ALLOCATOR = ("PYTORCH_NPU_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF")
+
+
+def _launch(tmp_path: Path, device: str, *args: str, **env: str) -> tuple[subprocess.CompletedProcess, dict]:
+    """Run scripts/train_DEVICE.sh with a stand-in python; the environment the train CLI got."""
+    dump = tmp_path / "env.txt"
+    dump.unlink(missing_ok=True)
+    stub = _write(tmp_path, "python", ENV_STUB_PYTHON, 0o755)
+    base = {"PATH": os.environ["PATH"], "PYTHON": str(stub), "ENV_DUMP": str(dump),
+            "ASCEND_HOME": str(tmp_path / "Ascend")}
+    result = subprocess.run(["bash", str(ROOT / "scripts" / f"train_{device}.sh"), "fre_text", *args],
+                            env={**base, **env}, capture_output=True, text=True, timeout=60)
+    got = dict(line.split("=", 1) for line in dump.read_text().splitlines() if "=" in line) if dump.exists() else {}
+    return result, got
+
+
+def test_npu_script_leaves_expandable_segments_off_and_sets_the_hccl_defaults(tmp_path):
+    """Sleep mode is the vLLM rollout's default, and expandable segments break it on NPU (ASCEND.md)."""
+    _write(tmp_path, "Ascend/ascend-toolkit/set_env.sh",
+           'export FAKE_CANN="9.1${NOT_SET_ANYWHERE}"\n[ -d /no/such ] && true\n')
+    result, env = _launch(tmp_path, "npu")
+    assert result.returncode == 0, result.stderr
+    assert [name for name in ALLOCATOR if name in env] == []
+    assert (env["HCCL_CONNECT_TIMEOUT"], env["HCCL_EXEC_TIMEOUT"]) == ("1800", "1800")
+    assert env["VLLM_ASCEND_ENABLE_NZ"] == "0"
+    assert env["FAKE_CANN"] == "9.1"  # CANN's set_env.sh ran despite reading an unset variable
+    assert [n for n in ("HCCL_OP_EXPANSION_MODE", "TASK_QUEUE_ENABLE", "CPU_AFFINITY_CONF") if n in env] == []
+    result, env = _launch(tmp_path, "npu", HCCL_CONNECT_TIMEOUT="3600")
+    assert env["HCCL_CONNECT_TIMEOUT"] == "3600"  # the caller's value wins
+
+
+@pytest.mark.parametrize("args,warns", [((), True), (("rollout.vllm_enable_sleep=false",), False)])
+def test_npu_script_keeps_a_chosen_allocator_and_warns_while_sleep_mode_is_on(tmp_path, args, warns):
+    result, env = _launch(tmp_path, "npu", *args, PYTORCH_NPU_ALLOC_CONF="expandable_segments:True")
+    assert result.returncode == 0, result.stderr
+    assert env["PYTORCH_NPU_ALLOC_CONF"] == "expandable_segments:True"
+    assert ("rollout.vllm_enable_sleep=false" in result.stderr) == warns
+
+
+@pytest.mark.parametrize("given,expected", [
+    ({}, {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}),
+    ({"PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:128"}, {"PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:128"}),
+    ({"PYTORCH_ALLOC_CONF": "max_split_size_mb:128"}, {"PYTORCH_ALLOC_CONF": "max_split_size_mb:128"}),
+])
+def test_cuda_script_defaults_expandable_segments_only_when_no_allocator_is_chosen(tmp_path, given, expected):
+    """Under the name vLLM's sleep-mode pool reads (PYTORCH_CUDA_ALLOC_CONF; vLLM PR 40812), never next to
+    a PYTORCH_ALLOC_CONF the caller chose."""
+    result, env = _launch(tmp_path, "cuda", **given)
+    assert result.returncode == 0, result.stderr
+    assert {name: env[name] for name in ALLOCATOR if name in env} == expected

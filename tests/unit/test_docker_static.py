@@ -24,8 +24,8 @@ if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 from docker_checks import write_file as _write  # noqa: E402
 from docker_checks import (GOLDEN, Instruction, check_dockerfile, check_entrypoint,  # noqa: E402
-                           check_requirements, check_workflow, is_ignored, load_dockerignore,
-                           parse_dockerfile, pins, stated_versions)
+                           check_env_defaults, check_requirements, check_workflow, dockerfile_env, is_ignored,
+                           load_dockerignore, parse_dockerfile, pins, script_env_defaults, stated_versions)
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES = {"cuda": "requirements-cuda.txt", "npu": "requirements-npu.txt"}
@@ -267,3 +267,101 @@ def test_dockerignore_matcher_follows_docker_semantics(tmp_path):
 
 
 # ---- the entrypoint's behaviour, with a stand-in python that records its calls ---------------------
+
+
+# ---- environment defaults against ASCEND.md ("More facts") ------------------------------------------
+
+# What each device's image and launch scripts default: the image's ENV, then the script's exports.
+LAUNCHERS = {"cuda": ["docker/Dockerfile.cuda", "scripts/train_cuda.sh", "docker/entrypoint.sh"],
+             "npu": ["docker/Dockerfile.npu", "scripts/train_npu.sh", "docker/entrypoint.sh"]}
+
+
+def _defaults(rel: str) -> dict[str, str]:
+    path = ROOT / rel
+    return dockerfile_env(path) if path.name.startswith("Dockerfile") else script_env_defaults(path.read_text())
+
+
+def _sleep_mode_default() -> bool:
+    from lmm_r1_ascend.config.schema import RolloutConfig
+
+    return RolloutConfig().vllm_enable_sleep
+
+
+@pytest.mark.parametrize("device", sorted(LAUNCHERS))
+def test_no_image_or_launch_script_defaults_a_setting_that_contradicts_ascend_md(device):
+    """NPU: no expandable segments while sleep mode is the default, HCCL timeouts in range, no opt-in
+    setting defaulted; CUDA: expandable segments only with a vLLM pin that includes PR 40812."""
+    vllm = pins((ROOT / IMAGES[device]).read_text())[0].get("vllm")
+    problems = [p for rel in LAUNCHERS[device] for p in check_env_defaults(
+        _defaults(rel), device, where=rel, sleep_mode_default=_sleep_mode_default(), vllm_version=vllm)]
+    assert problems == []
+
+
+def test_npu_image_and_script_set_the_same_defaults():
+    image, script = _defaults("docker/Dockerfile.npu"), _defaults("scripts/train_npu.sh")
+    for name in ("HCCL_CONNECT_TIMEOUT", "HCCL_EXEC_TIMEOUT", "VLLM_ASCEND_ENABLE_NZ", "DS_ACCELERATOR"):
+        assert image[name] == script[name], name
+    assert "PYTORCH_NPU_ALLOC_CONF" not in image and "PYTORCH_NPU_ALLOC_CONF" not in script
+    # The build also refuses a base image that turns expandable segments on.
+    assert "'expandable_segments:True' not in conf" in (ROOT / "docker" / "Dockerfile.npu").read_text()
+
+
+def test_cuda_image_and_script_name_the_allocator_vllm_reads():
+    image, script = _defaults("docker/Dockerfile.cuda"), _defaults("scripts/train_cuda.sh")
+    assert image["PYTORCH_CUDA_ALLOC_CONF"] == script["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"
+    assert "PYTORCH_ALLOC_CONF" not in image and "PYTORCH_ALLOC_CONF" not in script
+
+
+def test_docs_give_each_npu_setting_of_ascend_md_with_its_default():
+    """docs/docker.md's NPU settings table names every knob of ASCEND.md's "More facts" the backend forwards."""
+    from lmm_r1_ascend.backends.npu import NpuBackend
+
+    text = (ROOT / "docs" / "docker.md").read_text()
+    table = text[text.index("### NPU settings"):text.index("## The entrypoint")]
+    knobs = ["PYTORCH_NPU_ALLOC_CONF", "HCCL_CONNECT_TIMEOUT", "HCCL_EXEC_TIMEOUT", "HCCL_OP_EXPANSION_MODE",
+             "TASK_QUEUE_ENABLE", "CPU_AFFINITY_CONF", "HCCL_DETERMINISTIC", "LCCL_DETERMINISTIC",
+             "CLOSE_MATMUL_K_SHIFT", "ATB_MATMUL_SHUFFLE_K_ENABLE", "VLLM_ENABLE_V1_MULTIPROCESSING",
+             "VLLM_BATCH_INVARIANT"]
+    assert [k for k in knobs if f"`{k}" not in table] == []
+    assert [k for k in knobs if k not in NpuBackend.forwarded_env_vars] == []
+    assert "unset" in table.split("`PYTORCH_NPU_ALLOC_CONF` |", 1)[1].split("|", 1)[0]
+
+
+@pytest.mark.parametrize("device,defaults,sleep,vllm,expected", [
+    ("npu", {"PYTORCH_NPU_ALLOC_CONF": "expandable_segments:True"}, True, None, "sleep mode is on by default"),
+    ("npu", {"PYTORCH_ALLOC_CONF": "max_split_size_mb:64,expandable_segments:True"}, True, None, "sleep-mode pool"),
+    ("npu", {"HCCL_CONNECT_TIMEOUT": "60"}, True, None, "outside HCCL's 120-7200 s"),
+    ("npu", {"HCCL_CONNECT_TIMEOUT": "9000"}, True, None, "outside HCCL's 120-7200 s"),
+    ("npu", {"HCCL_EXEC_TIMEOUT": "-5"}, True, None, "not a positive number"),
+    ("npu", {"HCCL_OP_EXPANSION_MODE": "AIV", "HCCL_EXEC_TIMEOUT": "3600"}, True, None, "lowered to 1091 s"),
+    ("npu", {"HCCL_OP_EXPANSION_MODE": "AIV"}, True, None, "opt-in HCCL_OP_EXPANSION_MODE"),
+    ("npu", {"TASK_QUEUE_ENABLE": "2"}, True, None, "opt-in TASK_QUEUE_ENABLE"),
+    ("npu", {"CPU_AFFINITY_CONF": "1"}, True, None, "opt-in CPU_AFFINITY_CONF"),
+    ("npu", {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}, True, None, "opt-in VLLM_ENABLE_V1_MULTIPROCESSING"),
+    ("cuda", {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}, True, "0.20.0", "before vLLM 0.20.1"),
+    ("cuda", {"PYTORCH_ALLOC_CONF": "expandable_segments:True"}, True, "0.23.0", "does not read"),
+])
+def test_env_defaults_checker_reports_each_problem(device, defaults, sleep, vllm, expected):
+    problems = check_env_defaults(defaults, device, where="x", sleep_mode_default=sleep, vllm_version=vllm)
+    assert any(expected in p for p in problems), problems
+
+
+def test_env_defaults_checker_accepts_the_safe_settings():
+    ok_npu = {"HCCL_CONNECT_TIMEOUT": "1800", "HCCL_EXEC_TIMEOUT": "1800", "TASK_QUEUE_ENABLE": "1",
+              "PYTORCH_NPU_ALLOC_CONF": "expandable_segments:False"}
+    assert check_env_defaults(ok_npu, "npu", where="x", sleep_mode_default=True) == []
+    # With sleep mode off by default, expandable segments would be fine on NPU too.
+    assert check_env_defaults({"PYTORCH_NPU_ALLOC_CONF": "expandable_segments:True"}, "npu", where="x",
+                              sleep_mode_default=False) == []
+    assert check_env_defaults({"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}, "cuda", where="x",
+                              sleep_mode_default=True, vllm_version="0.20.1") == []
+
+
+def test_env_default_readers_follow_each_form(tmp_path):
+    script = ('# export A=commented\nexport B=${B:-1800}\nexport C="${C:-x:y}"\nexport D=0   # trailing\n'
+              ': "${E:=expandable_segments:True}"\nif [ -z "${F:-}" ]; then\n  export F=v\nfi\n')
+    assert script_env_defaults(script) == {"B": "1800", "C": "x:y", "D": "0", "E": "expandable_segments:True",
+                                           "F": "v"}
+    dockerfile = _write(tmp_path, "Dockerfile", 'FROM x:1\nENV A=1 \\\n    B="two words"\nENV C 3\n')
+    assert dockerfile_env(dockerfile) == {"A": "1", "B": "two words", "C": "3"}
+
