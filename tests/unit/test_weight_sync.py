@@ -101,6 +101,38 @@ def test_sender_holds_only_unfinished_buckets():
     assert torch.equal(torch.cat([t.view(torch.float32) for t in group.sent]), torch.cat([t for _, t in sizes]))
 
 
+def test_a_tensor_bigger_than_the_bucket_travels_alone_and_intact(rng_seed):
+    """ASCEND.md ("More facts"): a bucket must hold the largest tensor, e.g. a 151,936-token embedding at
+    hidden 2048 is 622 MB in bf16, over the default 256 MB bucket. The plan sends such a tensor as a
+    bucket of its own (the bucket before it is closed first, the next one starts empty), and the bytes
+    arrive unchanged."""
+    from lmm_r1_ascend.config.schema import DistributedConfig
+    from lmm_r1_ascend.kernels.collectives import plan_buckets
+
+    default_bytes = DistributedConfig().weight_sync_bucket_mb << 20
+    qwen = [("norm.weight", (2048,), torch.bfloat16), ("embed_tokens.weight", (151936, 2048), torch.bfloat16),
+            ("layers.0.q.weight", (2048, 2048), torch.bfloat16)]
+    plan = plan_buckets(qwen, default_bytes)  # metadata only: nothing of this size is allocated
+    assert [b.indices for b in plan] == [(0,), (1,), (2,)]
+    assert plan[1].nbytes == 151936 * 2048 * 2 > default_bytes  # 622 MB in one broadcast
+
+    rng = torch.Generator().manual_seed(rng_seed)
+    named = [("a", torch.randn(4, generator=rng)), ("embed", torch.randn(151, 20, generator=rng)),
+             ("b", torch.randn(4, generator=rng)), ("c", torch.randn(3, generator=rng))]
+    meta = [(n, tuple(t.shape), t.dtype) for n, t in named]
+    bucket_bytes = 256  # the embedding is 151 * 20 * 4 = 12,080 bytes
+    assert [b.indices for b in plan_buckets(meta, bucket_bytes)] == [(0,), (1,), (2, 3)]
+    group = _RecordingGroup()
+    assert send_buckets(group, meta, iter(named), bucket_bytes=bucket_bytes) == 4
+    assert [t.numel() for t in group.sent] == [16, 12080, 28]  # bytes per broadcast
+    assert torch.equal(group.sent[1].view(torch.float32).view(151, 20), named[1][1])
+
+    out = _run(2, lambda g: send_buckets(g, meta, iter(named), bucket_bytes=bucket_bytes),
+               lambda g: [(n, t.clone()) for n, t in receive_buckets(g, meta, bucket_bytes=bucket_bytes)])
+    assert [n for n, _ in out[1]] == [n for n, _ in named]
+    assert all(torch.equal(got, want) for (_, got), (_, want) in zip(out[1], named))
+
+
 def test_sender_rejects_tensors_that_differ_from_the_announcement():
     meta = [("a", (2,), torch.float32), ("b", (3,), torch.float32)]
     with pytest.raises(ValueError, match="tensor 1 is 'c'"):
