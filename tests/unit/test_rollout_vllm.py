@@ -79,6 +79,7 @@ def engine(model_path):
     eng = build_engine(
         "vllm", model_path, seed=0, dtype="float32", max_model_len=256, enforce_eager=True,
         kv_cache_memory_bytes=64 << 20, max_num_seqs=16, distributed_executor_backend="uni",
+        max_num_batched_tokens=256,  # one scheduler step holds ~10 of the prompts below (see the batch test)
     )
     yield eng
     eng.close()
@@ -226,6 +227,21 @@ def test_sleep_and_wake(engine, tok):
         engine.generate([text_prompt(tok, "hi")], cfg)
     engine.wake_up()
     assert len(engine.generate([text_prompt(tok, "hi")], cfg)) == 1
+
+
+@needs_vllm
+def test_seeded_batch_larger_than_one_scheduler_step(engine, trainer, tok, rng_seed):
+    """More prompt tokens than one step's budget (max_num_batched_tokens=256, ~25 per prompt):
+    with chunked prefill vLLM splits a prompt across steps and then rewinds its seeded request's
+    generator, which the CPU build's cannot do (the engine died: "CPU Generator does not use
+    offset"). The engine must turn chunking off there and still sample the right distribution."""
+    prompts = [text_prompt(tok, q) for q in QUESTIONS]
+    cfg = SamplingConfig(n=8, temperature=1.0, max_new_tokens=4, min_new_tokens=0, seed=rng_seed)
+    assert sum(len(p.prompt_ids) for p in prompts) * cfg.n > 256
+    samples = engine.generate(prompts, cfg)
+    assert len(samples) == len(prompts) * cfg.n
+    gap = max_gap(trainer, samples, cfg.temperature)
+    assert gap < TOL, f"max |vllm - transformers| log-prob {gap:.2e}"
 
 
 HAVE_TORCHVISION = importlib.util.find_spec("torchvision") is not None
