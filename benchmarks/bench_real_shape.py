@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -136,6 +137,9 @@ def one_run(recipe: str, engine: str, model: str, data: Path, root: Path, args) 
             sampler.stop()
     proc = subprocess.CompletedProcess(cmd, popen.returncode, stdout, stderr)
     wall = time.perf_counter() - start
+    # The run's final checkpoint (weights and AdamW moments of the actor and the critic: ~14-20 GB
+    # for a gae recipe at 1-2 layers) is not part of the measurement: free the disk for the next run.
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)
     row = {"recipe": recipe, "engine": engine, "model": model, "wall_s": round(wall, 1), "rc": proc.returncode,
            "prompt_tokens": args.prompt_tokens, "prompts": args.prompts, "samples": args.samples,
            "max_new_tokens": args.max_new_tokens, "micro_tokens": args.micro_tokens,
@@ -144,6 +148,9 @@ def one_run(recipe: str, engine: str, model: str, data: Path, root: Path, args) 
            "ray_memory_usage_threshold": os.environ.get("RAY_memory_usage_threshold"),  # Ray's kill line (default 0.95)
            # sampled every 0.5 s over the CLI's process tree (Ray's ranks included): survives a kill
            "sampled_rank_peak_gb": sampler.rank_peaks(), "sampled_host_used_peak_gb": sampler.host_peak,
+           "sampled_rank_peak_footprint_gb": sampler.rank_footprints(), "host_swap_gb": swap_total_gb(),
+           "sampled_host_swap_used_peak_gb": sampler.host_swap_peak,
+           "ray_memory_monitor_refresh_ms": os.environ.get("RAY_memory_monitor_refresh_ms"),  # 0: monitor off
            "reward": "math" if "reward.default=math" in overrides else None,
            "command": "python -m lmm_r1_ascend.train --recipe " + recipe + " --device cpu " + " ".join(
                o for o in overrides if not o.startswith(("output_dir=", "data.prompt_data=")))}
@@ -165,21 +172,28 @@ def one_run(recipe: str, engine: str, model: str, data: Path, root: Path, args) 
         est = estimate_from_overrides(recipe, overrides, devices=2 if engine == "zero3" else 1, device_memory_gb=24,
                                       backend="cpu", steps=1)  # one step measured: AdamW moments come after its backward
         row["plan_gb"] = round(est.total_gb, 3)
-        row["plan_error"] = round(est.total_gb / row["peak_gb"] - 1, 3) if row["peak_gb"] else None
+        measured, row["measured_from"] = measured_gb(row)
+        row["measured_gb"] = measured
+        row["plan_error"] = round(est.total_gb / measured - 1, 3) if measured else None
     except ImportError:
         pass
     return row
 
 
 class RssSampler:
-    """Peak RSS (GB) of every Ray training rank under process `root`, and the host's peak used
-    memory (MemTotal - MemAvailable), sampled every 0.5 s in a thread: the figures a rank
-    killed by Ray's memory monitor never writes to metrics.jsonl."""
+    """Peak memory (GB) of every Ray training rank under process `root`, and the host's, sampled
+    every 0.5 s in a thread: the figures a rank killed by Ray's memory monitor never writes to
+    metrics.jsonl. Per rank: peak RSS, and peak RSS + swap (VmSwap), the rank's footprint when
+    the host swaps (a rank whose pages went to swap has a smaller RSS, not a smaller need);
+    for the host: peak used memory (MemTotal - MemAvailable) and peak swap in use."""
 
     def __init__(self, root: int, every: float = 0.5):
         import threading
 
-        self.root, self.every, self.peaks, self.host_peak = root, every, {}, 0.0
+        self.root, self.every = root, every
+        self.peaks: dict[int, float] = {}
+        self.footprints: dict[int, float] = {}
+        self.host_peak, self.host_swap_peak = 0.0, 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -202,20 +216,25 @@ class RssSampler:
     def _run(self) -> None:
         while not self._stop.wait(self.every):
             try:
-                info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
-                used = (int(info["MemTotal"].split()[0]) - int(info["MemAvailable"].split()[0])) * 1024 / 1e9
+                info = {k: int(v.split()[0]) for k, v in
+                        (line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())}
+                used = (info["MemTotal"] - info["MemAvailable"]) * 1024 / 1e9
+                swap = (info["SwapTotal"] - info["SwapFree"]) * 1024 / 1e9
                 self.host_peak = round(max(self.host_peak, used), 2)
+                self.host_swap_peak = round(max(self.host_swap_peak, swap), 2)
             except (OSError, KeyError, ValueError):
                 pass
             for pid in self._tree():
                 try:
                     if not Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::TrainRank"):
                         continue
-                    rss = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-                               if line.startswith("VmRSS"))
-                except (OSError, StopIteration, ValueError):
+                    status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+                    rss = int(status["VmRSS"].split()[0]) * 1024 / 1e9
+                    swap = int(status.get("VmSwap", "0 kB").split()[0]) * 1024 / 1e9
+                except (OSError, KeyError, ValueError):
                     continue
-                self.peaks[pid] = max(self.peaks.get(pid, 0.0), rss * 1024 / 1e9)
+                self.peaks[pid] = max(self.peaks.get(pid, 0.0), rss)
+                self.footprints[pid] = max(self.footprints.get(pid, 0.0), rss + swap)
 
     def stop(self) -> None:
         self._stop.set()
@@ -223,6 +242,28 @@ class RssSampler:
 
     def rank_peaks(self) -> list[float]:
         return sorted((round(v, 2) for v in self.peaks.values()), reverse=True)
+
+    def rank_footprints(self) -> list[float]:
+        return sorted((round(v, 2) for v in self.footprints.values()), reverse=True)
+
+
+def swap_total_gb() -> float:
+    """The host's swap space (GB); 0 without swap or where /proc/meminfo cannot be read."""
+    try:
+        line = next(l for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("SwapTotal:"))
+    except (OSError, StopIteration):
+        return 0.0
+    return round(int(line.split()[1]) * 1024 / 1e9, 2)
+
+
+def measured_gb(row: dict) -> tuple[float | None, str]:
+    """The per-rank peak to hold the plan against, and where it comes from. Without swap in use:
+    metrics.jsonl's memory/peak_gb (each rank's exact peak RSS, VmHWM). When the host swapped
+    during the run, RSS undercounts what a rank held; then the sampled peak RSS + swap of the
+    largest rank (sampled every 0.5 s, so it can miss a short peak: a lower bound)."""
+    if row.get("sampled_host_swap_used_peak_gb", 0) > 0.1 and row.get("sampled_rank_peak_footprint_gb"):
+        return max(row["sampled_rank_peak_footprint_gb"][0], row.get("peak_gb") or 0.0), "RSS+swap"
+    return row.get("peak_gb"), "RSS"
 
 
 def ray_oom_report(stderr: str) -> dict | None:
@@ -270,9 +311,12 @@ def table(path: str) -> str:
                          f"{'on' if r['gradient_checkpointing'] else 'off'} | - | {r['wall_s']:.0f} | {why} | {est.total_gb:.2f} "
                          f"(x {ranks} ranks = {ranks * est.total_gb:.1f} GB of one 24 GB host) | - |")
             continue
+        measured, source = measured_gb(r)
+        shown = f"{measured:.2f}" + (f" ({source}: host swapped {r['sampled_host_swap_used_peak_gb']:.1f} GB)"
+                                     if source != "RSS" else "")
         lines.append(f"| {r['recipe']} | {engine} | {depth} | {r['prompt_tokens']} | {r['micro_tokens']} | "
-                     f"{'on' if r['gradient_checkpointing'] else 'off'} | {r['step_s']:.1f} | {r['wall_s']:.0f} | {r['peak_gb']:.2f} | "
-                     f"{est.total_gb:.2f} | {est.total_gb / r['peak_gb'] - 1:+.0%} |")
+                     f"{'on' if r['gradient_checkpointing'] else 'off'} | {r['step_s']:.1f} | {r['wall_s']:.0f} | {shown} | "
+                     f"{est.total_gb:.2f} | {est.total_gb / measured - 1:+.0%} |")
     return "\n".join(lines)
 
 
