@@ -126,7 +126,11 @@ def test_json_output_and_exit_status_when_it_does_not_fit():
 
 @pytest.mark.skipif(not RESULTS.exists(), reason="no recorded real-shape runs")
 def test_estimates_of_the_recorded_runs_are_within_25_percent():
-    """Re-estimate every recorded CPU run (benchmarks/bench_real_shape.py) from its own command."""
+    """Re-estimate every recorded CPU run (benchmarks/bench_real_shape.py) from its own command.
+
+    The measured figure is the row's measured_gb where the benchmark wrote one (the sampled
+    peak RSS + swap of the largest rank when the host swapped, which RSS alone undercounts),
+    else metrics.jsonl's peak RSS."""
     from lmm_r1_ascend.plan import estimate_from_overrides
 
     rows = [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]
@@ -136,5 +140,6 @@ def test_estimates_of_the_recorded_runs_are_within_25_percent():
         overrides = r["command"].split(" --device cpu ", 1)[1].split()
         est = estimate_from_overrides(r["recipe"], overrides, devices=2 if r["engine"] == "zero3" else 1,
                                       device_memory_gb=24, backend="cpu", steps=1)
-        assert abs(est.total_gb / r["peak_gb"] - 1) <= 0.25, (r["recipe"], r["engine"], r["model"], est.total_gb,
-                                                              r["peak_gb"])
+        measured = r.get("measured_gb") or r["peak_gb"]
+        assert abs(est.total_gb / measured - 1) <= 0.25, (r["recipe"], r["engine"], r["model"], est.total_gb,
+                                                          measured)
