@@ -137,7 +137,11 @@ class Backend(ABC):
     visible_devices_env: ClassVar[str | None]
     ds_accelerator: ClassVar[str]            # value for DS_ACCELERATOR (DeepSpeed must not auto-detect)
     weight_sync_transports: ClassVar[tuple[str, ...]]  # best first
-    env_vars: ClassVar[tuple[str, ...]] = ()
+    env_vars: ClassVar[tuple[str, ...]] = ()  # reported by doctor
+    # Passed from the controller to every Ray worker as the controller has them (a subset of
+    # env_vars): a Ray worker inherits its node's raylet environment, not the controller's, so on a
+    # `ray start` cluster a setting exported before the launch would otherwise never reach the ranks.
+    forwarded_env_vars: ClassVar[tuple[str, ...]] = ()
     default_dtype: ClassVar[torch.dtype] = torch.bfloat16
 
     # ---- availability -------------------------------------------------------------
@@ -177,8 +181,10 @@ class Backend(ABC):
         return {"resources": {self.ray_resource: devices_per_rank}}
 
     def worker_env(self, visible_devices: Sequence[int] | None = None) -> dict[str, str]:
-        """Environment a worker process of this backend needs (DeepSpeed accelerator, visible devices)."""
-        env = {"DS_ACCELERATOR": self.ds_accelerator, "LMM_R1_DEVICE": self.name}
+        """Environment a worker process of this backend needs (DeepSpeed accelerator, visible
+        devices) and the controller's values of `forwarded_env_vars`."""
+        env = {name: os.environ[name] for name in self.forwarded_env_vars if name in os.environ}
+        env.update({"DS_ACCELERATOR": self.ds_accelerator, "LMM_R1_DEVICE": self.name})
         if visible_devices is not None and self.visible_devices_env:
             env[self.visible_devices_env] = ",".join(str(int(d)) for d in visible_devices)
         return env

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from typing import ClassVar
 
 import torch
@@ -22,8 +21,7 @@ class CudaBackend(AcceleratorBackend):
     ds_accelerator: ClassVar[str] = "cuda"
     # What rollout/ and kernels/weight_sync.py implement; no CUDA IPC handles (not built).
     weight_sync_transports: ClassVar[tuple[str, ...]] = ("in_process", "nccl_broadcast")
-    # Reported by doctor; worker_env passes the controller's values on to every Ray worker (not
-    # CUDA_VISIBLE_DEVICES: Ray sets it per actor). PYTORCH_CUDA_ALLOC_CONF is the allocator name
+    # Forwarded to every Ray worker (Backend.worker_env; not CUDA_VISIBLE_DEVICES: Ray sets it per actor). PYTORCH_CUDA_ALLOC_CONF is the allocator name
     # vLLM's sleep-mode pool reads to switch expandable segments off inside the pool (vLLM PR 40812).
     forwarded_env_vars: ClassVar[tuple[str, ...]] = (
         "PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF", "CUBLAS_WORKSPACE_CONFIG",
@@ -44,14 +42,6 @@ class CudaBackend(AcceleratorBackend):
         if devices_per_rank <= 0:
             raise ValueError(f"devices_per_rank must be > 0, got {devices_per_rank}")
         return {"num_gpus": devices_per_rank}
-
-    def worker_env(self, visible_devices: Sequence[int] | None = None) -> dict[str, str]:
-        """The common worker variables plus the controller's values of `forwarded_env_vars`: a Ray
-        worker inherits its node's raylet environment, so on a `ray start` cluster an
-        NCCL_SOCKET_IFNAME exported before the launch would otherwise never reach the ranks."""
-        env = super().worker_env(visible_devices)
-        env.update({name: os.environ[name] for name in self.forwarded_env_vars if name in os.environ})
-        return env
 
     def set_deterministic(self, enabled: bool = True) -> None:
         if enabled:

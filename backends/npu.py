@@ -96,13 +96,9 @@ class NpuBackend(AcceleratorBackend):
         super().set_deterministic(enabled)
 
     def worker_env(self, visible_devices: Sequence[int] | None = None) -> dict[str, str]:
-        """The common worker variables, the controller's values of `forwarded_env_vars`, and
-        VLLM_ASCEND_ENABLE_NZ=0 unless the user chose a value.
-
-        Forwarded because a Ray worker inherits the environment of its node's raylet, not the
-        controller's: on a cluster made with `ray start`, HCCL timeouts or ports exported before
-        the launch, or the determinism switches set_deterministic sets in the controller, would
-        otherwise not reach the ranks and engine actors. vllm-ascend's NZ weight layout breaks
+        """The common worker variables (the controller's `forwarded_env_vars` among them: HCCL
+        timeouts and ports, and the determinism switches set_deterministic sets in the controller)
+        and VLLM_ASCEND_ENABLE_NZ=0 unless the user chose a value. vllm-ascend's NZ weight layout breaks
         in-place weight updates on reshaped weights (ASCEND.md), and an RL rollout engine is
         updated every step. PYTORCH_NPU_ALLOC_CONF is deliberately not defaulted (only forwarded
         when the user set it): the vLLM rollout uses sleep mode by default
@@ -110,7 +106,6 @@ class NpuBackend(AcceleratorBackend):
         sleep-mode memory pool (ASCEND.md, "More facts": its fix was still open in 2026-05).
         """
         env = super().worker_env(visible_devices)
-        env.update({name: os.environ[name] for name in self.forwarded_env_vars if name in os.environ})
         env.setdefault("VLLM_ASCEND_ENABLE_NZ", "0")
         return env
 
