@@ -143,3 +143,18 @@ def test_estimates_of_the_recorded_runs_are_within_25_percent():
         measured = r.get("measured_gb") or r["peak_gb"]
         assert abs(est.total_gb / measured - 1) <= 0.25, (r["recipe"], r["engine"], r["model"], est.total_gb,
                                                           measured)
+
+
+def test_a_swapping_run_is_measured_by_its_ranks_rss_plus_swap():
+    """bench_real_shape.measured_gb: metrics.jsonl's peak RSS when the host did not swap; when it did,
+    the larger of that and the biggest rank's sampled RSS + swap (swapped pages are still the rank's)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_real_shape", RESULTS.parents[1] / "bench_real_shape.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    row = {"peak_gb": 12.2, "sampled_rank_peak_footprint_gb": [13.4, 11.7], "sampled_host_swap_used_peak_gb": 0.0}
+    assert bench.measured_gb(row) == (12.2, "RSS")
+    assert bench.measured_gb({**row, "sampled_host_swap_used_peak_gb": 1.2}) == (13.4, "RSS+swap")
+    assert bench.measured_gb({**row, "peak_gb": 14.0, "sampled_host_swap_used_peak_gb": 1.2}) == (14.0, "RSS+swap")
+    assert bench.measured_gb({"peak_gb": 7.5}) == (7.5, "RSS")  # rows recorded before the swap sampling
