@@ -1,5 +1,6 @@
 """Evaluate a policy on prompts: sample n responses each, score them with the training
-reward router, and summarise per datasource (accuracy, pass@k, maj@k, lengths, statuses).
+reward router through training's own scoring path (rewards/scoring.py, one non-finite
+policy), and summarise per datasource (accuracy, pass@k, maj@k, lengths, statuses).
 
 The runner never builds a model: ``generate(prompts, sampling) -> list[RolloutSample]`` is
 any rollout engine or the trainer's rollout client (so evaluation runs on the same engine
@@ -17,8 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from lmm_r1_ascend.evaluation.metrics import answer_classes, summarise
-from lmm_r1_ascend.rewards.inputs import reward_inputs
 from lmm_r1_ascend.rewards.multiple_choice import last_boxed
+from lmm_r1_ascend.rewards.scoring import score_samples
 
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 CORRECT_STATUSES = ("correct", "solved")  # math / multiple choice, Sokoban
@@ -96,10 +97,9 @@ def evaluate(prompts: Sequence[Any], *, generate: Callable, reward: Callable, to
         seed = None if sampling.seed is None else sampling.seed + lo
         samples = generate(chunk, dataclasses.replace(sampling, seed=seed))
         samples = sorted(samples, key=lambda s: (s.prompt_index, s.sample_index))
-        texts = reward_inputs(samples, tokenizer)
-        outs = reward(texts)
+        scored = score_samples(samples, reward, tokenizer)  # non-finite rewards: 0, status nonfinite_reward
         by_prompt: dict[int, list[dict[str, Any]]] = {}
-        for s, out, inp in zip(samples, outs, texts):
+        for s, out, inp in zip(samples, scored.outputs, scored.inputs):
             rec = {
                 "prompt_id": lo + s.prompt_index, "sample_index": s.sample_index, "datasource": s.prompt.datasource,
                 "source": s.prompt.meta.get("source", ""), "prompt": inp.prompt, "response": inp.response,

@@ -24,8 +24,8 @@ from typing import Callable
 import torch
 
 from lmm_r1_ascend.algorithms.shaping import informative_groups, overlong_penalty
+from lmm_r1_ascend.rewards.scoring import Scored
 from lmm_r1_ascend.rollout.base import RolloutSample
-from lmm_r1_ascend.trainer.setup import Scored
 
 # draw(k) -> the k-th batch of this step: samples (groups of n consecutive) and their scores.
 Draw = Callable[[int], tuple[list[RolloutSample], Scored]]
@@ -49,13 +49,11 @@ def shape_overlong(samples: list[RolloutSample], scored: Scored, *, max_new_toke
     """scored with the overlong penalty added to the totals and kept as info["reward_overlong_penalty"]."""
     lengths = torch.tensor([int(s.response_ids.numel()) for s in samples])
     pen = overlong_penalty(lengths, max_new_tokens, buffer_len, penalty)
-    return Scored(scored.totals + pen, {**scored.info, "reward_overlong_penalty": pen}, scored.statuses)
+    return dataclasses.replace(scored, totals=scored.totals + pen, info={**scored.info, "reward_overlong_penalty": pen})
 
 
 def _select(samples: list[RolloutSample], scored: Scored, rows: list[int]) -> tuple[list[RolloutSample], Scored]:
-    idx = torch.tensor(rows, dtype=torch.int64)
-    return ([samples[i] for i in rows],
-            Scored(scored.totals[idx], {k: v[idx] for k, v in scored.info.items()}, [scored.statuses[i] for i in rows]))
+    return [samples[i] for i in rows], scored.select(rows)
 
 
 def collect(draw: Draw, *, n: int, want_groups: int, dynamic: bool, max_draws: int,

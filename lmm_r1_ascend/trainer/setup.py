@@ -12,55 +12,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
-
 from lmm_r1_ascend.backends import Backend
 from lmm_r1_ascend.config import TrainConfig
 from lmm_r1_ascend.config.errors import SetupError
 from lmm_r1_ascend.distributed.cluster import TrainingCluster, start_cluster
 from lmm_r1_ascend.distributed.rollout_client import RolloutClient
 from lmm_r1_ascend.rewards.registry import RewardRouter
+from lmm_r1_ascend.rewards.scoring import Scored, reward_metrics, score_samples
 from lmm_r1_ascend.rollout.base import RolloutSample
 from lmm_r1_ascend.workers.builders import resolve_actor_path, total_updates
 
 __all__ = ["Components", "Scored", "SetupError", "build_components", "prepare_data", "reward_metrics"]
 
 MATH_PROMPT_ALIASES = ("math",)
-
-
-@dataclass
-class Scored:
-    """Rewards of B samples. totals: (B,) float32 scalar rewards; info: per-sample (B,) tensors
-    (reward_<component>: the router's components, e.g. reward_accuracy, reward_format);
-    statuses: the reward status of each sample (correct, wrong, timeout, ...)."""
-
-    totals: torch.Tensor
-    info: dict[str, torch.Tensor]
-    statuses: list[str]
-
-    @classmethod
-    def cat(cls, parts: list[Scored]) -> Scored:
-        keys = sorted({k for p in parts for k in p.info})
-        info = {k: torch.cat([p.info.get(k, torch.zeros(len(p.statuses))) for p in parts]) for k in keys}
-        return cls(torch.cat([p.totals for p in parts]), info, [s for p in parts for s in p.statuses])
-
-
-def reward_metrics(samples: list[RolloutSample], scored: Scored) -> dict[str, float]:
-    """reward/mean, reward/std, reward/<component>, reward/status/<status>, and per-datasource
-    reward/<source>/mean when the samples come from several sources."""
-    totals = scored.totals
-    metrics = {"reward/mean": float(totals.mean()), "reward/std": float(totals.std(unbiased=False))}
-    for key, values in scored.info.items():
-        if key.startswith("reward_"):
-            metrics[f"reward/{key.removeprefix('reward_')}"] = float(values.mean())
-    for status in sorted(set(scored.statuses)):
-        metrics[f"reward/status/{status}"] = sum(s == status for s in scored.statuses) / len(scored.statuses)
-    sources = sorted({s.prompt.datasource for s in samples})
-    if len(sources) > 1:
-        for src in sources:
-            sel = [i for i, s in enumerate(samples) if s.prompt.datasource == src]
-            metrics[f"reward/{src}/mean"] = float(totals[sel].mean())
-    return metrics
 
 
 @dataclass
@@ -77,28 +41,9 @@ class Components:
     rollout: RolloutClient
     reward: RewardRouter
 
-    def score(self, samples: list[RolloutSample]) -> tuple[torch.Tensor, dict[str, float], dict[str, torch.Tensor]]:
-        """Scalar rewards (B,), their metrics (reward/mean, reward/<component>, reward/status/<s>) and per-sample info."""
-        scored = self.score_samples(samples)
-        return scored.totals, reward_metrics(samples, scored), scored.info
-
     def score_samples(self, samples: list[RolloutSample]) -> Scored:
-        """The reward router's verdict on each sample, without metrics (see reward_metrics)."""
-        import math
-
-        from lmm_r1_ascend.rewards.inputs import reward_inputs
-
-        inputs = reward_inputs(samples, self.tokenizer)
-        outs = self.reward(inputs)
-        keys = sorted({k for o in outs for k in o.components})
-        rows = [[float(o.total), *(float(o.components.get(k, 0.0)) for k in keys)] for o in outs]
-        # Any reward function (custom, HTTP, a future one) may hand back NaN/inf: that sample scores
-        # 0 in every part and is counted as reward/status/nonfinite_reward instead of poisoning the batch.
-        bad = [not all(math.isfinite(v) for v in row) for row in rows]
-        rows = [[0.0] * len(row) if b else row for row, b in zip(rows, bad)]
-        totals = torch.tensor([row[0] for row in rows], dtype=torch.float32)
-        info = {f"reward_{key}": torch.tensor([row[1 + i] for row in rows]) for i, key in enumerate(keys)}
-        return Scored(totals, info, ["nonfinite_reward" if b else o.status for o, b in zip(outs, bad)])
+        """The reward router's verdict on each sample, without metrics (rewards/scoring.py)."""
+        return score_samples(samples, self.reward, self.tokenizer)
 
     def export_hf(self, path: Path) -> Path:
         """The actor in Hugging Face format (+ tokenizer, image processor, critic next to it if any)."""

@@ -121,7 +121,7 @@ def test_weight_sync_across_processes_matches_the_trainers_log_probs(tmp_path, r
         trainer.train_step()  # updates the weights, then broadcasts them to the engine actor
         c = trainer.parts
         samples = c.rollout.generate(trainer._next_prompts(), dataclasses.replace(trainer.sampling, seed=7))
-        batch = trainer._experience(samples, c.score(samples)[0], {})
+        batch = trainer._experience(samples, c.score_samples(samples).totals, {})
         mine = c.cluster.actor_log_probs(batch)
         worst = max(float((a - s.logprobs).abs().max()) for a, s in zip(mine, samples))
         # fp32, the same weights bit for bit (bytes travel), different processes and packing

@@ -126,26 +126,18 @@ def test_test_hook_plants_nan_into_the_named_step(monkeypatch):
     assert roles._planted_steps("reference") == set()
 
 
-def test_nonfinite_rewards_score_zero_with_a_status(monkeypatch):
-    from lmm_r1_ascend.rewards import inputs as inputs_module
+def test_nonfinite_rewards_score_zero_with_a_status():
+    from lmm_r1_ascend.rewards.scoring import reward_metrics, score_outputs
     from lmm_r1_ascend.rewards.types import RewardOutput
-    from lmm_r1_ascend.trainer.setup import Components, reward_metrics
 
-    monkeypatch.setattr(inputs_module, "reward_inputs", lambda samples, tokenizer: samples)
     outs = [RewardOutput(total=1.0, components={"accuracy": 1.0}, status="correct"),
             RewardOutput(total=float("nan"), components={"accuracy": 0.0}, status="correct"),
             RewardOutput(total=0.5, components={"accuracy": float("inf")}, status="wrong")]
-
-    class Fake:
-        tokenizer = None
-
-        def reward(self, inputs):
-            return outs
-
-    scored = Components.score_samples(Fake(), [0, 1, 2])
+    scored = score_outputs(outs)
     assert scored.totals.tolist() == [1.0, 0.0, 0.0]
     assert scored.info["reward_accuracy"].tolist() == [1.0, 0.0, 0.0]
     assert scored.statuses == ["correct", "nonfinite_reward", "nonfinite_reward"]
+    assert "total=nan" in scored.outputs[1].detail and "accuracy=inf" in scored.outputs[2].detail
 
     class Sample:
         class prompt:  # noqa: N801
