@@ -39,6 +39,7 @@ from lmm_r1_ascend.algorithms.kl import (
 )
 from lmm_r1_ascend.algorithms.losses import (
     POLICY_LOSSES,
+    PolicyLossFn,
     PolicyLossOutput,
     ValueLossOutput,
     entropy_term,
@@ -62,7 +63,7 @@ from lmm_r1_ascend.algorithms.whitening import masked_mean, masked_sum, whiten
 __all__ = [
     "ADVANTAGE_ESTIMATORS", "AGG_MODES", "KL_ESTIMATORS", "POLICY_LOSSES", "ROLLOUT_CORRECTIONS",
     "ActorLossOutput", "AdaptiveKLController", "AdvantageEstimator", "AdvantageResult",
-    "AlgorithmConfig", "CorrectionOutput", "FixedKLController", "PolicyLossOutput", "Registry",
+    "AlgorithmConfig", "CorrectionOutput", "FixedKLController", "PolicyLossFn", "PolicyLossOutput", "Registry",
     "ValueLossOutput", "actor_loss", "aggregate", "baseline_rewards", "broadcast_sequences",
     "compute_advantages", "compute_kl", "correction_weights", "critic_loss", "discounted_returns",
     "entropy_term", "gae", "group_norm_rewards", "gspo_policy_loss", "informative_groups",

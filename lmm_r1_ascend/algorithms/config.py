@@ -35,7 +35,8 @@ class AlgorithmConfig:
     kl_target, kl_horizon: adaptive KL controller (None: fixed coefficient).
     use_kl_loss, kl_loss_coef, kl_loss_estimator: KL as a loss term instead of (or as
         well as) the reward penalty. k3 by default: k1's gradient is zero in expectation.
-    policy_loss: "ppo" or "gspo" (sequence-ratio clipping, Zheng et al. 2025).
+    policy_loss: "ppo", "gspo" (sequence-ratio clipping, Zheng et al. 2025) or a registered one;
+        each loss reads its own keys below (losses.PolicyLossFn.params).
     eps_clip: clip range; eps_clip_low/high override either side (ppo; DAPO's clip-higher
         is eps_clip_high > eps_clip_low). gspo_clip_low/high: gspo's (much smaller) range.
     dual_clip: dual-clip constant c > 1, or None (ppo only). value_clip: critic clip, or None.
@@ -143,7 +144,7 @@ class AlgorithmConfig:
         KL_ESTIMATORS.get(self.kl_estimator)
         _named(KL_ESTIMATORS, self.kl_loss_estimator, "kl_loss_estimator")
         AGG_MODES.get(self.loss_agg_mode)
-        POLICY_LOSSES.get(self.policy_loss)
+        policy_loss = POLICY_LOSSES.get(self.policy_loss)
         if self.advantage_normalization not in NORMALIZATIONS:
             raise ValueError(
                 f"unknown advantage_normalization {self.advantage_normalization!r}; valid: {', '.join(NORMALIZATIONS)}"
@@ -183,9 +184,8 @@ class AlgorithmConfig:
             _positive(self, key)
         if self.gspo_clip_low >= 1:
             raise ValueError(f"gspo_clip_low must be < 1, got {self.gspo_clip_low}")
-        if self.policy_loss == "gspo":
-            if self.dual_clip is not None:
-                raise ValueError("policy_loss 'gspo' clips sequence ratios and takes no dual_clip; set dual_clip: null")
+        if policy_loss.check is not None:  # what the chosen loss rejects (gspo: dual_clip)
+            policy_loss.check(self)
         if not isinstance(self.dynamic_sampling, bool):
             raise ValueError(f"dynamic_sampling must be true or false, got {self.dynamic_sampling!r}")
         if isinstance(self.max_sample_batches, bool) or not isinstance(self.max_sample_batches, int) \

@@ -9,8 +9,9 @@ batch given); ``metrics()`` turns them into floats.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 
@@ -70,10 +71,36 @@ class PolicyLossOutput:
 
 
 PolicyLoss = Callable[..., PolicyLossOutput]
-POLICY_LOSSES: Registry[PolicyLoss] = Registry("policy loss", "policy_loss")
 
 
-@POLICY_LOSSES.register("ppo")
+@dataclass(frozen=True)
+class PolicyLossFn:
+    """A registered policy loss and the parameters it owns; nothing outside this entry knows them.
+
+    fn: the loss ``fn(log_probs, old_log_probs, advantages, mask, *, weights, agg_mode,
+        normaliser, cu_seqlens, constant, **params) -> PolicyLossOutput`` (token inputs as above).
+    params: the AlgorithmConfig -> fn's own keyword arguments (its clip keys), e.g. ppo's
+        eps_clip_low / eps_clip_high / dual_clip from clip_low / clip_high / dual_clip.
+    agg_mode: the aggregation the loss is defined with: what a call through the registry
+        without ``agg_mode`` uses (a run passes its algorithm.loss_agg_mode).
+    check: the AlgorithmConfig -> None, raising a one-line ValueError for a setting this loss
+        rejects (gspo: dual_clip); run by AlgorithmConfig.validate.
+    """
+
+    fn: PolicyLoss
+    params: Callable[[Any], Mapping[str, float | None]]
+    agg_mode: str = "token-mean"
+    check: Callable[[Any], None] | None = None
+
+    def __call__(self, log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantages: torch.Tensor,
+                 mask: torch.Tensor, **kwargs: Any) -> PolicyLossOutput:
+        kwargs.setdefault("agg_mode", self.agg_mode)
+        return self.fn(log_probs, old_log_probs, advantages, mask, **kwargs)
+
+
+POLICY_LOSSES: Registry[PolicyLossFn] = Registry("policy loss", "policy_loss")
+
+
 def ppo_policy_loss(
     log_probs: torch.Tensor,
     old_log_probs: torch.Tensor,
@@ -131,7 +158,6 @@ def ppo_policy_loss(
         )
 
 
-@POLICY_LOSSES.register("gspo")
 def gspo_policy_loss(
     log_probs: torch.Tensor,
     old_log_probs: torch.Tensor,
@@ -187,6 +213,25 @@ def gspo_policy_loss(
             ratio_max=_masked_extreme(r, mask, largest=True),
             ratio_mean=masked_mean(r, mask),
         )
+
+
+def _ppo_params(algorithm_cfg) -> dict[str, float | None]:
+    return {"eps_clip_low": algorithm_cfg.clip_low, "eps_clip_high": algorithm_cfg.clip_high,
+            "dual_clip": algorithm_cfg.dual_clip}
+
+
+def _gspo_params(algorithm_cfg) -> dict[str, float | None]:
+    return {"eps_clip_low": algorithm_cfg.gspo_clip_low, "eps_clip_high": algorithm_cfg.gspo_clip_high}
+
+
+def _gspo_check(algorithm_cfg) -> None:
+    if algorithm_cfg.dual_clip is not None:
+        raise ValueError("policy_loss 'gspo' clips sequence ratios and takes no dual_clip; set dual_clip: null")
+
+
+POLICY_LOSSES.register("ppo", PolicyLossFn(ppo_policy_loss, _ppo_params, agg_mode="token-mean"))
+POLICY_LOSSES.register("gspo", PolicyLossFn(gspo_policy_loss, _gspo_params, agg_mode="seq-mean-token-mean",
+                                            check=_gspo_check))
 
 
 @dataclass

@@ -66,13 +66,9 @@ def actor_loss(
     policy-gradient term's tokens only; KL and entropy terms are not reweighted.
     """
     agg = dict(agg_mode=cfg.loss_agg_mode, normaliser=normaliser, cu_seqlens=cu_seqlens, constant=cfg.loss_agg_constant)
-    if cfg.policy_loss == "gspo":
-        clip = dict(eps_clip_low=cfg.gspo_clip_low, eps_clip_high=cfg.gspo_clip_high, dual_clip=None)
-    else:
-        clip = dict(eps_clip_low=cfg.clip_low, eps_clip_high=cfg.clip_high, dual_clip=cfg.dual_clip)
-    policy = POLICY_LOSSES.get(cfg.policy_loss)(
-        log_probs, old_log_probs, advantages, mask, weights=correction_weights, **clip, **agg,
-    )
+    policy_fn = POLICY_LOSSES.get(cfg.policy_loss)
+    policy = policy_fn(log_probs, old_log_probs, advantages, mask, weights=correction_weights,
+                       **policy_fn.params(cfg), **agg)
     loss = policy.loss
     kl = None
     if cfg.use_kl_loss:

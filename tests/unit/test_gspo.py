@@ -177,7 +177,8 @@ def _flat(grads) -> torch.Tensor:
 
 
 def test_registered():
-    assert POLICY_LOSSES.get("gspo") is gspo_policy_loss
+    assert POLICY_LOSSES.get("gspo").fn is gspo_policy_loss
+    assert POLICY_LOSSES.get("gspo").agg_mode == "seq-mean-token-mean"  # the paper's sequence-level mean
     assert POLICY_LOSSES.names() == ["gspo", "ppo"]
 
 

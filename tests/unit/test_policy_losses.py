@@ -302,3 +302,40 @@ def test_broadcast_sequences_errors():
         broadcast_sequences(torch.ones(3), torch.ones(4, dtype=torch.bool), [0, 1, 4])
     with pytest.raises(ValueError, match="packed layout needs"):
         broadcast_sequences(torch.ones(2), torch.ones(5, dtype=torch.bool), [0, 1, 4])
+
+
+def test_a_third_registered_policy_loss_gets_its_own_parameters(monkeypatch, rng_seed):
+    """A loss registered beside ppo and gspo is called with exactly what its own params() read
+    from the config (no ppo clip keys, no dual_clip), its check() runs in validation, and
+    a call through the registry without agg_mode uses the loss's own aggregation."""
+    from lmm_r1_ascend.algorithms.losses import POLICY_LOSSES, PolicyLossFn
+
+    seen = []
+
+    def toy_loss(log_probs, old_log_probs, advantages, mask, *, weights=None, agg_mode, normaliser=None,
+                 cu_seqlens=None, constant=None, **params):
+        seen.append(dict(params, agg_mode=agg_mode))
+        return ppo_policy_loss(log_probs, old_log_probs, advantages, mask, eps_clip_low=params["band"],
+                               eps_clip_high=params["band"], agg_mode=agg_mode, normaliser=normaliser,
+                               cu_seqlens=cu_seqlens, constant=constant, weights=weights)
+
+    def check(algorithm_cfg):
+        if algorithm_cfg.eps_clip > 0.5:
+            raise ValueError("policy_loss 'toy' needs eps_clip <= 0.5")
+
+    spec = PolicyLossFn(toy_loss, lambda algorithm_cfg: {"band": algorithm_cfg.eps_clip / 2},
+                        agg_mode="seq-mean-token-sum", check=check)
+    monkeypatch.setitem(POLICY_LOSSES._items, "toy", spec)
+    cfg = AlgorithmConfig(policy_loss="toy", eps_clip=0.3, eps_clip_low=0.1, dual_clip=3.0,
+                          loss_agg_mode="seq-mean-token-mean")
+    g = torch.Generator().manual_seed(rng_seed)
+    mask = torch.rand(3, 5, generator=g) > 0.3
+    lp, old, adv = (torch.randn(3, 5, generator=g, dtype=torch.float64) for _ in range(3))
+    out = actor_loss(cfg, lp, old, adv, mask)
+    assert seen == [{"band": pytest.approx(0.15, abs=1e-15), "agg_mode": "seq-mean-token-mean"}]
+    want = ppo_policy_loss(lp, old, adv, mask, eps_clip_low=0.15, eps_clip_high=0.15, agg_mode="seq-mean-token-mean")
+    torch.testing.assert_close(out.policy.loss, want.loss, **TOL64)
+    POLICY_LOSSES.get("toy")(lp, old, adv, mask, band=0.1)
+    assert seen[-1] == {"band": 0.1, "agg_mode": "seq-mean-token-sum"}
+    with pytest.raises(ValueError, match="policy_loss 'toy' needs eps_clip <= 0.5"):
+        AlgorithmConfig(policy_loss="toy", eps_clip=0.6)
