@@ -60,6 +60,20 @@ class NpuBackend(AcceleratorBackend):
         "HCCL_DETERMINISTIC": "true", "LCCL_DETERMINISTIC": "1",
         "CLOSE_MATMUL_K_SHIFT": "1", "ATB_MATMUL_SHUFFLE_K_ENABLE": "0",
     }
+    # vllm-ascend's own switches, passed to vllm.LLM(additional_config=...) by the vllm rollout
+    # engine (read by vllm-ascend 0.23.0's AscendConfig; checked in tests/vendor/test_runtime_vendor.py).
+    # weight_nz_mode=0: no FRACTAL_NZ weights (its default 1 converts quantized weights; its wake_up
+    # raises for any mode but 0), so weights loaded after start-up keep the checkpoint layout.
+    vllm_additional_config: ClassVar[dict[str, int]] = {"weight_nz_mode": 0}
+    # Defaults in every worker (a value the user exported wins). "auto": the OS picks HCCL's host /
+    # device socket ports. CANN advises it whenever several processes share one NPU (a colocated
+    # vLLM engine next to a training rank, vLLM's engine-core process): the fixed default ports
+    # (HCCL_IF_BASE_PORT 60000-60015) collide there. CANN does not allow it with MC2 fused ops on
+    # Atlas A2 (MoE expert parallel in vllm-ascend): docs/docker.md, "NPU settings".
+    worker_env_defaults: ClassVar[dict[str, str]] = {
+        "VLLM_ASCEND_ENABLE_NZ": "0",
+        "HCCL_HOST_SOCKET_PORT_RANGE": "auto", "HCCL_NPU_SOCKET_PORT_RANGE": "auto",
+    }
     install_hint: ClassVar[str] = (
         "use the NPU image (docker/Dockerfile.npu) or install CANN and `pip install -r requirements-npu.txt`; "
         "to run the NPU code path on CPU, use --device npu-emulated"
@@ -98,15 +112,17 @@ class NpuBackend(AcceleratorBackend):
     def worker_env(self, visible_devices: Sequence[int] | None = None) -> dict[str, str]:
         """The common worker variables (the controller's `forwarded_env_vars` among them: HCCL
         timeouts and ports, and the determinism switches set_deterministic sets in the controller)
-        and VLLM_ASCEND_ENABLE_NZ=0 unless the user chose a value. vllm-ascend's NZ weight layout breaks
-        in-place weight updates on reshaped weights (ASCEND.md), and an RL rollout engine is
-        updated every step. PYTORCH_NPU_ALLOC_CONF is deliberately not defaulted (only forwarded
-        when the user set it): the vLLM rollout uses sleep mode by default
+        and `worker_env_defaults` where the user chose no value: VLLM_ASCEND_ENABLE_NZ=0 (vllm-ascend's
+        NZ weight layout breaks in-place weight updates on reshaped weights, an RL rollout engine is
+        updated every step, and vllm-ascend 0.23.0's start_weight_update reads this variable itself,
+        not additional_config) and the OS-chosen HCCL socket ports. PYTORCH_NPU_ALLOC_CONF is
+        deliberately not defaulted (only forwarded when the user set it): the vLLM rollout uses sleep mode by default
         (rollout.vllm_enable_sleep), and expandable segments do not work with vllm-ascend's
         sleep-mode memory pool (ASCEND.md, "More facts": its fix was still open in 2026-05).
         """
         env = super().worker_env(visible_devices)
-        env.setdefault("VLLM_ASCEND_ENABLE_NZ", "0")
+        for name, value in self.worker_env_defaults.items():
+            env.setdefault(name, value)
         return env
 
     def select_kernels(self, overrides: dict[str, str] | None = None,

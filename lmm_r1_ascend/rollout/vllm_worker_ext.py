@@ -11,11 +11,20 @@ Two transports:
   pairs travel inside RPC messages, packed as safetensors bytes (`pack_weights`).
   Simple and always available; fine for small models and tests.
 - by broadcast (`lmm_init_weight_sync_group` + `lmm_receive_broadcast`): the trainer's
-  rank and the workers form their own process group (vLLM's stateless group helper, so
-  neither side's default group is touched); only names/shapes/dtypes go through the
-  RPC, the bytes go through the group in per-dtype flat buckets planned by
-  `kernels.collectives.plan_buckets` on both sides. The sender calls
-  `send_weights_broadcast` with the same bucket size while the workers receive.
+  rank and the workers form their own process group (`kernels.weight_sync.stateless_group`,
+  so neither side's default group is touched), once per engine, reused by every sync;
+  only names/shapes/dtypes go through the RPC, the bytes go through the group in
+  per-dtype flat buckets planned by `kernels.collectives.plan_buckets` on both sides. The
+  sender calls `send_weights_broadcast` with the same bucket size while the workers receive.
+
+Why our own group and not vLLM's: vLLM's `stateless_init_torch_distributed_process_group`
+hands every backend but gloo to `current_platform.stateless_init_device_torch_dist_pg`,
+which vllm-ascend 0.23.0's NPUPlatform does not implement (vLLM's base Platform raises
+NotImplementedError; vllm-ascend dropped its implementation in 0.12), so on NPU that helper
+cannot form the group. Why not vLLM's weight-transfer engines (vllm-ascend's hccl /
+npu_ipc, vLLM's nccl / ipc): their wire formats need the trainer to send through the same
+engine class, and none exists for gloo, so the CPU path could never run the code the
+accelerators would; with our group every line but the group's constructor runs in CI.
 
 Weights are named as the Hugging Face checkpoint names them (the trainer's
 named_parameters); the model's own `load_weights` maps them (e.g. q/k/v into qkv_proj).
@@ -29,18 +38,31 @@ import torch
 import torch.distributed as dist
 
 from lmm_r1_ascend.kernels.collectives import Meta
-from lmm_r1_ascend.kernels.weight_sync import receive_buckets, send_buckets
+from lmm_r1_ascend.kernels.weight_sync import receive_buckets, send_buckets, stateless_group
 
 
-def make_weight_sync_group(host: str, port: int, rank: int, world_size: int, backend: str):
+def make_weight_sync_group(host: str, port: int, rank: int, world_size: int, backend: str, timeout_s: float = 1800):
     """A torch ProcessGroup over `world_size` processes that leaves the default group alone.
 
     Rank 0 is conventionally the trainer (the sender); workers take 1..world_size-1.
-    `backend` is the device's collective backend, as the project's Backend reports it.
+    `backend` is the device's collective backend, as the project's Backend reports it
+    (gloo / nccl / hccl: `kernels.weight_sync.stateless_group` builds each directly).
     """
-    from vllm.distributed.utils import stateless_init_torch_distributed_process_group
+    return stateless_group(backend, host, port, rank, world_size, timeout_s=timeout_s)
 
-    return stateless_init_torch_distributed_process_group(host, port, rank, world_size, backend)
+
+def layerwise_reload():
+    """vLLM's (initialize_layerwise_reload, finalize_layerwise_reload), or None where this vLLM
+    has none. vLLM's own `reload_weights` and vllm-ascend's start/finish_weight_update wrap
+    `model.load_weights` in exactly these two calls."""
+    try:
+        from vllm.model_executor.model_loader.reload import (
+            finalize_layerwise_reload,
+            initialize_layerwise_reload,
+        )
+    except ImportError:
+        return None
+    return initialize_layerwise_reload, finalize_layerwise_reload
 
 
 def pack_weights(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> bytes:
@@ -91,8 +113,11 @@ class WeightSyncExtension:
     original parameter; NPU into NZ), so a plain `model.load_weights` would write into
     stale or empty parameters. `reload_weights` restores the checkpoint layout, loads and
     re-runs that processing, layer by layer. Every tensor of a layer must come in the same
-    update (the trainer sends all its parameters). Older vLLM without it (e.g. the ones
-    vllm-ascend 0.11 / 0.13 pair with) gets `model.load_weights`.
+    update (the trainer sends all its parameters). vllm-ascend's NPUWorker (0.23.0) derives
+    from vLLM's WorkerBase and has no `reload_weights`: there the same layerwise reload runs
+    around `model.load_weights`, as its own start/finish_weight_update do. A vLLM without the
+    layerwise reload (those vllm-ascend 0.11 / 0.13 pair with) gets plain `model.load_weights`,
+    right only while vllm-ascend's NZ weight layout is off (weight_nz_mode=0).
     """
 
     def _lmm_model(self) -> torch.nn.Module:
@@ -103,7 +128,15 @@ class WeightSyncExtension:
 
     def _lmm_reload(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         if not hasattr(self, "reload_weights"):
-            self._lmm_model().load_weights(weights=weights)
+            model, layerwise = self._lmm_model(), layerwise_reload()
+            if layerwise is None:
+                model.load_weights(weights=weights)
+                return
+            initialize, finalize = layerwise
+            with torch.device(getattr(self, "device", None) or self._lmm_device()):
+                initialize(model)
+                model.load_weights(weights)
+                finalize(model, self.model_config)
             return
         self.reload_weights(weights_iterator=iter(weights), is_checkpoint_format=True)
         # A tied output head shares the embedding's Parameter but receives no weights of
@@ -139,10 +172,13 @@ class WeightSyncExtension:
         self._lmm_staged = []
 
     def lmm_init_weight_sync_group(self, host: str, port: int, rank_offset: int, world_size: int,
-                                   backend: str) -> None:
-        """Join the trainer's weight-sync group as rank rank_offset + this worker's rank."""
+                                   backend: str, timeout_s: float = 1800) -> None:
+        """Join the trainer's weight-sync group as rank rank_offset + this worker's rank, once:
+        every later sync reuses it (a communicator built per sync exhausts HCCL's resources)."""
+        if getattr(self, "_lmm_sync_group", None) is not None:
+            raise RuntimeError("this worker already joined a weight-sync group; it is reused for every sync")
         rank = rank_offset + (dist.get_rank() if dist.is_initialized() else 0)
-        self._lmm_sync_group = make_weight_sync_group(host, port, rank, world_size, backend)
+        self._lmm_sync_group = make_weight_sync_group(host, port, rank, world_size, backend, timeout_s)
 
     def lmm_receive_broadcast(self, wire_meta: list, bucket_bytes: int, src: int = 0) -> int:
         """Receive the buckets `send_weights_broadcast` sends and load them; returns the tensor count.
