@@ -88,8 +88,7 @@ class KernelSet:
         float32 (N,) [, entropy (N,)]), called by models.forward.packed_log_probs.
     fused_ops.fn: model -> None swapping in fused modules, or None when there are none.
 
-    Iterate it for every choice in order (doctor, parity stamp); `kernels["attention"]`
-    is the same as `kernels.attention` (for callers written against the old dict).
+    Iterate it for every choice in order (doctor, parity stamp).
     """
 
     attention: KernelChoice
@@ -104,11 +103,6 @@ class KernelSet:
 
     def __iter__(self) -> Iterator[KernelChoice]:
         return (getattr(self, op) for op in KERNEL_OPS)
-
-    def __getitem__(self, op: str) -> KernelChoice:
-        if op not in KERNEL_OPS:
-            raise KeyError(f"no kernel op '{op}'; the kernel set has {list(KERNEL_OPS)}")
-        return getattr(self, op)
 
 
 # The kernel ops a backend chooses implementations for, in KernelSet order.
@@ -230,10 +224,6 @@ class Backend(ABC):
                        dtype: torch.dtype | None = None) -> KernelSet:
         """The kernel set for a model of `dtype` (None: unknown); overrides: {op: name} forces
         an implementation by name (unknown name: ValueError; unusable: BackendUnavailable)."""
-
-    def attention(self, overrides: dict[str, str] | None = None) -> Callable:
-        """The varlen attention function (contract in kernels/attention.py)."""
-        return self.select_kernels(overrides).attention.fn
 
     def sequence_parallel_kernels(self, kernels: KernelSet | None = None) -> dict[str, KernelChoice]:
         """{mode: choice} for sequence_parallel_mode ring and ulysses, over this backend's own varlen

@@ -193,8 +193,8 @@ def _run(rollout: dict, backend, kernels: dict, dtype: str, attention: str | Non
     models = ParityModels(rollout["model"], rollout["algorithm"], rollout["training"], backend, dev, dtype,
                           attention, value_head=rollout["critic_value_head"])
     if plant is not None:
-        apply_plant(plant, kernels["attention"].fn, models.attention_modules(),
-                    name=f"lmm_r1_varlen_{backend.name}_{kernels['attention'].name}_plant_{plant}")
+        apply_plant(plant, kernels.attention.fn, models.attention_modules(),
+                    name=f"lmm_r1_varlen_{backend.name}_{kernels.attention.name}_plant_{plant}")
     alg = models.alg
     kl_ctl = make_kl_controller(alg.init_kl_coef, alg.kl_target, alg.kl_horizon)
     steps = []

@@ -6,7 +6,7 @@ every sampled token computed as the trainer computes it (RECIPE.md "The RL core"
 fp32 logits divided by the temperature, log-softmax over the FULL vocabulary (top-p and
 top-k choose which tokens may be sampled; they do not renormalise the reported log-probs).
 
-    engine = registry.build_engine("hf", model_path, device=torch.device("cpu"))
+    engine = registry.engine_class("hf")(model_path, device=torch.device("cpu"))
     samples = engine.generate(prompts, SamplingConfig(n=4, temperature=1.0, max_new_tokens=256))
     engine.update_weights(actor.named_parameters())
 """

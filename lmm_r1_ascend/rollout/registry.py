@@ -10,7 +10,6 @@ dependencies (vLLM) is imported only when chosen.
 from __future__ import annotations
 
 import importlib
-from typing import Any
 
 from lmm_r1_ascend.rollout.base import RolloutEngine
 
@@ -50,8 +49,3 @@ def engine_class(name: str) -> type[RolloutEngine]:
             raise TypeError(f"rollout engine {name!r}: {target} is not a RolloutEngine subclass")
         _ENGINES[name] = target = cls
     return target
-
-
-def build_engine(name: str, *args: Any, **kwargs: Any) -> RolloutEngine:
-    """The engine registered as `name`, constructed with the given arguments."""
-    return engine_class(name)(*args, **kwargs)

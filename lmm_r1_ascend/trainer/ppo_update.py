@@ -49,7 +49,7 @@ def minibatch_seed(seed: int, step: int, epoch: int) -> int:
     return seed + 7919 * step + epoch
 
 
-def folds_recompute(workers, batch: ExperienceBatch, alg: AlgorithmConfig, *, train_batch_size: int,
+def folds_recompute(batch: ExperienceBatch, alg: AlgorithmConfig, *, train_batch_size: int,
                     max_epochs: int) -> bool:
     """Whether the old log-probs can come from the update's own forward instead of a recompute
     forward before it: the rollout gets exactly one actor step (one epoch, one mini-batch), so
@@ -63,7 +63,7 @@ def ppo_update(workers, batch: ExperienceBatch, alg: AlgorithmConfig, *, kl_ctl,
                max_epochs: int, seed: int, step: int,
                timed: Callable[[str], AbstractContextManager] = lambda name: nullcontext()) -> UpdateResult:
     metrics: dict[str, float] = {}
-    fold = folds_recompute(workers, batch, alg, train_batch_size=train_batch_size, max_epochs=max_epochs)
+    fold = folds_recompute(batch, alg, train_batch_size=train_batch_size, max_epochs=max_epochs)
     if fold:
         batch = dataclasses.replace(batch, rollout_log_probs=batch.log_probs)
     elif alg.old_logprobs == "recompute":

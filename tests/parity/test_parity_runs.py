@@ -53,7 +53,7 @@ def run(tmp_path_factory):
     cache: dict[tuple, Path] = {}
 
     def get(device: str, attention: str | None = None, plant: str | None = None) -> Path:
-        impl = attention or get_backend(device).select_kernels()["attention"].name
+        impl = attention or get_backend(device).select_kernels().attention.name
         key = (device, impl, plant)
         if key not in cache:
             out = root / f"{device}-{impl}-{plant or 'clean'}.json"

@@ -142,7 +142,7 @@ def test_emulated_npu_runs_the_npu_attention_path():
 
 def test_attention_override_and_its_errors():
     backend = get_backend("npu-emulated")
-    assert backend.select_kernels({"attention": "reference"})["attention"].name == "reference"
+    assert backend.select_kernels({"attention": "reference"}).attention.name == "reference"
     with pytest.raises(ValueError, match="unknown attention implementation 'nope'"):
         backend.select_kernels({"attention": "nope"})
 

@@ -35,7 +35,7 @@ def test_packed_logits_equal_per_sample_logits(tiny_text_path, device, rng_seed)
     seqs, ids, pos, cu = _batch(lengths)
     with torch.no_grad():
         expected = [model(s[None]).logits[0] for s in seqs]  # eager attention, one sample at a time
-        use_packed_attention(model, get_backend(device).attention(), name=f"test_packed_{device}")
+        use_packed_attention(model, get_backend(device).select_kernels().attention.fn, name=f"test_packed_{device}")
         got = model(input_ids=ids, position_ids=pos, **packed_kwargs(cu, cu.tolist())).logits[0]
     for g, e in zip(got.split(lengths), expected):
         # fp32, 2 layers, different summation order between eager and varlen kernels: ~1e-7 observed.
@@ -50,7 +50,7 @@ def test_packing_without_cu_seqlens_leaks_across_samples(tiny_text_path, rng_see
     with torch.no_grad():
         expected = model(seqs[1][None]).logits[0]
         leaky = model(input_ids=ids, position_ids=pos).logits[0, 6:]
-        use_packed_attention(model, get_backend("cpu").attention(), name="test_packed_leak")
+        use_packed_attention(model, get_backend("cpu").select_kernels().attention.fn, name="test_packed_leak")
         fixed = model(input_ids=ids, position_ids=pos, **packed_kwargs(cu, cu.tolist())).logits[0, 6:]
     assert (leaky - expected).abs().max() > 1e-3
     torch.testing.assert_close(fixed, expected, rtol=1e-5, atol=1e-5)
@@ -58,7 +58,7 @@ def test_packing_without_cu_seqlens_leaks_across_samples(tiny_text_path, rng_see
 
 def test_gradients_flow_and_samples_are_isolated(tiny_text_path, rng_seed):
     model = _load(tiny_text_path)
-    use_packed_attention(model, get_backend("npu-emulated").attention(), name="test_packed_grad")
+    use_packed_attention(model, get_backend("npu-emulated").select_kernels().attention.fn, name="test_packed_grad")
     lengths = [4, 7]
     seqs, ids, pos, cu = _batch(lengths)
     embeds = model.get_input_embeddings()(ids).detach().requires_grad_(True)
@@ -71,7 +71,7 @@ def test_gradients_flow_and_samples_are_isolated(tiny_text_path, rng_seed):
 
 def test_unpacked_calls_still_generate(tiny_text_path):
     model = _load(tiny_text_path)
-    use_packed_attention(model, get_backend("cpu").attention(), name="test_packed_gen")
+    use_packed_attention(model, get_backend("cpu").select_kernels().attention.fn, name="test_packed_gen")
     prompt = torch.randint(10, 600, (1, 5))
     out = model.generate(prompt, max_new_tokens=4, do_sample=False)
     assert out.shape == (1, 9)
@@ -82,7 +82,7 @@ def test_host_lengths_reach_the_kernel(tiny_text_path):
 
     def spy(q, k, v, cu_seqlens, max_seqlen, **kw):
         seen.append((kw["cu_seqlens_host"], max_seqlen, kw["scale"], kw["causal"]))
-        return get_backend("cpu").attention()(q, k, v, cu_seqlens, max_seqlen, **kw)
+        return get_backend("cpu").select_kernels().attention.fn(q, k, v, cu_seqlens, max_seqlen, **kw)
 
     model = _load(tiny_text_path)
     use_packed_attention(model, spy, name="test_packed_spy")

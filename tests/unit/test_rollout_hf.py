@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from lmm_r1_ascend.data.types import PromptItem
 from lmm_r1_ascend.models.tiny import ensure_tiny_model
 from lmm_r1_ascend.rollout.base import RolloutSample, SamplingConfig, make_sample
-from lmm_r1_ascend.rollout.registry import available_engines, build_engine
+from lmm_r1_ascend.rollout.registry import available_engines, engine_class
 from lmm_r1_ascend.rollout.hf_engine import HFRolloutEngine, load_generation_model
 
 # fp32 everywhere. Cached decoding vs one full forward only reorders the same fp32 sums
@@ -54,12 +54,12 @@ def tok(text_path):
 
 @pytest.fixture(scope="module")
 def text_engine(text_path):
-    return build_engine("hf", text_path, max_batch_rows=4)  # several generate() calls per rollout
+    return engine_class("hf")(text_path, max_batch_rows=4)  # several generate() calls per rollout
 
 
 @pytest.fixture(scope="module")
 def vl_engine(vl_path):
-    return build_engine("hf", vl_path)
+    return engine_class("hf")(vl_path)
 
 
 def text_prompt(tok, question: str) -> PromptItem:
@@ -129,9 +129,9 @@ def check_samples(samples, prompts, cfg, stop_ids):
 def test_registry_and_config_errors(text_path):
     assert {"hf", "vllm"} <= set(available_engines())
     with pytest.raises(ValueError, match=r"unknown rollout engine 'sglang'.*'hf'"):
-        build_engine("sglang", text_path)
+        engine_class("sglang")(text_path)
     with pytest.raises(ValueError, match="not a directory"):
-        build_engine("hf", text_path / "missing")
+        engine_class("hf")(text_path / "missing")
     for bad, match in [(dict(n=0), "n must be an int >= 1"), (dict(temperature=-0.5), "temperature.*>= 0"),
                        (dict(top_p=1.5), r"top_p must be in \(0, 1\]"), (dict(top_k=0), "top_k must be -1"),
                        (dict(max_new_tokens=2, min_new_tokens=3), "min_new_tokens .* exceeds"),

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from lmm_r1_ascend.data.types import PromptItem
 from lmm_r1_ascend.models.tiny import ensure_tiny_model
 from lmm_r1_ascend.rollout.base import SamplingConfig
-from lmm_r1_ascend.rollout.registry import build_engine
+from lmm_r1_ascend.rollout.registry import engine_class
 
 HAVE_VLLM = importlib.util.find_spec("vllm") is not None
 needs_vllm = pytest.mark.skipif(
@@ -55,7 +55,7 @@ def test_vllm_engine_without_vllm_is_a_clear_error(tmp_path):
     if HAVE_VLLM:
         pytest.skip("vllm is installed here: the missing-vllm error cannot be shown")
     with pytest.raises(ImportError, match="needs vLLM.*vllm-ascend.*'hf' engine"):
-        build_engine("vllm", tmp_path)
+        engine_class("vllm")(tmp_path)
 
 
 @pytest.fixture(scope="module")
@@ -83,8 +83,8 @@ def tok(model_path):
 
 @pytest.fixture(scope="module")
 def engine(model_path):
-    eng = build_engine(
-        "vllm", model_path, seed=0, dtype="float32", max_model_len=256, enforce_eager=True,
+    eng = engine_class("vllm")(
+        model_path, seed=0, dtype="float32", max_model_len=256, enforce_eager=True,
         kv_cache_memory_bytes=64 << 20, max_num_seqs=16, distributed_executor_backend="uni",
         max_num_batched_tokens=256,  # one scheduler step holds ~10 of the prompts below (see the batch test)
     )
@@ -286,8 +286,8 @@ def test_vl_rollout_with_images(tmp_path, rng_seed):
                         prompt_text=text, images=images, pixel_values=pix["pixel_values"],
                         image_grid_thw=pix["image_grid_thw"])
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=torch.float32).eval()
-    engine = build_engine("vllm", path, dtype="float32", max_model_len=256, enforce_eager=True,
-                          kv_cache_memory_bytes=64 << 20, max_num_seqs=4)
+    engine = engine_class("vllm")(path, dtype="float32", max_model_len=256, enforce_eager=True,
+                                  kv_cache_memory_bytes=64 << 20, max_num_seqs=4)
     try:
         samples = engine.generate([prompt], SamplingConfig(n=2, max_new_tokens=6, min_new_tokens=0, seed=rng_seed))
     finally:
