@@ -54,7 +54,8 @@ def test_rms_norm_multi_dim_gamma_and_grad(rng_seed):
 
 def test_rotary_mul_matches_formula_and_broadcasts(rng_seed):
     x = torch.randn(2, 3, 5, 8, requires_grad=True)  # (B, N, S, D)
-    cos, sin = torch.randn(2, 1, 5, 8), torch.randn(2, 1, 5, 8)  # broadcast over heads
+    angle = torch.randn(2, 1, 5, 8)  # broadcast over heads; documented: r1 / r2 values in [-1, 1]
+    cos, sin = angle.cos(), angle.sin()
     out = npu_rotary_mul(x, cos, sin)
     # direct per-element formula: out[..., i] = x_i cos_i - x_{i+d/2} sin_i (i < d/2), x_i cos_i + x_{i-d/2} sin_i
     d = 4
@@ -94,12 +95,48 @@ def test_fused_op_errors():
         npu_rms_norm(torch.randn(2, 8), torch.randn(4))
     with pytest.raises(ValueError, match="must be 4-D"):
         npu_rotary_mul(torch.randn(2, 5, 8), torch.randn(2, 5, 8), torch.randn(2, 5, 8))
-    with pytest.raises(ValueError, match="does not broadcast"):
-        npu_rotary_mul(torch.randn(1, 2, 5, 8), torch.randn(1, 1, 4, 8), torch.randn(1, 1, 4, 8))
+    with pytest.raises(ValueError, match="none of the documented shapes"):
+        npu_rotary_mul(torch.randn(1, 2, 5, 8), torch.rand(1, 1, 4, 8), torch.rand(1, 1, 4, 8))
     with pytest.raises(ValueError, match="last dim of x must be even"):
-        npu_rotary_mul(torch.randn(1, 2, 5, 7), torch.randn(1, 1, 5, 7), torch.randn(1, 1, 5, 7))
+        npu_rotary_mul(torch.randn(1, 2, 5, 7), torch.rand(1, 1, 5, 7), torch.rand(1, 1, 5, 7))
     with pytest.raises(ValueError, match="rotary_mode='half' only"):
-        npu_rotary_mul(torch.randn(1, 1, 2, 4), torch.randn(1, 1, 2, 4), torch.randn(1, 1, 2, 4), "interleave")
+        npu_rotary_mul(torch.randn(1, 1, 2, 4), torch.rand(1, 1, 2, 4), torch.rand(1, 1, 2, 4), "interleave")
+
+
+@pytest.mark.parametrize("call, text", [
+    # npu_rms_norm: x 2-8 dims, gamma of x's dtype
+    (lambda: npu_rms_norm(torch.randn(8), torch.randn(8)), "2 to 8 dims"),
+    (lambda: npu_rms_norm(torch.randn(1, 1, 1, 1, 1, 1, 1, 1, 1, 8), torch.randn(8)), "2 to 8 dims"),
+    (lambda: npu_rms_norm(torch.randn(2, 8, dtype=torch.bfloat16), torch.randn(8)), "gamma must have x's dtype"),
+    # npu_swiglu: 1-8 dims
+    (lambda: npu_swiglu(torch.randn(1, 1, 1, 1, 1, 1, 1, 1, 1, 4)), "1 to 8 dims"),
+    # npu_rotary_mul, half mode: D < 896 and even; B, N < 1000; B*N <= 1024 with cos/sin grads; values in [-1, 1]
+    (lambda: npu_rotary_mul(torch.randn(1, 1, 2, 896), torch.rand(1, 1, 2, 896), torch.rand(1, 1, 2, 896)),
+     "even and < 896"),
+    (lambda: npu_rotary_mul(torch.randn(1, 1000, 1, 2), torch.rand(1, 1, 1, 2), torch.rand(1, 1, 1, 2)),
+     "must be < 1000"),
+    (lambda: npu_rotary_mul(torch.randn(2, 513, 1, 2), torch.rand(2, 1, 1, 2, requires_grad=True),
+                            torch.rand(2, 1, 1, 2)), "<= 1024 when cos/sin"),
+    (lambda: npu_rotary_mul(torch.randn(1, 2, 3, 4), torch.full((1, 1, 3, 4), 1.01), torch.rand(1, 1, 3, 4)),
+     r"\[-1, 1\]"),
+    (lambda: npu_rotary_mul(torch.randn(2, 2, 3, 4), torch.rand(1, 1, 1, 4), torch.rand(1, 1, 1, 4)),
+     "none of the documented shapes"),  # 111D fits no layout
+])
+def test_fused_op_documented_constraints(call, text):
+    with pytest.raises((ValueError, TypeError), match=text):
+        call()
+
+
+def test_rotary_layouts_and_gradient_limit_allow_what_the_docs_allow(rng_seed):
+    """Every documented r1 shape is accepted for its layout; B*N = 1024 with cos/sin gradients passes."""
+    x = torch.randn(2, 3, 4, 6)
+    a, b, c, d = x.shape
+    for shape in [(1, 1, c, d), (a, 1, c, d), (a, b, c, d), (1, b, 1, d), (a, b, 1, d), (a, 1, 1, d)]:
+        r = torch.rand(shape) * 2 - 1
+        torch.testing.assert_close(npu_rotary_mul(x, r, r), x * r + _rotate_half_ref(x) * r)  # fp32, same formula
+    r = torch.rand(2, 1, 1, 2, requires_grad=True)
+    npu_rotary_mul(torch.randn(2, 512, 1, 2), r, r).sum().backward()  # BNSD: B*N = 1024
+    assert r.grad is not None
 
 
 # ---------------------------------------------------------------- swapping on tiny models

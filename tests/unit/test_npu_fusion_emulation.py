@@ -1,4 +1,5 @@
-"""The npu_fusion_attention emulation pinned to the documented torch_npu contract (ASCEND.md).
+"""The npu_fusion_attention emulation pinned to the documented torch_npu contract (the pinned
+wheel's docs; tests/vendor holds it to the wheel's schema and Meta kernels).
 
 The independent reference here is a float64 softmax over an explicit "allowed" matrix
 (`naive`), per batch element and head; it shares no code with the emulation.
@@ -63,7 +64,7 @@ def test_tnd_causal_matches_formula_with_outputs_tuple(rng_seed):
     q, k, v, ends = tnd_batch([3, 1, 5, 2])
     scale = 1 / math.sqrt(8)
     res = npu_fusion_attention(q, k, v, 4, "TND", atten_mask=COMPRESSED, scale=scale, actual_seq_qlen=ends,
-                               actual_seq_kvlen=ends, sparse_mode=3)
+                               actual_seq_kvlen=ends, sparse_mode=3, softmax_layout="TND")
     assert len(res) == 7 and res[4:] == (0, 0, 0) and res[3].numel() == 0
     out, smax, ssum = res[:3]
     # softmax_max/sum: float32, (T, N1, 8) with the value replicated over the trailing 8
@@ -74,16 +75,42 @@ def test_tnd_causal_matches_formula_with_outputs_tuple(rng_seed):
     torch.testing.assert_close((smax[..., 0] + torch.log(ssum[..., 0])).double(), want_lse, **FP32)
 
 
-def test_gradients_match_gradcheck_in_float64(rng_seed):
-    """TND, GQA, bottom-right causal and a length-1 sequence, against numerical derivatives."""
+def test_gradients_match_gradcheck_in_float64(rng_seed, monkeypatch):
+    """TND, GQA, bottom-right causal and a length-1 sequence, against numerical derivatives.
+
+    The op takes fp16/bf16/fp32 only (documented); gradcheck needs float64, so the dtype check
+    is lifted for this test alone: the arithmetic under test is the same."""
+    from lmm_r1_ascend.kernels.npu_emulation import fusion_attention as fa
+
+    monkeypatch.setattr(fa, "_DTYPES", fa._DTYPES + (torch.float64,))
     q, k, v, ends = tnd_batch([2, 1, 3], n1=2, n2=1, d=3, dtype=torch.float64)
 
     def f(q, k, v):
         out, smax, ssum = npu_fusion_attention(q, k, v, 2, "TND", atten_mask=COMPRESSED, scale=0.7,
-                                               actual_seq_qlen=ends, actual_seq_kvlen=ends, sparse_mode=3)[:3]
+                                               actual_seq_qlen=ends, actual_seq_kvlen=ends, sparse_mode=3,
+                                               softmax_layout="TND")[:3]
         return out, smax[..., 0] + torch.log(ssum[..., 0])  # lse is differentiable in the emulation
 
     assert torch.autograd.gradcheck(f, tuple(x.requires_grad_() for x in (q, k, v)))
+
+
+@pytest.mark.parametrize("lengths,heads", [([3, 1, 5, 2], 4), ([2, 2], 4), ([1], 1)])
+def test_tnd_softmax_layout_default_ntd_and_explicit_tnd(rng_seed, lengths, heads):
+    """Documented: with TND input, softmax_max/sum are NTD-ordered unless softmax_layout='TND';
+    the tensor's shape is (T, N, 8) either way. T != N, T == N (4 tokens, 4 heads) and T == N == 1."""
+    q, k, v, ends = tnd_batch(lengths, n1=heads, n2=1)
+    t = sum(lengths)
+    kw = dict(atten_mask=COMPRESSED, scale=0.3, actual_seq_qlen=ends, actual_seq_kvlen=ends, sparse_mode=3)
+    _, want_lse = per_sequence_naive(q, k, v, ends, 0.3)  # (T, N)
+    tnd = npu_fusion_attention(q, k, v, heads, "TND", softmax_layout="TND", **kw)
+    ntd = npu_fusion_attention(q, k, v, heads, "TND", **kw)
+    for res in (tnd, ntd):
+        assert res[1].shape == res[2].shape == (t, heads, 8)
+    torch.testing.assert_close((tnd[1][..., 0] + tnd[2][..., 0].log()).double(), want_lse, **FP32)
+    as_ntd = (ntd[1].reshape(heads, t, 8)[..., 0] + ntd[2].reshape(heads, t, 8)[..., 0].log()).transpose(0, 1)
+    torch.testing.assert_close(as_ntd.double(), want_lse, **FP32)
+    if t * heads > 1:  # a (T, N) reading of NTD data is wrong (T == N: it is the transpose)
+        assert not torch.allclose((ntd[1][..., 0] + ntd[2][..., 0].log()).double(), want_lse, **FP32)
 
 
 @pytest.mark.parametrize("bad", ["leading_zero", "per_sequence", "tensor", "not_increasing", "short", "missing"])
@@ -181,7 +208,7 @@ def test_layouts_agree_for_equal_length_batches(rng_seed):
     ref_out, ref_max, ref_sum = npu_fusion_attention(q, k, v, n1, "BSND", **kw)[:3]
     ends = tuple(range(s, b * s + 1, s))
     tnd = npu_fusion_attention(*(x.reshape(b * s, -1, d) for x in (q, k, v)), n1, "TND",
-                               actual_seq_qlen=ends, actual_seq_kvlen=ends, **kw)
+                               actual_seq_qlen=ends, actual_seq_kvlen=ends, softmax_layout="TND", **kw)
     # Same per-sequence arithmetic in both paths: 1e-6 covers matmul blocking differences.
     torch.testing.assert_close(tnd[0].reshape(b, s, n1, d), ref_out, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(tnd[1].reshape(b, s, n1, 8).transpose(1, 2), ref_max, atol=1e-6, rtol=1e-6)
@@ -230,7 +257,31 @@ def test_invalid_arguments_raise_like_the_op():
         ((q[None], k[None], v[None], 4, "BSND"), tnd, ValueError, "TND' only"),
         ((q, k, v, 4, "BSND"), {}, ValueError, "4-D"),
         ((q[None], k[None], v[None], 4, "BSND"), dict(atten_mask=torch.zeros(3, 3, dtype=torch.bool)),
-         ValueError, "does not fit"),
+         ValueError, "documented shapes BNSS"),
+        # documented constraints of the pinned wheel's _op_plugin_docs.py
+        ((*(torch.stack([x, x]) for x in (q, k, v)), 4, "BSND"),
+         dict(atten_mask=torch.zeros(1, 4, 4, 4, dtype=torch.bool)), ValueError, "documented shapes BNSS"),  # 1NSS is not one of BNSS / B1SS / 11SS / SS
+        ((q.double(), k.double(), v.double(), 4, "TND"), tnd, TypeError, "float16, bfloat16 or float32"),
+        ((q, k.half(), v.half(), 4, "TND"), tnd, TypeError, "share one dtype"),
+        ((q, k, v, 4, "TND"), dict(tnd, padding_mask=torch.zeros(1)), ValueError, "padding_mask is not supported"),
+        ((q, k, v, 4, "TND"), dict(tnd, softmax_layout="NTD"), ValueError, "only documented value"),
+        ((q[None], k[None], v[None], 4, "BSND"), dict(softmax_layout="TND"), ValueError, "input_layout='TND' only"),
+        ((q, k, v, 4, "TND"), dict(tnd, atten_mask=torch.zeros(4, 4, dtype=torch.bool)), ValueError,
+         r"S = \(max Sq, max Skv\) = \(2, 2\)"),
+        ((q, k, v, 4, "TND"), dict(tnd, atten_mask=torch.ones(2, 2, dtype=torch.bool).triu(0)), ValueError,
+         "fully masked row"),
+        ((q, k, v, 4, "TND"), dict(tnd, sparse_mode=5), ValueError, "not supported for varlen"),
+        ((q[None], k[None], v[None], 4, "BSND"), dict(atten_mask=COMPRESSED, sparse_mode=7), ValueError,
+         "TND' only"),
+        ((q[None], k[None], v[None], 4, "BSND"), dict(atten_mask=torch.zeros(4, 4, dtype=torch.bool),
+                                                     pre_tockens=1, next_tockens=-2), ValueError, "next_tockens=-2"),
+        ((torch.randn(4, 4, 769), torch.randn(4, 2, 769), torch.randn(4, 2, 769), 4, "TND"), tnd, ValueError,
+         "1..768"),
+        ((torch.randn(4, 257, 8), torch.randn(4, 1, 8), torch.randn(4, 1, 8), 257, "TND"), tnd, ValueError,
+         "1..256"),
+        ((torch.randn(1025, 1, 8),) * 3 + (1, "TND"), dict(actual_seq_qlen=tuple(range(1, 1026)),
+                                                          actual_seq_kvlen=tuple(range(1, 1026))),
+         ValueError, "at most 1024"),
     ]
     for args, kwargs, err, text in cases:
         with pytest.raises(err, match=text):
