@@ -42,7 +42,7 @@ def stateless_group(backend: str, host: str, port: int, rank: int, world_size: i
     if backend == "nccl":
         opts = dist.ProcessGroupNCCL.Options()
         opts._timeout = timeout
-        return dist.ProcessGroupNCCL(store, rank, world_size, opts)
+        return _numbered(dist.ProcessGroupNCCL(store, rank, world_size, opts))
     if backend == "hccl":
         try:
             from torch_npu._C._distributed_c10d import ProcessGroupHCCL  # type: ignore[import-not-found]
@@ -53,8 +53,15 @@ def stateless_group(backend: str, host: str, port: int, rank: int, world_size: i
         # also binds (store, rank, size, timeout), but Options is the form the vendor itself calls.
         opts = ProcessGroupHCCL.Options()
         opts._timeout = timeout
-        return ProcessGroupHCCL(store, rank, world_size, opts)
+        return _numbered(ProcessGroupHCCL(store, rank, world_size, opts))
     raise ValueError(f"unknown weight-sync backend {backend!r}: use gloo, nccl or hccl")
+
+
+def _numbered(group):
+    """A device group built outside torch.distributed's helpers starts its collective sequence
+    numbers, as those helpers (and vLLM's / vllm-ascend's own callers of the raw constructors) do."""
+    group._set_sequence_number_for_group()
+    return group
 
 
 def group_broadcast(group, tensor: torch.Tensor, src: int) -> None:
