@@ -15,5 +15,5 @@ pip_q() { "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check 
 if ! "$VENV/bin/python" -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '2.13.0')" 2>/dev/null; then
   pip_q torch==2.13.0
 fi
-pip_q -c constraints-cpu.txt -e ".[test,dist]"
+pip_q -c constraints-cpu.txt -e ".[test,dist,trackers]"
 "$VENV/bin/python" -c "import torch, transformers, lmm_r1_ascend; print(f'set-up ok: torch {torch.__version__}, transformers {transformers.__version__}, lmm_r1_ascend {lmm_r1_ascend.__version__}')"

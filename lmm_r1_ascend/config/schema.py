@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from lmm_r1_ascend.algorithms.config import AlgorithmConfig
 
 STAGES = ("fre", "mgt")
+LOGGERS = ("tensorboard", "wandb", "swanlab", "mlflow")  # trainer.loggers: experiment trackers
 
 
 @dataclass
@@ -137,7 +138,12 @@ class TrainerConfig:
     save_steps: int = 20
     save_hf: bool = True
     keep_checkpoints: int = 2
-    tensorboard: bool = True
+    tensorboard: bool = True  # false drops tensorboard from trainer.loggers (a shortcut older commands use)
+    loggers: list[str] = field(default_factory=lambda: ["tensorboard"])  # any of LOGGERS (docs/trackers.md)
+    project: str = "lmm-r1-ascend"  # the trackers' project (wandb / swanlab project, mlflow experiment)
+    run_name: str = ""  # the trackers' run name ("": output_dir's folder name)
+    tags: list[str] = field(default_factory=list)  # the trackers' run tags
+    log_artifacts: bool = False  # at the end, upload config.yaml, metrics.jsonl, eval/ and hf/ to the trackers
     deterministic: bool = False
     resume: bool = True   # continue from the newest checkpoint in output_dir when there is one
     eval_steps: int = 0   # validate on data.eval_data every N steps (and after the last); 0: never

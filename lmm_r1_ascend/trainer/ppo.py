@@ -36,7 +36,8 @@ from lmm_r1_ascend.experience import ExperienceBatch
 from lmm_r1_ascend.rollout.base import RolloutSample, SamplingConfig
 from lmm_r1_ascend.trainer import checkpoint as ckpt
 from lmm_r1_ascend.trainer.async_rollout import AsyncRollout, staleness_metrics
-from lmm_r1_ascend.trainer.metrics import MetricsWriter
+from lmm_r1_ascend.trainer.metrics import MetricsWriter, length_by_source
+from lmm_r1_ascend.trainer.trackers import check_loggers, open_trackers
 from lmm_r1_ascend.trainer.ppo_update import ppo_update
 from lmm_r1_ascend.config.errors import SetupError
 from lmm_r1_ascend.trainer.rollout_collect import collect, shape_overlong
@@ -57,6 +58,7 @@ class PPOTrainer:
         self.out = Path(cfg.output_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        check_loggers(cfg.trainer)  # an unknown or uninstalled tracker fails here, before any model loads
         c = self.parts = build_components(cfg, self.backend, log=log)
         alg = cfg.algorithm
         self.kl_ctl = make_kl_controller(alg.init_kl_coef, alg.kl_target, alg.kl_horizon)
@@ -224,6 +226,7 @@ class PPOTrainer:
             **reward_metrics(drawn, got.drawn_scored),
             "response_length/mean": float(lengths.mean()), "response_length/max": float(lengths.max()),
             "response_length/clip_ratio": sum(s.finish_reason == "length" for s in drawn) / len(drawn),
+            **length_by_source(drawn),
             **got.metrics,
             **staleness_metrics(got.samples or drawn, version),
             **c.rollout.metrics(),
@@ -270,7 +273,8 @@ class PPOTrainer:
         writer, bar, history = None, None, []
         try:
             self.maybe_resume()
-            writer = MetricsWriter(self.out, tensorboard=cfg.trainer.tensorboard, truncate_after=self.step)
+            writer = MetricsWriter(self.out, truncate_after=self.step,  # trackers: driver-side only, never in Ray ranks
+                                   trackers=open_trackers(cfg, to_dict(cfg), self.out, resume_step=self.step))
             if progress:
                 from tqdm.auto import tqdm
 
@@ -360,3 +364,5 @@ class PPOTrainer:
         self.save()
         if cfg.trainer.save_hf:
             self.parts.export_hf(self.out / "hf")
+        if cfg.trainer.log_artifacts:
+            writer.upload([self.out / name for name in ("config.yaml", "metrics.jsonl", "eval", "hf")])
