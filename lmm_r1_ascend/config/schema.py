@@ -8,10 +8,11 @@ overrides on the command line set dotted paths (`optim.actor_lr=1e-6`,
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from lmm_r1_ascend.algorithms.config import AlgorithmConfig
 
-STAGES = ("fre", "mgt")
+# Enumerated keys are Literal types: config/loader.py checks any value against typing.get_args.
 LOGGERS = ("tensorboard", "wandb", "swanlab", "mlflow")  # trainer.loggers: experiment trackers
 
 
@@ -48,7 +49,7 @@ class DataConfig:
     max_prompt_len: int = 4096
     min_pixels: int = 4 * 28 * 28
     max_pixels: int = 16384 * 28 * 28
-    on_bad_line: str = "raise"
+    on_bad_line: Literal["raise", "skip"] = "raise"
     shuffle: bool = True
 
 
@@ -85,7 +86,7 @@ class RolloutConfig:
     vllm_tensor_parallel_size: int = 1
     vllm_gpu_memory_utilization: float = 0.5
     vllm_enable_sleep: bool = True
-    async_mode: str = "sync"
+    async_mode: Literal["sync", "one_step_off", "bounded"] = "sync"
     max_staleness: int = 1
 
 
@@ -198,11 +199,11 @@ class DistributedConfig:
       (all-to-all to a head split; attention and kv heads must divide by the SP size).
     """
 
-    mode: str = "local"
+    mode: Literal["local", "ray"] = "local"
     world_size: int = 1
     colocate_models: bool = True
-    train_engine: str = "torch"
-    zero_stage: int = 2
+    train_engine: Literal["torch", "deepspeed"] = "torch"
+    zero_stage: Literal[0, 1, 2, 3] = 2
     offload_optimizer: bool = False
     offload_params: bool = False
     rollout_engines: int = 1
@@ -210,15 +211,15 @@ class DistributedConfig:
     weight_sync_bucket_mb: int = 256
     ray_address: str = ""
     cpus_per_rank: int = 1
-    placement_strategy: str = "PACK"
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     timeout_s: float = 1800.0
     sequence_parallel_size: int = 1
-    sequence_parallel_mode: str = "ring"
+    sequence_parallel_mode: Literal["ring", "ulysses"] = "ring"
 
 
 @dataclass
 class TrainConfig:
-    stage: str = "fre"
+    stage: Literal["fre", "mgt"] = "fre"
     recipe: str | None = None
     device: str = "auto"
     seed: int = 42

@@ -17,16 +17,45 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 import torch
 
 from lmm_r1_ascend.config import TrainConfig, to_dict
+from lmm_r1_ascend.config.schema import RolloutConfig
 from lmm_r1_ascend.distributed.ray_group import RayWorkerGroup, gather_calls, wait_all
 from lmm_r1_ascend.distributed.worker_group import WorkerDiedError, WorkerGroup
+from lmm_r1_ascend.data.types import PromptItem
+from lmm_r1_ascend.rollout.base import RolloutSample, SamplingConfig
 from lmm_r1_ascend.rollout.registry import engine_class
 
 
-def staleness_bound(rollout_cfg) -> int:
+@runtime_checkable
+class RolloutClient(Protocol):
+    """What the controller generates and syncs weights through: `InProcessRollout` or
+    `RemoteRollout` (which also offers submit / collect / push_weights to the async rollout).
+
+    version: the trainer weight version the engines hold (0 when updated in place)."""
+
+    version: int
+
+    def describe(self) -> str:
+        """One line for the run header: which engine, where, how weights reach it."""
+
+    def generate(self, prompts: list[PromptItem], sampling: SamplingConfig) -> list[RolloutSample]:
+        """len(prompts) * sampling.n samples, prompt-major (RolloutEngine.generate's contract)."""
+
+    def sync_weights(self) -> int:
+        """Bring the actor's current weights to every engine; the number of tensors loaded."""
+
+    def metrics(self) -> dict[str, float]:
+        """This client's per-step figures (e.g. engine idle time); {} when it has none."""
+
+    def close(self) -> None:
+        """Release the engines this client owns."""
+
+
+def staleness_bound(rollout_cfg: RolloutConfig) -> int:
     """Weight versions a sample may lag the trainer: 0 (rollout.async_mode=sync), 1
     (one_step_off), rollout.max_staleness (bounded)."""
     return {"sync": 0, "one_step_off": 1}.get(rollout_cfg.async_mode, rollout_cfg.max_staleness)
@@ -314,5 +343,3 @@ def start_remote_rollout(cfg: TrainConfig, backend, actor_path: str, train: Work
         engines.close()
         raise
 
-
-RolloutClient = InProcessRollout | RemoteRollout  # what the controller generates and syncs weights through

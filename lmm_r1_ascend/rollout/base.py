@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from lmm_r1_ascend.config.schema import RolloutConfig
 from lmm_r1_ascend.data.types import PromptItem
 
 FINISH_REASONS = ("stop", "length")
@@ -97,6 +98,20 @@ class SamplingConfig:
         return 1.0 if self.greedy else float(self.temperature)
 
 
+@dataclass(frozen=True)
+class EngineRun:
+    """The few facts of a run an engine may need beyond its rollout section (from_config).
+
+    seed: the run's seed (an engine that seeds its own sampler at start: vLLM).
+    device: the run's backend name as configured (auto | cpu | cuda | npu | npu-emulated).
+    n_samples_per_prompt: samples per prompt (the hf engine sizes its generate() calls by it).
+    """
+
+    seed: int
+    device: str
+    n_samples_per_prompt: int
+
+
 @dataclass
 class RolloutSample:
     """One sampled response to one prompt.
@@ -171,7 +186,7 @@ def eos_token_ids(config: Any, generation_config: Any = None, tokenizer: Any = N
     return ids
 
 
-def check_generate_args(prompts: Any, cfg: Any) -> None:
+def check_generate_args(prompts: object, cfg: object) -> None:
     """Clear errors for what generate() is given."""
     if not isinstance(cfg, SamplingConfig):
         raise TypeError(f"cfg must be a SamplingConfig, got {type(cfg).__name__}")
@@ -232,17 +247,18 @@ class RolloutEngine(abc.ABC):
     # ---- what a run config needs of an engine kind (the trainer never names an engine) ------
     @classmethod
     @abc.abstractmethod
-    def from_config(cls, cfg: Any, model_path: str, device: torch.device, dtype: torch.dtype) -> RolloutEngine:
-        """The engine a TrainConfig `cfg` asks for (its rollout section, seed, samples per prompt),
-        serving the checkpoint at model_path on `device` in `dtype`."""
+    def from_config(cls, rollout: RolloutConfig, run: EngineRun, model_path: str, device: torch.device,
+                    dtype: torch.dtype) -> RolloutEngine:
+        """The engine the run's rollout section asks for (plus the run facts it needs), serving the
+        checkpoint at model_path on `device` in `dtype`."""
 
     @classmethod
-    def devices_per_engine(cls, rollout_cfg: Any) -> int:
+    def devices_per_engine(cls, rollout_cfg: RolloutConfig) -> int:
         """Accelerators one engine occupies (tensor parallelism) under this rollout config."""
         return 1
 
     @classmethod
-    def sleeps_between_phases(cls, rollout_cfg: Any) -> bool:
+    def sleeps_between_phases(cls, rollout_cfg: RolloutConfig) -> bool:
         """Whether a colocated engine should sleep() while the trainer trains."""
         return False
 

@@ -26,8 +26,10 @@ from collections.abc import Iterable, Sequence
 import torch
 import torch.nn.functional as F
 
+from lmm_r1_ascend.config.schema import RolloutConfig
 from lmm_r1_ascend.data.types import PromptItem
 from lmm_r1_ascend.rollout.base import (
+    EngineRun,
     RolloutEngine,
     RolloutSample,
     SamplingConfig,
@@ -101,12 +103,13 @@ class HFRolloutEngine(RolloutEngine):
         self.max_batch_rows = max_batch_rows
 
     @classmethod
-    def from_config(cls, cfg, model_path: str, device: torch.device, dtype: torch.dtype) -> HFRolloutEngine:
+    def from_config(cls, rollout: RolloutConfig, run: EngineRun, model_path: str, device: torch.device,
+                    dtype: torch.dtype) -> HFRolloutEngine:
         """rollout.micro_rollout_batch_size prompts (x n samples each) per generate() call."""
         from lmm_r1_ascend.data import load_processors
 
         tokenizer, _ = load_processors(model_path)
-        rows = cfg.rollout.micro_rollout_batch_size * cfg.algorithm.n_samples_per_prompt
+        rows = rollout.micro_rollout_batch_size * run.n_samples_per_prompt
         return cls(model_path, device=device, dtype=dtype, tokenizer=tokenizer, max_batch_rows=rows)
 
     # ----------------------------------------------------------------------------- generate

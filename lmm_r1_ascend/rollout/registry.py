@@ -3,7 +3,7 @@ names backends), so that this package's base module imports no engine and an eng
 dependencies (vLLM) is imported only when chosen.
 
     cls = engine_class(cfg.rollout.engine)          # the class: its config-level facts
-    engine = cls.from_config(cfg, actor_path, device, dtype)
+    engine = cls.from_config(cfg.rollout, EngineRun(cfg.seed, cfg.device, n), actor_path, device, dtype)
     register_engine("mine", "my_pkg.engine:MyEngine")   # selectable as rollout.engine=mine
 """
 

@@ -35,8 +35,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from lmm_r1_ascend.config.schema import RolloutConfig
 from lmm_r1_ascend.data.types import PromptItem
 from lmm_r1_ascend.rollout.base import (
+    EngineRun,
     RolloutEngine,
     RolloutSample,
     SamplingConfig,
@@ -150,7 +152,8 @@ class VLLMRolloutEngine(RolloutEngine):
         self.logprobs_mode = logprobs_mode
 
     @classmethod
-    def from_config(cls, cfg, model_path: str, device: torch.device, dtype: torch.dtype) -> VLLMRolloutEngine:
+    def from_config(cls, rollout: RolloutConfig, run: EngineRun, model_path: str, device: torch.device,
+                    dtype: torch.dtype) -> VLLMRolloutEngine:
         """vLLM places itself (the device comes from its platform) and schedules its own batches
         (rollout.micro_rollout_batch_size is the hf engine's). It serves in the trainer's dtype:
         vLLM's "auto" would downcast a float32 checkpoint to bfloat16/float16. The device's backend
@@ -158,9 +161,9 @@ class VLLMRolloutEngine(RolloutEngine):
         weight_nz_mode=0 on NPU)."""
         from lmm_r1_ascend.backends import get_backend
 
-        r = cfg.rollout
-        extra = dict(getattr(get_backend(cfg.device), "vllm_additional_config", {}))
-        return cls(model_path, seed=cfg.seed, dtype=str(dtype).removeprefix("torch."),
+        r = rollout
+        extra = dict(getattr(get_backend(run.device), "vllm_additional_config", {}))
+        return cls(model_path, seed=run.seed, dtype=str(dtype).removeprefix("torch."),
                    tensor_parallel_size=r.vllm_tensor_parallel_size,
                    gpu_memory_utilization=r.vllm_gpu_memory_utilization, enable_sleep_mode=r.vllm_enable_sleep,
                    **({"additional_config": extra} if extra else {}))

@@ -169,6 +169,8 @@ def sequence_parallel_context(cfg: TrainConfig, backend: Backend):
 
 def build_rollout_engine(cfg: TrainConfig, actor_path: str, device: torch.device, dtype: torch.dtype) -> RolloutEngine:
     """The engine rollout.engine names (rollout/registry.py), built from the run config."""
+    from lmm_r1_ascend.rollout.base import EngineRun
     from lmm_r1_ascend.rollout.registry import engine_class
 
-    return engine_class(cfg.rollout.engine).from_config(cfg, actor_path, device, dtype)
+    run = EngineRun(seed=cfg.seed, device=cfg.device, n_samples_per_prompt=cfg.algorithm.n_samples_per_prompt)
+    return engine_class(cfg.rollout.engine).from_config(cfg.rollout, run, actor_path, device, dtype)

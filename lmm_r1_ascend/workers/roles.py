@@ -31,6 +31,7 @@ import torch
 from lmm_r1_ascend.algorithms.config import AlgorithmConfig
 from lmm_r1_ascend.algorithms.objectives import actor_loss, critic_loss
 from lmm_r1_ascend.algorithms.rollout_correction import correction_weights
+from lmm_r1_ascend.engines.base import TrainingEngine
 from lmm_r1_ascend.experience import ExperienceBatch, micro_batches
 from lmm_r1_ascend.experience.micro import MicroBatch
 from lmm_r1_ascend.kernels.packing import split_by_token_budget
@@ -79,7 +80,7 @@ def _planted_steps(prefix: str) -> set[int]:
     return out
 
 
-def _train_micro_batches(engine, micros: list[MicroBatch], n_micro: int | None, real: bool, loss_fn,
+def _train_micro_batches(engine: TrainingEngine, micros: list[MicroBatch], n_micro: int | None, real: bool, loss_fn,
                          prefix: str) -> MetricSums:
     """Accumulate over micro-batches (zero-weighted padding up to n_micro), then one optimizer step."""
     plan = _padded(micros, n_micro) if real else [(micros[0], 0.0)] * (n_micro or 1)
@@ -97,7 +98,7 @@ def _train_micro_batches(engine, micros: list[MicroBatch], n_micro: int | None, 
                 sums.log_probs.append(out.forward_log_probs.cpu())
     lr = engine.lr  # the rate this step uses (step() advances the schedule)
     grad_norm = engine.step()
-    skipped = bool(getattr(engine, "last_step_skipped", False))
+    skipped = engine.last_step_skipped
     sums.scalars = {f"{prefix}/grad_norm": grad_norm, f"{prefix}/lr": lr, f"{prefix}/skipped_steps": float(skipped)}
     return sums
 

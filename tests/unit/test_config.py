@@ -81,6 +81,46 @@ def test_bad_config_is_one_clear_line(overrides, match):
     assert "\n" not in str(err.value)
 
 
+def test_every_literal_key_is_checked_against_its_allowed_values():
+    """Each Literal-typed key (found by walking the schema, so a new one is covered) refuses a value
+    outside typing.get_args, from an override and from a config built in Python, in one line
+    naming the key, the value and every allowed value; and takes each allowed value."""
+    import dataclasses
+    import typing
+
+    from lmm_r1_ascend.config import TrainConfig
+    from lmm_r1_ascend.config.loader import validate
+
+    def literal_keys(cls, prefix=""):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            tp = hints[f.name]
+            if typing.get_origin(tp) is typing.Literal:
+                yield prefix + f.name, typing.get_args(tp)
+            elif dataclasses.is_dataclass(tp):
+                yield from literal_keys(tp, f"{prefix}{f.name}.")
+
+    keys = dict(literal_keys(TrainConfig))
+    assert {"stage", "data.on_bad_line", "rollout.async_mode", "distributed.mode", "distributed.zero_stage"} <= set(keys)
+    for key, allowed in keys.items():
+        want = f"{key}: must be one of {', '.join(map(str, allowed))}, got "
+        bad = "nope" if isinstance(allowed[0], str) else 99
+        with pytest.raises(ConfigError) as err:
+            load_config("fre_text", overrides=[f"{key}={bad}"])
+        assert str(err.value) == want + repr(bad)
+        cfg = load_config("fre_text")
+        section, _, name = key.rpartition(".")
+        setattr(cfg if not section else getattr(cfg, section), name, bad)
+        with pytest.raises(ConfigError) as err:
+            validate(cfg)
+        assert str(err.value) == want + repr(bad)
+    # the same type, not only an equal value: YAML's true is not zero_stage 1
+    with pytest.raises(ConfigError, match=r"distributed.zero_stage: must be one of 0, 1, 2, 3, got True"):
+        load_config("fre_text", overrides=["distributed.zero_stage=true"])
+    for allowed in keys["distributed.placement_strategy"]:
+        assert load_config("fre_text", overrides=[f"distributed.placement_strategy={allowed}"])
+
+
 def test_bad_recipe_and_files(tmp_path):
     with pytest.raises(ConfigError, match=r"unknown recipe 'fre_txt' \(did you mean 'fre_text'\?\)"):
         load_config("fre_txt")

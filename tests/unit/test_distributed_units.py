@@ -115,8 +115,8 @@ def test_worker_died_error_names_worker_and_carries_the_hint():
 @pytest.mark.parametrize("overrides, message", [
     (["distributed.world_size=2"], "needs distributed.mode=ray"),
     (["distributed.mode=ray", "distributed.world_size=2"], "set distributed.train_engine=deepspeed"),
-    (["distributed.train_engine=jax"], "must be torch or deepspeed"),
-    (["distributed.zero_stage=4"], "must be 0, 1, 2 or 3"),
+    (["distributed.train_engine=jax"], "distributed.train_engine: must be one of torch, deepspeed, got 'jax'"),
+    (["distributed.zero_stage=4"], "distributed.zero_stage: must be one of 0, 1, 2, 3, got 4"),
     (["distributed.offload_params=true"], "needs distributed.zero_stage=3"),
     (["distributed.rollout_engines=2"], "needs distributed.mode=ray"),
     (["distributed.placement_strategy=RANDOM"], "PACK, SPREAD"),
@@ -138,3 +138,31 @@ def test_distributed_config_accepts_the_documented_layouts():
                                              "distributed.train_engine=deepspeed", "distributed.zero_stage=3",
                                              "distributed.rollout_engines=0"])
     assert (cfg.distributed.world_size, cfg.distributed.zero_stage, cfg.distributed.rollout_engines) == (2, 3, 0)
+
+
+def test_both_rollout_clients_implement_the_rollout_client_protocol():
+    """RolloutClient is a Protocol the controller types against: each client has every member,
+    with the Protocol's parameters (a client drifting from it fails here, not mid-run)."""
+    import inspect
+
+    from lmm_r1_ascend.distributed.rollout_client import InProcessRollout, RemoteRollout, RolloutClient
+
+    methods = ["close", "describe", "generate", "metrics", "sync_weights"]
+    for cls in (InProcessRollout, RemoteRollout):
+        for name in methods:
+            want = list(inspect.signature(getattr(RolloutClient, name)).parameters)
+            assert list(inspect.signature(getattr(cls, name)).parameters) == want, (cls.__name__, name)
+    assert InProcessRollout.version == 0  # a class attribute; RemoteRollout sets it in __init__
+    assert "self.version = 0" in inspect.getsource(RemoteRollout.__init__)
+
+    class Partial:  # runtime_checkable: a stand-in missing sync_weights is not a client
+        version = 0
+
+        def describe(self): return ""
+        def generate(self, prompts, sampling): return []
+        def metrics(self): return {}
+        def close(self): pass
+
+    assert not isinstance(Partial(), RolloutClient)
+    Partial.sync_weights = lambda self: 0
+    assert isinstance(Partial(), RolloutClient)

@@ -13,7 +13,7 @@ from lmm_r1_ascend.distributed.net import free_port
 from lmm_r1_ascend.kernels.weight_sync import send_buckets
 from lmm_r1_ascend.models.tiny import ensure_tiny_model
 from lmm_r1_ascend.rollout import registry
-from lmm_r1_ascend.rollout.base import RolloutEngine
+from lmm_r1_ascend.rollout.base import EngineRun, RolloutEngine
 from lmm_r1_ascend.rollout.hf_engine import HFRolloutEngine
 from lmm_r1_ascend.workers.builders import build_rollout_engine
 
@@ -23,12 +23,12 @@ class RecordingEngine(RolloutEngine):
 
     built: list = []
 
-    def __init__(self, cfg, path, device, dtype):
-        self.args = (cfg, path, device, dtype)
+    def __init__(self, rollout, run, path, device, dtype):
+        self.args = (rollout, run, path, device, dtype)
 
     @classmethod
-    def from_config(cls, cfg, model_path, device, dtype):
-        engine = cls(cfg, model_path, device, dtype)
+    def from_config(cls, rollout, run, model_path, device, dtype):
+        engine = cls(rollout, run, model_path, device, dtype)
         cls.built.append(engine)
         return engine
 
@@ -64,7 +64,10 @@ def test_a_registered_engine_is_selectable_from_config(recording_registered):
     cfg = load_config(overrides=["rollout.engine=recording", "data.prompt_data=[x.jsonl]"])
     engine = build_rollout_engine(cfg, "/some/model", torch.device("cpu"), torch.float32)
     assert isinstance(engine, RecordingEngine) and RecordingEngine.built == [engine]
-    assert engine.args == (cfg, "/some/model", torch.device("cpu"), torch.float32)
+    # the engine gets its rollout section and the run facts it may need, never the whole TrainConfig
+    assert engine.args == (cfg.rollout, EngineRun(seed=cfg.seed, device=cfg.device,
+                                                  n_samples_per_prompt=cfg.algorithm.n_samples_per_prompt),
+                           "/some/model", torch.device("cpu"), torch.float32)
     assert registry.engine_class("recording").devices_per_engine(cfg.rollout) == 3
     # its config-level facts reach the config checks: 3 devices per engine cannot sit in rank 0
     from lmm_r1_ascend.config import ConfigError

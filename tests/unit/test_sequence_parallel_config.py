@@ -15,7 +15,7 @@ RAY2 = ["distributed.mode=ray", "distributed.world_size=2", "distributed.train_e
     (["distributed.sequence_parallel_size=2"], "sequence_parallel_size=2 must divide distributed.world_size=1"),
     ([*RAY2, "distributed.sequence_parallel_size=4"], "sequence_parallel_size=4 must divide distributed.world_size=2"),
     ([*RAY2, "distributed.sequence_parallel_size=2", "distributed.sequence_parallel_mode=tree"],
-     "sequence_parallel_mode: must be ring or ulysses, got 'tree'"),
+     "sequence_parallel_mode: must be one of ring, ulysses, got 'tree'"),
     (["distributed.mode=ray", "distributed.world_size=4", "distributed.train_engine=deepspeed",
       "distributed.sequence_parallel_size=2", "trainer.train_batch_size=1"],
      r"data-parallel replicas \(distributed.world_size / sequence_parallel_size = 2\)"),
