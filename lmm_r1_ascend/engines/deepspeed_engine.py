@@ -4,7 +4,11 @@ interface of engines/base.py.
 Before constructing it the caller sets DS_ACCELERATOR from its backend (before anything
 imports deepspeed) and creates the process group with the backend's string: this module
 never picks a device. The optimizer is TorchEngine's torch AdamW(foreach=False) and
-transformers schedule, handed to DeepSpeed, so no fused optimizer is JIT-built.
+transformers schedule, handed to DeepSpeed, so no fused optimizer is JIT-built. On NPU
+(DS_ACCELERATOR=npu: DeepSpeed's NPU_Accelerator, communication backend hccl) a config-named
+optimizer would be FusedAdam through DeepSpeed's NPU op builder (torch._fused_adamw_ on npu
+tensors, no build); the torch AdamW is kept there too: one update rule on every device, the one
+CI checks (tests/vendor/test_runtime_ds_ray.py).
 
 Gradients (DeepSpeed 0.19.8): every stage AVERAGES gradients over the data-parallel ranks
 (the reduction divides by the world size), and with gradient_accumulation_steps=1 nothing
