@@ -137,6 +137,12 @@ class Backend(ABC):
     # `ray start` cluster a setting exported before the launch would otherwise never reach the ranks.
     forwarded_env_vars: ClassVar[tuple[str, ...]] = ()
     default_dtype: ClassVar[torch.dtype] = torch.bfloat16
+    # Facts the memory planner (lmm_r1_ascend.plan) reads from the class, so that a run can be
+    # planned for a device this machine does not have.
+    runtime_overhead_gb: ClassVar[float] = 0.6  # per-rank process / context memory beyond tensors (typical)
+    offload_is_device_memory: ClassVar[bool] = False  # DeepSpeed's "host" offload lands in the device's own memory
+    # What results on this backend are not (an emulation says so in every parity stamp); None: real device.
+    emulation_note: ClassVar[str | None] = None
 
     # ---- availability -------------------------------------------------------------
     @classmethod

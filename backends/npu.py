@@ -32,6 +32,7 @@ class NpuBackend(AcceleratorBackend):
     ray_resource: ClassVar[str | None] = "NPU"
     visible_devices_env: ClassVar[str | None] = "ASCEND_RT_VISIBLE_DEVICES"
     ds_accelerator: ClassVar[str] = "npu"
+    runtime_overhead_gb: ClassVar[float] = 1.2  # CANN context and workspace (typical)
     # No CUDA IPC on Ascend; vLLM's own nccl/ipc weight transfer is CUDA-only (ASCEND.md).
     weight_sync_transports: ClassVar[tuple[str, ...]] = ("in_process", "hccl_broadcast")
     # The settings a run may tune (ASCEND.md, "Environment variables" and "More facts"); doctor
@@ -138,6 +139,10 @@ class EmulatedNpuBackend(CpuBackend):
     """
 
     name: ClassVar[str] = "npu-emulated"
+    emulation_note: ClassVar[str | None] = (
+        "npu-emulated runs the NPU code path (TND layout, cumulative lengths, True = masked, "
+        "fused ops) through a pure-torch emulation of the NPU ops' documented contracts on CPU: "
+        "it is the documented contract, not the Ascend hardware, and says nothing about NPU precision")
 
     @classmethod
     def probe(cls) -> tuple[bool, str]:

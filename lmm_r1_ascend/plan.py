@@ -26,7 +26,7 @@ are counted exactly on the meta device (no weights are read). Per device, in GB 
       vllm_gpu_memory_utilization x device memory (weights + KV cache inside it), released
       for training when vllm_enable_sleep is on (then the larger phase counts, not the sum).
   runtime          the process / device context (CPU: Python, torch and libraries' RSS).
-  offloaded        backend cpu only: offloaded state, which on a CPU stays in the same RAM.
+  offloaded        backends whose offload is device memory (Backend.offload_is_device_memory: cpu): it stays in the same RAM.
 
 The estimate was checked against measured per-rank peaks (benchmarks/bench_real_shape.py,
 docs/memory_plan.md); it is meant to be within 25 % of them, not exact.
@@ -42,7 +42,6 @@ from dataclasses import asdict, dataclass, field, replace
 
 GB = 1e9
 HUB_SHAPES = {"Qwen/Qwen2.5-VL-3B-Instruct": "qwen2.5-vl-3b-shape:layers=36,vision_layers=32"}
-RUNTIME_GB = {"cpu": 0.75, "cuda": 0.6, "npu": 1.2}  # process / context overhead (cpu measured, others typical)
 REDUCE_BUCKET = 500_000_000  # DeepSpeed's zero_optimization.reduce_bucket_size default (the engine keeps it)
 LOGPROB_CHUNK = 1024  # models.forward.packed_log_probs' default chunk_size
 _BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -182,8 +181,11 @@ def estimate(cfg, *, devices: int, device_memory_gb: float, backend: str = "cuda
     image_tokens: merged image tokens per micro-batch (default: 256 per sample, one 448x448
     image, for multimodal data, none for stage fre text data). steps=1: the first step, whose
     AdamW moments appear only after its backward (torch and DeepSpeed create them lazily)."""
+    from lmm_r1_ascend.backends.registry import backend_class
+
+    device = backend_class(backend)  # its class-level facts only: nothing probes or needs the device
     shape = shape or shape_of(cfg.model.pretrain)
-    dtype = cfg.model.dtype if cfg.model.dtype != "auto" else ("float32" if backend == "cpu" else "bfloat16")
+    dtype = cfg.model.dtype if cfg.model.dtype != "auto" else str(device.default_dtype).removeprefix("torch.")
     b = _BYTES[dtype]
     dist, alg, tr, ro = cfg.distributed, cfg.algorithm, cfg.trainer, cfg.rollout
     engine = "torch" if dist.train_engine == "torch" else "deepspeed"
@@ -245,12 +247,12 @@ def estimate(cfg, *, devices: int, device_memory_gb: float, backend: str = "cuda
         notes.append(f"rollout engines on devices of their own ({dist.rollout_engines} x "
                      f"{ro.vllm_tensor_parallel_size}): not counted here")
     parts["rollout"] = rollout_resident
-    parts["runtime"] = RUNTIME_GB.get(backend, 0.6) * GB
-    if backend == "cpu" and host:
+    parts["runtime"] = device.runtime_overhead_gb * GB
+    if device.offload_is_device_memory and host:
         # On CPU the "host" DeepSpeed offloads to is the rank's own RAM: nothing leaves the device
         # (measured: mgt_sokoban ZeRO-3 x 2 with offload_optimizer was killed earlier, not later).
         parts["offloaded"] = host
-        notes.append(f"backend cpu: the {host / GB:.1f} GB offloaded stay in the same RAM (counted in the total)")
+        notes.append(f"backend {backend}: the {host / GB:.1f} GB offloaded stay in the same RAM (counted in the total)")
     resident = sum(parts.values())
     transient = max(train_transient, rollout_transient)  # phases run one after another
     parts["activations"] = act
@@ -368,7 +370,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--recipe", required=True)
     p.add_argument("--devices", type=int, default=8)
     p.add_argument("--device-memory", type=float, default=64.0, help="GB per device (64 for Ascend 910B, 80 for A100/H100)")
-    p.add_argument("--backend", default="npu", choices=sorted(RUNTIME_GB), help="whose runtime overhead to count")
+    from lmm_r1_ascend.backends.registry import backend_names
+
+    p.add_argument("--backend", default="npu", choices=sorted(backend_names()),
+                   help="whose device facts to count (runtime overhead, default dtype, where offload lands)")
     p.add_argument("--json", action="store_true")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     args = parse_cli(p, argv, overrides_dest="overrides")

@@ -11,10 +11,6 @@ from typing import Any
 
 import torch
 
-EMULATION_NOTE = ("npu-emulated runs the NPU code path (TND layout, cumulative lengths, True = masked, "
-                  "fused ops) through a pure-torch emulation of the NPU ops' documented contracts on CPU: "
-                  "it is the documented contract, not the Ascend hardware, and says nothing about NPU precision")
-
 
 def utc_now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
@@ -69,6 +65,6 @@ def environment(backend, *, device: torch.device, kernels, dtype: torch.dtype, s
         "date_utc": utc_now(),
         "plant": plant,
     }
-    if backend.name == "npu-emulated":
-        env["note"] = EMULATION_NOTE
+    if backend.emulation_note:
+        env["note"] = backend.emulation_note
     return env
