@@ -30,14 +30,18 @@ def _parser() -> argparse.ArgumentParser:
                "  python -m lmm_r1_ascend.train --stage fre --device npu --recipe fre_text \\\n"
                "      model.pretrain=/models/Qwen2.5-VL-3B-Instruct data.prompt_data=/data/deepscaler_message.jsonl\n"
                "  python -m lmm_r1_ascend.train --stage mgt --recipe mgt_geo model.init_from=outputs/fre_text ...\n"
-               "  python -m lmm_r1_ascend.train trainer.max_steps=2 --recipe demo_gspo output_dir=/tmp/x   # any order")
+               "  python -m lmm_r1_ascend.train trainer.max_steps=2 --recipe demo_gspo output_dir=/tmp/x   # any order"
+               f"\n\n{EXIT_CODES}")
     parser.add_argument("--stage", choices=("fre", "mgt"), help="fre (text reasoning) or mgt (multimodal); "
                         "without --recipe/--config it selects that stage's demo")
     parser.add_argument("--device", help="auto (npu, then cuda, then cpu), cpu, cuda, npu, npu-emulated")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--recipe", help="a built-in recipe (listed below)")
     source.add_argument("--config", help="a YAML config file")
-    parser.add_argument("--dry-run", action="store_true", help="validate the config and the data, then exit")
+    parser.add_argument("--dry-run", action="store_true", help="validate the config, the data and the reward "
+                        "functions (custom files are imported), then exit")
+    parser.add_argument("--probe-rewards", action="store_true",
+                        help="with --dry-run: also check that each HTTP reward endpoint answers")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. in CI logs)")
     parser.add_argument("--print-config", action="store_true",
                         help="print the full resolved config (YAML, as written to <output_dir>/config.yaml) first")
@@ -66,7 +70,31 @@ def _placement(cfg) -> str:
     return f"{d.mode} mode, {d.world_size} rank(s), {engine}"
 
 
+def resume_command(argv: list[str], resume_enabled: bool) -> str:
+    """The command that continues this run (the same one; trainer.resume=true added when it was off)."""
+    import shlex
+
+    args = list(argv) + ([] if resume_enabled else ["trainer.resume=true"])
+    return " ".join(["python -m lmm_r1_ascend.train", *map(shlex.quote, args)])
+
+
+EXIT_CODES = """exit status: 0 done; 2 a user error (config, data, paths; one line on stderr); 3 a worker process
+died; 4 the run stopped on a training fault (non-finite weights or losses, a checkpoint that could not be
+written with trainer.on_save_error=stop); 130 / 143 stopped by SIGINT / SIGTERM (128 + the signal): the
+first signal finishes the step and writes a checkpoint, a second exits at once; run the same command to resume"""
+
+
 def main(argv: list[str] | None = None) -> int:
+    from lmm_r1_ascend.trainer.stop import interrupt_at_once, restore
+
+    previous = interrupt_at_once()  # set-up: Ctrl-C or SIGTERM ends it in one line (the loop stops gracefully)
+    try:
+        return _main(sys.argv[1:] if argv is None else list(argv))
+    finally:
+        restore(previous)
+
+
+def _main(argv: list[str]) -> int:
     started = time.perf_counter()
     args = parse_cli(_parser(), argv, overrides_dest="overrides")
     quiet_library_progress(verbose=args.verbose)
@@ -74,7 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     from lmm_r1_ascend.data import DataError
     from lmm_r1_ascend.distributed.worker_group import WorkerDiedError
     from lmm_r1_ascend.config.errors import SetupError
+    from lmm_r1_ascend.engines.base import NonFiniteError
+    from lmm_r1_ascend.trainer.checkpoint import CheckpointSaveError
+    from lmm_r1_ascend.trainer.stop import Interrupted, RunStopped, exit_code
 
+    cfg = None
     try:
         cfg = resolve_config(args)
         if args.print_config or args.verbose:
@@ -89,10 +121,11 @@ def main(argv: list[str] | None = None) -> int:
             from lmm_r1_ascend.backends import get_backend
             from lmm_r1_ascend.trainer.dry_run import dry_run
 
-            checked = dry_run(cfg, log=lambda _: None)
+            checked = dry_run(cfg, log=lambda _: None, probe_http=args.probe_rewards)
             print("\n".join(run_header(cfg, backend=get_backend(cfg.device), counts=checked, placement=_placement(cfg),
                                        rollout=f"{cfg.rollout.engine} engine", title="dry run")))
-            print(f"dry run ok: config, device, model and all {checked['data/rows']} data rows checked "
+            rewards = f", {checked['rewards']} custom reward(s)" if checked["rewards"] else ""
+            print(f"dry run ok: config, device, model{rewards} and all {checked['data/rows']} data rows checked "
                   f"({checked['prompts']} usable prompts); nothing was trained", flush=True)
             return 0
         from lmm_r1_ascend.trainer.ppo import PPOTrainer
@@ -112,6 +145,26 @@ def main(argv: list[str] | None = None) -> int:
     except WorkerDiedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
+    except (NonFiniteError, CheckpointSaveError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 4
+    except RunStopped as stop:
+        where = f"checkpoint {stop.checkpoint}" if stop.checkpoint else "no checkpoint yet (the run starts over)"
+        resume = resume_command(argv, cfg.trainer.resume)
+        print(f"stopped by {Interrupted(stop.signum)} after step {stop.step}: {where}; resume with: {resume}",
+              file=sys.stderr, flush=True)
+        return exit_code(stop.signum)
+    except Interrupted as stop:  # a second signal, or one during set-up: no new checkpoint
+        if cfg is None:
+            print(f"interrupted by {stop} while reading the config: nothing was written", file=sys.stderr)
+        else:
+            from lmm_r1_ascend.trainer.checkpoint import latest_checkpoint
+
+            last = latest_checkpoint(cfg.output_dir)
+            where = f"last good checkpoint {last}" if last else "no checkpoint yet (the run starts over)"
+            print(f"interrupted by {stop} at once: {where}; resume with: {resume_command(argv, cfg.trainer.resume)}",
+                  file=sys.stderr, flush=True)
+        return exit_code(stop.signum)
     now = time.perf_counter()
     print("\n".join(run_summary(cfg, history, wall_s=now - started, train_s=now - fit_started,
                                 first_eval=val.first if val is not None else None)), flush=True)

@@ -312,6 +312,8 @@ def _validate_eval(cfg: TrainConfig) -> None:
     t, e = cfg.trainer, cfg.eval
     if t.max_consecutive_skips < 0:
         raise ConfigError(f"trainer.max_consecutive_skips must be >= 0 (0: never stop), got {t.max_consecutive_skips}")
+    if t.on_save_error not in ("stop", "skip"):
+        raise ConfigError(f"trainer.on_save_error: must be stop or skip, got '{t.on_save_error}'")
     if t.eval_steps < 0:
         raise ConfigError(f"trainer.eval_steps must be >= 0 (0: never), got {t.eval_steps}")
     if (t.eval_steps or t.eval_before_train) and not cfg.data.eval_data:

@@ -151,6 +151,7 @@ class TrainerConfig:
     eval_before_train: bool = False  # also validate the starting model (logged as step 0)
     best_metric: str = ""  # e.g. eval/all/accuracy: keep <output_dir>/best (HF format) at its highest
     max_consecutive_skips: int = 3  # stop after this many optimizer steps in a row skipped as non-finite (0: never)
+    on_save_error: str = "stop"  # a checkpoint that cannot be written (disk full, I/O error): stop | skip (warn, count)
 
 
 @dataclass

@@ -66,9 +66,11 @@ class PromptDataset:
         for p in paths:
             self._index_source(p, fields or FieldMap(), loader, split, image_root, hf_cache_dir)
         if not self._plans:
-            raise ValueError(f"no prompts left in {[str(p) for p in paths]}: {self._counts['data/rows']} rows read, "
-                             f"{self._counts['data/skipped_bad']} bad, {self._counts['data/filtered_too_long']} "
-                             f"over max_prompt_len={max_prompt_len}; check the data and max_prompt_len")
+            raise DataError(", ".join(str(p) for p in paths), "no_prompts",
+                            f"no prompts left in this data: {self._counts['data/rows']} rows read, "
+                            f"{self._counts['data/skipped_bad']} bad, {self._counts['data/filtered_too_long']} "
+                            f"over max_prompt_len={max_prompt_len}",
+                            hint="check the data (the skipped rows' reasons are logged) and max_prompt_len")
         self._epoch, self._index = 0, 0
         logger.info("prompt data: %s", self._counts)
 
@@ -167,8 +169,9 @@ class PromptDataset:
         mine = self.state_dict()
         for key in ("num_items", "seed", "shuffle"):
             if key in state and state[key] != mine[key]:
-                raise ValueError(f"data state mismatch: saved {key}={state[key]!r}, this dataset has "
-                                 f"{key}={mine[key]!r}; resume with the same data, filters, seed and shuffle")
+                raise DataError("the checkpoint's data position", "state_mismatch",
+                                f"saved {key}={state[key]!r}, this dataset has {key}={mine[key]!r}",
+                                hint="resume with the same data, filters, seed and shuffle")
         epoch, index = int(state["epoch"]), int(state["index"])
         if epoch < 0 or not 0 <= index <= len(self):
             raise ValueError(f"bad data state: epoch={epoch}, index={index} (dataset of {len(self)} prompts)")

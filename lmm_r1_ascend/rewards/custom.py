@@ -107,6 +107,21 @@ def load_reward_file(path: str | Path) -> Callable:
     return fn
 
 
+def probe_endpoint(url: str, timeout_s: float = 10.0) -> int:
+    """POST an empty batch to a reward endpoint: any HTTP reply (even an error status: it may refuse
+    an empty batch) shows it answers; ValueError naming the URL when nothing does. Returns the status."""
+    body = json.dumps({"query": [], "prompts": [], "labels": []}).encode()
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+            return resp.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except (urllib.error.URLError, socket.timeout, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise ValueError(f"reward endpoint {url} does not answer ({reason}); start it, or fix the URL") from None
+
+
 class PythonFileReward:
     """Reward from ``reward_func`` in a Python file (see the module docstring)."""
 

@@ -11,7 +11,8 @@ fsynced, then renamed into place; a step that already exists is first renamed as
 (`.step_<N>.old`, renamed back should the crash come between the two renames), and pruned checkpoints are renamed to `.step_<N>.del` before they are
 deleted. Only `step_<N>` directories holding state.pt count, so a crash (kill -9, preemption)
 at any point leaves either the old or the new checkpoint visible, never a partial one. Hidden
-leftovers of a crashed write are removed by the next save.
+leftovers of a crashed write are removed by the next save; a write that fails with an error
+(full disk, I/O error, interrupt) removes its own at once. Pruning follows a successful save only.
 
 Test-only fault hook: `fault_pause(point, step)` sleeps when the environment variable
 LMM_R1_TEST_PAUSE is `point[@step]:seconds` (comma-separated for several) and, when
@@ -100,24 +101,79 @@ def _remove(path: Path) -> None:
     shutil.rmtree(aside, ignore_errors=True)
 
 
+class CheckpointSpaceError(OSError):
+    """Too little free space for the next checkpoint (checked before anything is written)."""
+
+
+class CheckpointSaveError(RuntimeError):
+    """A checkpoint could not be written and trainer.on_save_error=stop: the message is one line."""
+
+
+def first_line(err: BaseException) -> str:
+    """An error's first meaningful line (torch's writer and Ray's wrappers add tracebacks and C++ frames)."""
+    for line in str(err).strip().splitlines():
+        line = line.strip()
+        if line and "Traceback" not in line and not line.startswith(("File ", "frame #", "Exception raised from")):
+            return f"{type(err).__name__}: {line[:300]}" if type(err).__name__ not in line else line[:300]
+    return type(err).__name__
+
+
+def estimate_bytes(params: int, dtype_bytes: int, *, models: int = 1, deepspeed: bool = False) -> int:
+    """A checkpoint's expected size before the first one is written: per trained model its weights
+    (params x dtype_bytes) and the engine state: AdamW's two moments in the weights' dtype (torch
+    engine), or DeepSpeed's fp32 master copy and moments (12 bytes a parameter) plus its own copy
+    of the weights. The first save measures the real size, which the later checks use."""
+    per_param = dtype_bytes + (dtype_bytes + 12 if deepspeed else 2 * dtype_bytes)
+    return models * params * per_param
+
+
+def directory_bytes(path: str | os.PathLike) -> int:
+    """Bytes of the files below `path` (a written checkpoint's size: the next one's expected size)."""
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def free_bytes(path: str | os.PathLike) -> int:
+    return shutil.disk_usage(path).free
+
+
+def space_line(root: str | os.PathLike, need_bytes: int | None) -> str:
+    """'<dir>: needs ~N bytes, M bytes free': the figures every save-failure line carries."""
+    try:
+        free = f"{free_bytes(root):,} bytes free"
+    except OSError:
+        free = "free space unknown"
+    need = f"needs ~{need_bytes:,} bytes" if need_bytes else "size unknown"
+    return f"{root}: {need}, {free}"
+
+
 def save_checkpoint(output_dir: str | os.PathLike, step: int, state: dict[str, Any],
-                    write_parts: Callable[[Path], None], keep: int = 2, device_type: str = "cpu") -> Path:
+                    write_parts: Callable[[Path], None], keep: int = 2, device_type: str = "cpu",
+                    need_bytes: int | None = None) -> Path:
     """Write step `step` atomically; keep the newest `keep` checkpoints (0 = all).
 
     write_parts(directory) writes the models' weights and engine states into the
-    not-yet-visible directory (the training ranks do it); `state` goes to state.pt."""
+    not-yet-visible directory (the training ranks do it); `state` goes to state.pt.
+    need_bytes: the checkpoint's expected size; CheckpointSpaceError before anything is written
+    when the filesystem has less free. Whatever fails (a full disk, an I/O error, an interrupt),
+    the temporary directory is removed, the previous checkpoints stay, and nothing is pruned."""
     root = checkpoint_dir(output_dir)
     root.mkdir(parents=True, exist_ok=True)
     _recover(root)
     for stale in root.glob(".step_*"):  # leftovers of a crashed save or delete: never complete
         shutil.rmtree(stale, ignore_errors=True)
+    if need_bytes and free_bytes(root) < need_bytes:
+        raise CheckpointSpaceError(f"not enough free space for checkpoint step_{step} in {space_line(root, need_bytes)}")
     final = root / f"step_{step}"
     tmp = root / f".step_{step}.tmp"
     tmp.mkdir()
-    write_parts(tmp)
-    fault_pause("save", step)
-    torch.save({**state, "step": step, "rng": rng_state(device_type)}, tmp / "state.pt")
-    _fsync(tmp / "state.pt")
+    try:
+        write_parts(tmp)
+        fault_pause("save", step)
+        torch.save({**state, "step": step, "rng": rng_state(device_type)}, tmp / "state.pt")
+        _fsync(tmp / "state.pt")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a failed write must not hold the space it took
+        raise
     if final.exists():  # re-saving a step: move the old one aside, so one of them is always visible
         old = root / f".step_{step}.old"
         os.replace(final, old)

@@ -41,6 +41,8 @@ from lmm_r1_ascend.trainer.trackers import check_loggers, open_trackers
 from lmm_r1_ascend.trainer.ppo_update import ppo_update
 from lmm_r1_ascend.config.errors import SetupError
 from lmm_r1_ascend.trainer.rollout_collect import collect, shape_overlong
+from lmm_r1_ascend.trainer.dry_run import check_rewards
+from lmm_r1_ascend.trainer.stop import RunStopped, StopRequest
 from lmm_r1_ascend.trainer.setup import Scored, build_components, reward_metrics
 from lmm_r1_ascend.trainer.validation import Validator
 from lmm_r1_ascend.workers.builders import planned_rollouts
@@ -59,12 +61,17 @@ class PPOTrainer:
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         check_loggers(cfg.trainer)  # an unknown or uninstalled tracker fails here, before any model loads
+        check_rewards(cfg)  # a broken custom reward file fails here, in one line, not at the first scoring
         c = self.parts = build_components(cfg, self.backend, log=log)
         alg = cfg.algorithm
         self.kl_ctl = make_kl_controller(alg.init_kl_coef, alg.kl_target, alg.kl_horizon)
         self.total_steps = planned_rollouts(cfg, len(c.dataset))
         self.step = 0
         self._mismatch_warned = False
+        self.save_failures = 0  # checkpoints that could not be written (trainer.on_save_error=skip)
+        self._ckpt_bytes: int | None = None  # the last written checkpoint's size: the next one's expected size
+        self._saved_step: int | None = None
+        self.stop = StopRequest()  # its notice goes straight to stderr (print is not safe in a signal handler)
         t = cfg.trainer
         self.validator = Validator(cfg, c, self.out, log) if t.eval_steps or t.eval_before_train else None
         self.sampling = SamplingConfig(
@@ -118,6 +125,8 @@ class PPOTrainer:
             self.async_rollout.load_resume_state(state.get("async", {"draw": int(state["step"])}))
         self.kl_ctl.value = float(state["kl_coef"])
         self.step = int(state["step"])
+        self.save_failures = int(state.get("save_failures", 0))
+        self._ckpt_bytes, self._saved_step = ckpt.directory_bytes(path), self.step
         if self.validator is not None:
             self.validator.load_state_dict(state.get("eval", {}))
         ckpt.set_rng_state(state["rng"], self.backend.device_type)
@@ -125,19 +134,63 @@ class PPOTrainer:
         self.log(f"resumed from {path} at step {self.step}")
         return True
 
-    def save(self) -> Path:
+    def save(self) -> Path | None:
+        """This step's checkpoint. When it cannot be written (too little free space, checked first
+        against the last checkpoint's size or an estimate; or any write error), one line names the
+        directory, the bytes needed and free: trainer.on_save_error=stop raises CheckpointSaveError,
+        skip warns, counts checkpoint/save_failures and returns None. NonFiniteError and a dead
+        worker are not save errors: they propagate."""
         c = self.parts
         from lmm_r1_ascend.trainer import fingerprint as fp
 
-        state = {"data": c.dataset.state_dict(), "kl_coef": self.kl_ctl.value,
+        need = self._ckpt_bytes or self._estimate_ckpt_bytes()
+        state = {"data": c.dataset.state_dict(), "kl_coef": self.kl_ctl.value, "save_failures": self.save_failures,
                  "world_size": c.cluster.world_size, "fingerprint": fp.run_fingerprint(self.cfg, fp.model_info(self.cfg))}
         if self.async_rollout is not None:  # the dataset position before the oldest unconsumed draw
             state["async"] = self.async_rollout.resume_state()
             state["data"] = state["async"]["data"]
         if self.validator is not None:
             state["eval"] = self.validator.state_dict()
-        return ckpt.save_checkpoint(self.out, self.step, state, c.cluster.save,
-                                    keep=self.cfg.trainer.keep_checkpoints, device_type=self.backend.device_type)
+        try:
+            path = ckpt.save_checkpoint(self.out, self.step, state, c.cluster.save, need_bytes=need,
+                                        keep=self.cfg.trainer.keep_checkpoints, device_type=self.backend.device_type)
+        except (NonFiniteError, WorkerDiedError):
+            raise
+        except Exception as err:  # noqa: BLE001 - any write failure (OSError, torch's writer, a rank's error)
+            return self._save_failed(err, need)
+        self._ckpt_bytes, self._saved_step = ckpt.directory_bytes(path), self.step
+        return path
+
+    def _estimate_ckpt_bytes(self) -> int | None:
+        """Before the first save: the checkpoint's size from the actor's parameter count (safetensors
+        headers; None when unknown), for the actor and, when trained, a critic of the same size."""
+        from lmm_r1_ascend.trainer.console import model_dir, parameter_count
+
+        try:
+            n = parameter_count(model_dir(self.cfg))
+        except Exception:  # noqa: BLE001 - an estimate only: without it the first save is not checked
+            return None
+        if n is None:
+            return None
+        from lmm_r1_ascend.models.loading import resolve_dtype
+
+        alg, d = self.cfg.algorithm, self.cfg.distributed
+        dtype = resolve_dtype(None if self.cfg.model.dtype == "auto" else self.cfg.model.dtype, self.backend)
+        return ckpt.estimate_bytes(n, dtype.itemsize,
+                                   models=1 + int(alg.uses_critic), deepspeed=d.train_engine == "deepspeed")
+
+    def _save_failed(self, err: Exception, need: int | None) -> None:
+        root = ckpt.checkpoint_dir(self.out)
+        cause = ckpt.first_line(err)
+        where = "" if isinstance(err, ckpt.CheckpointSpaceError) else f" ({ckpt.space_line(root, need)})"
+        line = f"checkpoint step_{self.step} not written: {cause}{where}"
+        if self.cfg.trainer.on_save_error == "stop":
+            raise ckpt.CheckpointSaveError(f"{line}; {self._resume_hint()} (trainer.on_save_error=skip "
+                                           "trains on without it)") from None
+        self.save_failures += 1
+        self.log(f"warning: {line}; training goes on (trainer.on_save_error=skip; "
+                 f"{self.save_failures} failed so far, checkpoint/save_failures in metrics.jsonl)")
+        return None
 
     # ------------------------------------------------------------------ one step
     def _next_prompts(self) -> list:
@@ -255,6 +308,8 @@ class PPOTrainer:
             "data/epoch": c.dataset.epoch,
             "memory/peak_gb": c.cluster.peak_memory_gb(),
         })
+        if self.cfg.trainer.on_save_error == "skip":  # failed saves so far (one at step N shows from N + 1)
+            metrics["checkpoint/save_failures"] = float(self.save_failures)
         if "policy/entropy" in metrics:
             metrics["entropy"] = metrics["policy/entropy"]
         if "critic/loss" in metrics:
@@ -272,6 +327,7 @@ class PPOTrainer:
         cfg = self.cfg
         writer, bar, history = None, None, []
         try:
+            self.stop.__enter__()
             self.maybe_resume()
             writer = MetricsWriter(self.out, truncate_after=self.step,  # trackers: driver-side only, never in Ray ranks
                                    trackers=open_trackers(cfg, to_dict(cfg), self.out, resume_step=self.step))
@@ -287,8 +343,10 @@ class PPOTrainer:
         except WorkerDiedError as err:
             raise err.with_hint(self._resume_hint()) from None
         except NonFiniteError as err:  # a run of skipped steps, or weights gone bad before a save
-            raise NonFiniteError(f"{err}; {self._resume_hint()}") from None
+            # from a Ray rank the error is Ray's wrapper, whose text is the remote traceback: take the cause's
+            raise NonFiniteError(f"{getattr(err, 'cause', None) or err}; {self._resume_hint()}") from None
         finally:
+            self.stop.__exit__()
             if bar is not None:
                 bar.close()
                 self._bar = None
@@ -296,6 +354,16 @@ class PPOTrainer:
                 writer.close()
             self.parts.close()
         return history
+
+    def _stop_if_asked(self) -> None:
+        """After a first SIGINT / SIGTERM: this step's checkpoint (unless it was just written), then
+        RunStopped (the CLI prints the resume command)."""
+        if not self.stop.requested:
+            return
+        path = ckpt.checkpoint_dir(self.out) / f"step_{self.step}" if self._saved_step == self.step else None
+        if path is None and self.step > 0:
+            path = self.save()
+        raise RunStopped(self.stop.signum, self.step, path or ckpt.latest_checkpoint(self.out))
 
     def _resume_hint(self) -> str:
         """Where a failed run can pick up: the last good checkpoint and how to resume from it."""
@@ -344,6 +412,7 @@ class PPOTrainer:
             if stop_after is not None and len(history) >= stop_after:
                 self.save()
                 return
+            self._stop_if_asked()
             metrics = self.train_step()
             if val is not None and val.due(self.step, self.total_steps):
                 metrics.update(self._validate(self.step, bar))
@@ -361,7 +430,7 @@ class PPOTrainer:
             self._count_skips(skip_runs)  # before the save: a stopped run keeps its last good checkpoint
             if cfg.trainer.save_steps and self.step % cfg.trainer.save_steps == 0 and self.step < self.total_steps:
                 self.save()
-        self.save()
+        self.save()  # a signal during this last save changes nothing: the run is complete
         if cfg.trainer.save_hf:
             self.parts.export_hf(self.out / "hf")
         if cfg.trainer.log_artifacts:
