@@ -70,7 +70,8 @@ class NpuBackend(AcceleratorBackend):
     # device socket ports. CANN advises it whenever several processes share one NPU (a colocated
     # vLLM engine next to a training rank, vLLM's engine-core process): the fixed default ports
     # (HCCL_IF_BASE_PORT 60000-60015) collide there. CANN does not allow it with MC2 fused ops on
-    # Atlas A2 (MoE expert parallel in vllm-ascend): docs/docker.md, "NPU settings".
+    # Atlas A2 (MoE expert parallel in vllm-ascend): an exported empty value turns a default off
+    # (docs/docker.md, "NPU settings").
     worker_env_defaults: ClassVar[dict[str, str]] = {
         "VLLM_ASCEND_ENABLE_NZ": "0",
         "HCCL_HOST_SOCKET_PORT_RANGE": "auto", "HCCL_NPU_SOCKET_PORT_RANGE": "auto",
@@ -123,7 +124,10 @@ class NpuBackend(AcceleratorBackend):
         """
         env = super().worker_env(visible_devices)
         for name, value in self.worker_env_defaults.items():
-            env.setdefault(name, value)
+            if os.environ.get(name) == "":  # exported empty: the user turned this default off
+                env.pop(name, None)
+            else:
+                env.setdefault(name, value)
         return env
 
     def select_kernels(self, overrides: dict[str, str] | None = None,

@@ -20,11 +20,17 @@ for env_file in "$ascend_home/ascend-toolkit/set_env.sh" "$ascend_home/nnal/atb/
 done
 # HCCL: generous timeouts for colocated / multi-node start-up (pain point 1 in ASCEND.md), the same
 # as distributed.timeout_s; HCCL takes a connect timeout of 120-7200 s (verl's NPU recipes use 3600).
-# Several jobs on one host: give each its own HCCL_IF_BASE_PORT (and, on CANN >= 8,
-# HCCL_HOST_SOCKET_PORT_RANGE / HCCL_NPU_SOCKET_PORT_RANGE) before calling this script.
 # The backend passes these variables on to every Ray worker (NpuBackend.forwarded_env_vars).
 export HCCL_CONNECT_TIMEOUT=${HCCL_CONNECT_TIMEOUT:-1800}
 export HCCL_EXEC_TIMEOUT=${HCCL_EXEC_TIMEOUT:-1800}
+# HCCL socket ports: several HCCL processes on one NPU (a colocated vLLM engine, vLLM's engine-core
+# process next to a training rank) collide on HCCL's fixed default ports; "auto" lets the OS pick
+# them, as CANN advises. An exported range wins; an exported empty value turns the default off
+# (CANN refuses these variables with MC2 fused MoE ops on Atlas A2): docs/docker.md, "NPU settings".
+export HCCL_HOST_SOCKET_PORT_RANGE=${HCCL_HOST_SOCKET_PORT_RANGE-auto}
+export HCCL_NPU_SOCKET_PORT_RANGE=${HCCL_NPU_SOCKET_PORT_RANGE-auto}
+[ -n "$HCCL_HOST_SOCKET_PORT_RANGE" ] || unset HCCL_HOST_SOCKET_PORT_RANGE
+[ -n "$HCCL_NPU_SOCKET_PORT_RANGE" ] || unset HCCL_NPU_SOCKET_PORT_RANGE
 export VLLM_ASCEND_ENABLE_NZ=0   # weight updates fail on NZ-reshaped weights
 # PYTORCH_NPU_ALLOC_CONF is left as the caller has it (unset: torch_npu's default, no expandable
 # segments). The vLLM rollout runs with sleep mode by default (rollout.vllm_enable_sleep), and

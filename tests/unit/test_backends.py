@@ -360,6 +360,8 @@ def test_npu_worker_env_lets_the_os_pick_hccl_socket_ports_unless_the_user_chose
     assert npu.worker_env()["HCCL_HOST_SOCKET_PORT_RANGE"] == "60000-60050"
     assert npu.worker_env()["HCCL_NPU_SOCKET_PORT_RANGE"] == "auto"
     assert not set(ports) & set(get_backend("npu-emulated").worker_env())  # the CPU has no HCCL
+    monkeypatch.setenv("HCCL_NPU_SOCKET_PORT_RANGE", "")  # exported empty: the default is off, nothing forwarded
+    assert "HCCL_NPU_SOCKET_PORT_RANGE" not in npu.worker_env()
     assert set(NpuBackend.worker_env_defaults) <= set(NpuBackend.forwarded_env_vars)  # doctor reports them
 
 

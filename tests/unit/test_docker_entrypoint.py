@@ -115,6 +115,18 @@ def test_npu_script_leaves_expandable_segments_off_and_sets_the_hccl_defaults(tm
     assert env["HCCL_CONNECT_TIMEOUT"] == "3600"  # the caller's value wins
 
 
+def test_npu_script_lets_the_os_pick_hccl_ports_unless_told_otherwise(tmp_path):
+    """Default "auto" (several HCCL processes per NPU when colocated); an exported range wins; an
+    exported empty value removes the variable (CANN refuses it with MC2 fused MoE ops on A2)."""
+    ports = ("HCCL_HOST_SOCKET_PORT_RANGE", "HCCL_NPU_SOCKET_PORT_RANGE")
+    result, env = _launch(tmp_path, "npu")
+    assert result.returncode == 0, result.stderr
+    assert {n: env.get(n) for n in ports} == {n: "auto" for n in ports}
+    result, env = _launch(tmp_path, "npu", HCCL_HOST_SOCKET_PORT_RANGE="61000-61050", HCCL_NPU_SOCKET_PORT_RANGE="")
+    assert result.returncode == 0, result.stderr
+    assert env.get("HCCL_HOST_SOCKET_PORT_RANGE") == "61000-61050" and "HCCL_NPU_SOCKET_PORT_RANGE" not in env
+
+
 @pytest.mark.parametrize("args,warns", [((), True), (("rollout.vllm_enable_sleep=false",), False)])
 def test_npu_script_keeps_a_chosen_allocator_and_warns_while_sleep_mode_is_on(tmp_path, args, warns):
     result, env = _launch(tmp_path, "npu", *args, PYTORCH_NPU_ALLOC_CONF="expandable_segments:True")

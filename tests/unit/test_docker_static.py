@@ -299,8 +299,14 @@ def test_no_image_or_launch_script_defaults_a_setting_that_contradicts_ascend_md
 
 def test_npu_image_and_script_set_the_same_defaults():
     image, script = _defaults("docker/Dockerfile.npu"), _defaults("scripts/train_npu.sh")
-    for name in ("HCCL_CONNECT_TIMEOUT", "HCCL_EXEC_TIMEOUT", "VLLM_ASCEND_ENABLE_NZ", "DS_ACCELERATOR"):
+    for name in ("HCCL_CONNECT_TIMEOUT", "HCCL_EXEC_TIMEOUT", "VLLM_ASCEND_ENABLE_NZ", "DS_ACCELERATOR",
+                 "HCCL_HOST_SOCKET_PORT_RANGE", "HCCL_NPU_SOCKET_PORT_RANGE"):
         assert image[name] == script[name], name
+    # ... and the NPU backend's worker defaults (a Ray worker started without the script or the image).
+    from lmm_r1_ascend.backends.npu import NpuBackend
+
+    for name, value in NpuBackend.worker_env_defaults.items():
+        assert image[name] == script[name] == value, name
     assert "PYTORCH_NPU_ALLOC_CONF" not in image and "PYTORCH_NPU_ALLOC_CONF" not in script
     # The build also refuses a base image that turns expandable segments on.
     assert "'expandable_segments:True' not in conf" in (ROOT / "docker" / "Dockerfile.npu").read_text()
