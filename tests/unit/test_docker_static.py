@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -310,6 +311,21 @@ def test_npu_image_and_script_set_the_same_defaults():
     assert "PYTORCH_NPU_ALLOC_CONF" not in image and "PYTORCH_NPU_ALLOC_CONF" not in script
     # The build also refuses a base image that turns expandable segments on.
     assert "'expandable_segments:True' not in conf" in (ROOT / "docker" / "Dockerfile.npu").read_text()
+
+
+def test_no_image_or_requirements_file_installs_mindspeed_which_nothing_imports():
+    """MindSpeed was installed and never imported (docs/docker.md, "Why no MindSpeed"): it stays out of
+    the image, the pins and the README until code under lmm_r1_ascend/, backends/ or kernels/ imports it."""
+    code = [p for d in ("lmm_r1_ascend", "backends", "kernels") for p in (ROOT / d).rglob("*.py")]
+    imported = any(re.search(r"^\s*(import|from)\s+mindspeed\b", p.read_text(encoding="utf-8"), re.MULTILINE)
+                   for p in code)
+    def named(rel: str) -> bool:  # outside comment lines; MindSpeed-RL (a reference, not a package) aside
+        lines = [line for line in (ROOT / rel).read_text().splitlines() if not line.lstrip().startswith("#")]
+        return re.search(r"mindspeed(?!-rl)", "\n".join(lines), re.IGNORECASE) is not None
+
+    shipped = [rel for rel in ("docker/Dockerfile.npu", "requirements-npu.txt", "README.md") if named(rel)]
+    assert not imported and shipped == []
+    assert "Why no MindSpeed" in (ROOT / "docs" / "docker.md").read_text()
 
 
 def test_cuda_image_and_script_name_the_allocator_vllm_reads():
