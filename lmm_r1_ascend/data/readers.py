@@ -18,12 +18,19 @@ NUL in a HF dataset's column) is ``nul_byte`` too. Files the "hf" loader reads a
 UTF-8 and NUL bytes first; it reads a file whole, so such a line stops it under either policy.
 Field names can be remapped with ``FieldMap``. Relative image paths are resolved against
 the data file's folder (the dataset directory for saved datasets) unless ``image_root`` is set.
+
+Benchmark sources (``source_rows``, read by evaluation/converters): a saved HF dataset directory,
+a ``.parquet`` file or a directory of them (a Hub snapshot, its split chosen by file or folder
+name), or a ``.jsonl`` / ``.json`` (rows, ``{"id": {...}}`` or columnar) / ``.csv`` file. A bad
+row is a DataError in the stream, like ``open_rows``'; nothing is downloaded.
 """
 
 from __future__ import annotations
 
 import codecs
+import csv
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -38,6 +45,8 @@ _HF_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv"
 MAX_LINE_BYTES = 16 * 1024 * 1024
 _CHUNK = 1024 * 1024
 _BOM = codecs.BOM_UTF8
+_SHARD = re.compile(r"^(?P<split>.+?)-\d{5}-of-\d{5}")
+SOURCE_SUFFIXES = (".parquet", ".jsonl", ".json", ".csv")  # in this order: a snapshot may hold .json copies
 
 
 @dataclass(frozen=True)
@@ -217,6 +226,113 @@ def open_rows(path: str | Path, loader: str = "auto", split: str = "train",
     if path.is_dir():
         raise ValueError(f"{path} is a directory; loader 'jsonl' needs a file (use loader 'hf' for a saved dataset)")
     return base_dir, _jsonl_rows(path)
+
+
+def _split_key(path: Path, root: Path) -> str:
+    """Hub layouts name a split by file (data/testmini-00000-of-00001-x.parquet, testmini.parquet)
+    or by folder (CONFIG/train/0000.parquet): the key keeps the folders, e.g. "data/testmini"."""
+    parts = list(path.relative_to(root).parent.parts)
+    m = _SHARD.match(path.stem)
+    if m:
+        parts.append(m.group("split"))
+    elif not path.stem.isdigit():
+        parts.append(path.stem)
+    return "/".join(parts) or path.stem
+
+
+def _choose(src: Path, names: list[str], split: str | None, fallbacks: tuple[str, ...]) -> str:
+    """One of `names` (splits or split keys): `split` exactly (or as a path component), else
+    the only one, else the one holding a fallback as a path component; else a ValueError."""
+    if split is not None:
+        hits = [n for n in names if n == split] or [n for n in names if split in n.split("/")]
+        if len(hits) == 1:
+            return hits[0]
+        raise ValueError(f"{src}: split {split!r} {'is ambiguous' if hits else 'not found'}; it holds {names}")
+    if len(names) == 1:
+        return names[0]
+    for fallback in fallbacks:
+        hits = [n for n in names if fallback in n.split("/")]
+        if len(hits) == 1:
+            return hits[0]
+    raise ValueError(f"{src} holds several splits {names}: pass split=NAME, or point at one split's file")
+
+
+def _json_file_rows(path: Path) -> Iterator[dict | DataError]:
+    """A .json file's rows: a list, {"id": row} (MathVista's testmini.json), columnar {"col": [...]},
+    one object, or JSON lines under a .json name."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        yield from (row for _, row in _jsonl_rows(path))
+        return
+    if isinstance(data, list):
+        yield from data
+    elif isinstance(data, dict) and data and all(isinstance(v, dict) for v in data.values()):
+        yield from data.values()
+    elif isinstance(data, dict) and data and all(isinstance(v, list) for v in data.values()):
+        keys = list(data)
+        for values in zip(*(data[k] for k in keys)):
+            yield dict(zip(keys, values))
+    elif isinstance(data, dict):
+        yield data
+    else:
+        raise ValueError(f"{path}: expected JSON rows (objects), got {type(data).__name__}")
+
+
+def _source_file_rows(path: Path) -> Iterator[dict | DataError]:
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=64):
+            yield from batch.to_pylist()
+    elif suffix == ".jsonl":
+        yield from (row for _, row in _jsonl_rows(path))
+    elif suffix == ".json":
+        yield from _json_file_rows(path)
+    elif suffix == ".csv":
+        with open(path, encoding="utf-8", newline="") as f:
+            yield from csv.DictReader(f)
+    else:
+        raise ValueError(f"{path}: cannot read '{suffix}' files; use a saved dataset directory or "
+                         f"one of {list(SOURCE_SUFFIXES)}")
+
+
+def source_rows(src: str | Path, split: str | None = None, fallbacks: tuple[str, ...] = ()) -> Iterator[dict | DataError]:
+    """Every row of a benchmark source (module docstring), or the DataError of a row that cannot
+    be read. A source holding several splits (a DatasetDict, a snapshot with testmini and test
+    files) takes `split`, else its only split, else the one named by a `fallbacks` entry; else a
+    ValueError names the splits. Saved datasets hand images over undecoded ({"bytes", "path"})."""
+    src = Path(src).expanduser()
+    if not src.exists():
+        raise FileNotFoundError(f"benchmark source not found: {src}")
+    if src.is_file():
+        yield from _source_file_rows(src)
+        return
+    if (src / "dataset_dict.json").is_file() or (src / "state.json").is_file():
+        import datasets
+
+        ds = datasets.load_from_disk(str(src))
+        if isinstance(ds, datasets.DatasetDict):
+            ds = ds[_choose(src, sorted(ds), split, fallbacks)]
+        for col, feature in ds.features.items():  # images as {"bytes", "path"}: decoded per row, by the reader
+            if isinstance(feature, datasets.Image) and feature.decode:
+                ds = ds.cast_column(col, datasets.Image(decode=False))
+        yield from ds
+        return
+    for suffix in SOURCE_SUFFIXES:
+        files = sorted(p for p in src.rglob(f"*{suffix}")
+                       if p.is_file() and not any(part.startswith(".") for part in p.relative_to(src).parts))
+        if not files:
+            continue
+        groups: dict[str, list[Path]] = {}
+        for p in files:
+            groups.setdefault(_split_key(p, src), []).append(p)
+        for p in groups[_choose(src, sorted(groups), split, fallbacks)]:
+            yield from _source_file_rows(p)
+        return
+    raise ValueError(f"{src}: no saved dataset (dataset_dict.json / state.json) and no "
+                     f"{'/'.join(SOURCE_SUFFIXES)} files in it")
 
 
 def _pick_key(row: dict, wanted: str | None, defaults: tuple[str, ...], what: str, option: str,

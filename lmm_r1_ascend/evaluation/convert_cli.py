@@ -1,6 +1,7 @@
 """`python -m lmm_r1_ascend.eval convert NAME SRC --out FILE.jsonl`: one of the paper's
 benchmarks, from its public layout (a saved HF dataset directory, parquet or jsonl; never
-downloaded here) to LMM-R1 jsonl (converters.py; docs/benchmarks.md lists the columns).
+downloaded here) to LMM-R1 jsonl (evaluation/converters/: one module per benchmark;
+docs/benchmarks.md lists the columns).
 `convert sokoban OUT_DIR` builds the held-out Sokoban level set instead."""
 
 from __future__ import annotations

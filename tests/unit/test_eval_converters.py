@@ -406,3 +406,30 @@ def test_sokoban_eval_set_is_deterministic_held_out_and_routed(tmp_path, cfg, to
                               meta=items[0].meta)])[0]
     assert out.status == "solved" and out.total > 10
     router.close()
+
+
+def test_a_registered_benchmark_converts_and_unreadable_lines_are_bad_rows(tmp_path, monkeypatch):
+    """register_benchmark makes a new converter selectable by name; the source reader is the
+    training one (data/readers.py), so a line that is not UTF-8 is one bad row with its file:line,
+    under the same error type (DataError) as a bad column."""
+    from lmm_r1_ascend.evaluation.converters import Benchmark, register_benchmark
+    from lmm_r1_ascend.evaluation.converters.common import boxed as box, field_text, output
+
+    monkeypatch.setattr("lmm_r1_ascend.evaluation.converters.registry.BENCHMARKS", dict(BENCHMARKS))
+
+    def toy(row, ctx):
+        q = field_text(row, "q")
+        return output(q, [], box(field_text(row, "a")), q, ctx.index)
+
+    register_benchmark(Benchmark("toy", "none", ("test",), toy))
+    with pytest.raises(ValueError, match="'toy' is already registered"):
+        register_benchmark(Benchmark("toy", "none", ("test",), toy))
+    src = tmp_path / "toy.jsonl"
+    src.write_bytes(b'{"q": "1+1", "a": "2"}\n{"q": "caf\xe9", "a": "1"}\n{"q": "2+2"}\n')
+    with pytest.raises(DataError, match=r"toy.jsonl\[row 1\]: toy: the line is not valid UTF-8 .*toy.jsonl:2\)"):
+        convert("toy", src, tmp_path / "out.jsonl")
+    report = convert("toy", src, tmp_path / "out.jsonl", on_bad_line="skip")
+    assert (report.rows_written, report.rows_skipped) == (1, 2)
+    assert "missing column 'a'" in report.problems[1]
+    (line,) = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert (line["answer"], line["datasource"], line["id"]) == ("$\\boxed{2}$", "toy", "0")
