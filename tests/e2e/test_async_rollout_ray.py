@@ -16,29 +16,23 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="distributed.mode=ray needs Ray (pip install 'lmm-r1-ascend[dist]')")
 
-from lmm_r1_ascend.config import load_config  # noqa: E402
-from lmm_r1_ascend.demo.data import prepare_demo_data  # noqa: E402
 from lmm_r1_ascend.distributed.worker_group import WorkerDiedError  # noqa: E402
 from lmm_r1_ascend.trainer import checkpoint as ckpt  # noqa: E402
 from lmm_r1_ascend.trainer.ppo import PPOTrainer  # noqa: E402
 
-SMALL = ["rollout.rollout_batch_size=4", "algorithm.n_samples_per_prompt=4", "trainer.train_batch_size=16",
-         "trainer.save_steps=0", "trainer.tensorboard=false", "trainer.save_hf=false", "rollout.max_new_tokens=24",
-         "reward.workers=1", "trainer.eval_before_train=false", "trainer.eval_steps=0",
-         "distributed.mode=ray", "distributed.rollout_engines=1", "algorithm.rollout_correction=[token_tis]"]
-
-
-def _config(tmp_path, name: str, extra: list[str]):
-    return prepare_demo_data(load_config("demo_fre", overrides=SMALL + extra + [f"output_dir={tmp_path / name}"]))
+# On top of SMALL_RUN (conftest.py's small_config): one engine actor, 16-sample mini-batches, the recipe's token budget.
+EXTRA = ["trainer.train_batch_size=16", "trainer.max_tokens_per_micro_batch=4096", "trainer.eval_before_train=false",
+         "trainer.eval_steps=0", "distributed.mode=ray", "distributed.rollout_engines=1",
+         "algorithm.rollout_correction=[token_tis]"]
 
 
 def _quiet(cfg, cls=PPOTrainer):
     return cls(cfg, log=lambda _: None)
 
 
-def test_one_step_off_trains_each_batch_one_version_late(tmp_path, ray_cluster):
-    history = _quiet(_config(tmp_path, "osp", ["rollout.async_mode=one_step_off", "trainer.max_steps=3"])).fit(
-        progress=False)
+def test_one_step_off_trains_each_batch_one_version_late(small_config, tmp_path, ray_cluster):
+    cfg = small_config(tmp_path, "osp", EXTRA + ["rollout.async_mode=one_step_off", "trainer.max_steps=3"])
+    history = _quiet(cfg).fit(progress=False)
     assert [h["rollout/staleness_max"] for h in history] == [0.0, 1.0, 1.0]
     assert [h["rollout/staleness_mean"] for h in history] == [0.0, 1.0, 1.0]
     # Step 1's batch came from the weights it trains (the hf engine on CPU runs the trainer's
@@ -74,8 +68,9 @@ class _SlowTrainer(PPOTrainer):
 
 
 @pytest.mark.parametrize("slow", ["engine", "trainer"])
-def test_the_staleness_bound_holds_whichever_side_is_slow(tmp_path, ray_cluster, slow):
-    cfg = _config(tmp_path, slow, ["rollout.async_mode=bounded", "rollout.max_staleness=2", "trainer.max_steps=4"])
+def test_the_staleness_bound_holds_whichever_side_is_slow(small_config, tmp_path, ray_cluster, slow):
+    cfg = small_config(tmp_path, slow, EXTRA + ["rollout.async_mode=bounded", "rollout.max_staleness=2",
+                                                "trainer.max_steps=4"])
     trainer = _quiet(cfg, _SlowTrainer if slow == "trainer" else PPOTrainer)
     if slow == "engine":
         _slow_engine(trainer, 0.6)
@@ -105,11 +100,11 @@ class _KillAfter(PPOTrainer):
 
 
 @pytest.mark.parametrize("victim", ["train", "rollout"])
-def test_a_killed_worker_under_async_stops_clearly_and_the_run_resumes(tmp_path, ray_cluster, victim):
+def test_a_killed_worker_under_async_stops_clearly_and_the_run_resumes(small_config, tmp_path, ray_cluster, victim):
     extra = ["rollout.async_mode=one_step_off", "trainer.max_steps=4", "trainer.save_steps=1"]
     killer = type("Kill", (_KillAfter,), {"victim": victim})
     with pytest.raises(WorkerDiedError) as info:
-        _quiet(_config(tmp_path, "killed", extra), killer).fit(progress=False)
+        _quiet(small_config(tmp_path, "killed", EXTRA + extra), killer).fit(progress=False)
     message = str(info.value)
     assert f"worker '{victim}' rank 0" in message and "died during" in message
     # A dead rank fails step 3; a dead engine may still have delivered step 3's batch (generated
@@ -122,6 +117,6 @@ def test_a_killed_worker_under_async_stops_clearly_and_the_run_resumes(tmp_path,
     # prompts 4*saved..), not the dataset's own position after it: the resumed run regenerates it.
     state = ckpt.load_checkpoint(last)
     assert state["async"]["draw"] == saved and state["data"]["index"] == 4 * saved
-    history = _quiet(_config(tmp_path, "killed", extra)).fit(progress=False)
+    history = _quiet(small_config(tmp_path, "killed", EXTRA + extra)).fit(progress=False)
     assert [h["step"] for h in history] == list(range(saved + 1, 5))
     assert history[0]["rollout/staleness_max"] == 0.0  # regenerated from the checkpoint's weights

@@ -16,29 +16,21 @@ import pytest
 ray = pytest.importorskip("ray", reason="distributed.mode=ray needs Ray (pip install 'lmm-r1-ascend[dist]')")
 pytest.importorskip("deepspeed", reason="ZeRO needs DeepSpeed (pip install 'lmm-r1-ascend[dist]')")
 
-from lmm_r1_ascend.config import load_config  # noqa: E402
-from lmm_r1_ascend.demo.data import prepare_demo_data  # noqa: E402
 from lmm_r1_ascend.distributed.worker_group import WorkerDiedError  # noqa: E402
 from lmm_r1_ascend.trainer.ppo import PPOTrainer  # noqa: E402
 
-SMALL = ["rollout.rollout_batch_size=4", "algorithm.n_samples_per_prompt=4", "trainer.train_batch_size=8",
-         "trainer.max_steps=3", "trainer.save_steps=0", "trainer.tensorboard=false", "trainer.save_hf=false",
-         "rollout.max_new_tokens=24", "trainer.max_tokens_per_micro_batch=256", "reward.workers=1",
-         "trainer.eval_before_train=false", "trainer.eval_steps=3", "eval.limit=4", "eval.n_samples=2"]
+# On top of SMALL_RUN (conftest.py's small_config): validate once, after the last step.
+EXTRA = ["trainer.eval_before_train=false", "trainer.eval_steps=3", "eval.limit=4", "eval.n_samples=2"]
 RAY_2 = ["distributed.mode=ray", "distributed.world_size=2", "distributed.train_engine=deepspeed"]
 # Per-step metrics that must agree with the single-process run.
 COMPARED = ("reward/mean", "loss/policy", "loss/actor", "policy/clip_frac", "policy/approx_kl", "actor/grad_norm",
             "response_length/mean")
 
 
-def _config(tmp_path, name: str, extra: list[str]):
-    return prepare_demo_data(load_config("demo_fre", overrides=SMALL + extra + [f"output_dir={tmp_path / name}"]))
-
-
 @pytest.fixture(scope="module")
-def single_process(tmp_path_factory):
+def single_process(small_config, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
-    return PPOTrainer(_config(out, "local", []), log=lambda _: None).fit(progress=False)
+    return PPOTrainer(small_config(out, "local", EXTRA + []), log=lambda _: None).fit(progress=False)
 
 
 def _assert_same_steps(got: list[dict], want: list[dict]) -> None:
@@ -56,30 +48,32 @@ def _assert_same_steps(got: list[dict], want: list[dict]) -> None:
 
 
 @pytest.mark.parametrize("zero_stage, rollout_engines", [(2, 1), (3, 0)], ids=["zero2-engine-actor", "zero3-colocated"])
-def test_two_ranks_follow_the_single_process_run(tmp_path, ray_cluster, single_process, zero_stage, rollout_engines):
-    cfg = _config(tmp_path, f"z{zero_stage}", RAY_2 + [f"distributed.zero_stage={zero_stage}",
-                                                       f"distributed.rollout_engines={rollout_engines}"])
+def test_two_ranks_follow_the_single_process_run(small_config, tmp_path, ray_cluster, single_process, zero_stage,
+                                                 rollout_engines):
+    cfg = small_config(tmp_path, f"z{zero_stage}", EXTRA + RAY_2 + [f"distributed.zero_stage={zero_stage}",
+                                                                    f"distributed.rollout_engines={rollout_engines}"])
     history = PPOTrainer(cfg, log=lambda _: None).fit(progress=False)
     _assert_same_steps(history, single_process)
 
 
-def test_an_engine_in_every_rank_matches_as_many_engine_actors(tmp_path, ray_cluster):
+def test_an_engine_in_every_rank_matches_as_many_engine_actors(small_config, tmp_path, ray_cluster):
     """colocate_rollout=true (the paper's layout: each rank's process hosts an engine, in-place
     sync) against 2 engine actors fed by broadcast: the same prompt split and seeds, so the same
     samples and per-step losses."""
-    every = PPOTrainer(_config(tmp_path, "every", RAY_2 + ["distributed.zero_stage=3", "distributed.rollout_engines=0",
-                                                          "distributed.colocate_rollout=true"]),
+    every = PPOTrainer(small_config(tmp_path, "every", EXTRA + RAY_2 + ["distributed.zero_stage=3",
+                                                                       "distributed.rollout_engines=0",
+                                                                       "distributed.colocate_rollout=true"]),
                        log=lambda _: None).fit(progress=False)
-    actors = PPOTrainer(_config(tmp_path, "actors", RAY_2 + ["distributed.zero_stage=3",
-                                                            "distributed.rollout_engines=2"]),
+    actors = PPOTrainer(small_config(tmp_path, "actors", EXTRA + RAY_2 + ["distributed.zero_stage=3",
+                                                                         "distributed.rollout_engines=2"]),
                         log=lambda _: None).fit(progress=False)
     _assert_same_steps(every, actors)
 
 
-def test_a_run_larger_than_the_cluster_fails_at_once_saying_what_is_short(tmp_path, ray_cluster):
+def test_a_run_larger_than_the_cluster_fails_at_once_saying_what_is_short(small_config, tmp_path, ray_cluster):
     import time
 
-    cfg = _config(tmp_path, "too-big", ["distributed.mode=ray", "distributed.world_size=8",
+    cfg = small_config(tmp_path, "too-big", EXTRA + ["distributed.mode=ray", "distributed.world_size=8",
                                         "distributed.train_engine=deepspeed", "distributed.cpus_per_rank=2",
                                         "distributed.ray_address=auto"])
     start = time.perf_counter()
@@ -90,20 +84,20 @@ def test_a_run_larger_than_the_cluster_fails_at_once_saying_what_is_short(tmp_pa
     assert time.perf_counter() - start < 60  # no waiting for a placement that cannot happen
 
 
-def test_local_mode_with_deepspeed_follows_the_torch_engine(tmp_path, single_process):
+def test_local_mode_with_deepspeed_follows_the_torch_engine(small_config, tmp_path, single_process):
     """One process, DeepSpeed ZeRO-2 at world size 1 (its own private process group)."""
-    cfg = _config(tmp_path, "local-ds", ["distributed.train_engine=deepspeed", "distributed.zero_stage=2"])
+    cfg = small_config(tmp_path, "local-ds", EXTRA + ["distributed.train_engine=deepspeed", "distributed.zero_stage=2"])
     _assert_same_steps(PPOTrainer(cfg, log=lambda _: None).fit(progress=False), single_process)
 
 
-def test_separate_critic_and_reference_groups_follow_the_local_run(tmp_path, ray_cluster):
+def test_separate_critic_and_reference_groups_follow_the_local_run(small_config, tmp_path, ray_cluster):
     """colocate_models=false: actor, critic and reference in worker groups of their own (PPO with
     GAE and a KL penalty uses all three); one rank each, torch engine, so it must equal the
     in-process run of the same config."""
     ppo = ["algorithm.advantage_estimator=gae", "algorithm.init_kl_coef=0.01", "trainer.max_steps=2"]
-    local = PPOTrainer(_config(tmp_path, "ppo-local", ppo), log=lambda _: None).fit(progress=False)
+    local = PPOTrainer(small_config(tmp_path, "ppo-local", EXTRA + ppo), log=lambda _: None).fit(progress=False)
     split = ppo + ["distributed.mode=ray", "distributed.colocate_models=false", "distributed.rollout_engines=0"]
-    history = PPOTrainer(_config(tmp_path, "ppo-split", split), log=lambda _: None).fit(progress=False)
+    history = PPOTrainer(small_config(tmp_path, "ppo-split", EXTRA + split), log=lambda _: None).fit(progress=False)
     _assert_same_steps(history, local)
     for g, w in zip(history, local):
         # the same computation in other processes: equal up to fp32 run-to-run noise
@@ -111,10 +105,10 @@ def test_separate_critic_and_reference_groups_follow_the_local_run(tmp_path, ray
         assert math.isclose(g["kl"], w["kl"], rel_tol=1e-4, abs_tol=1e-7)
 
 
-def test_weight_sync_across_processes_matches_the_trainers_log_probs(tmp_path, ray_cluster):
+def test_weight_sync_across_processes_matches_the_trainers_log_probs(small_config, tmp_path, ray_cluster):
     import dataclasses
 
-    cfg = _config(tmp_path, "sync", RAY_2 + ["distributed.zero_stage=3", "distributed.rollout_engines=1",
+    cfg = small_config(tmp_path, "sync", EXTRA + RAY_2 + ["distributed.zero_stage=3", "distributed.rollout_engines=1",
                                              "distributed.weight_sync_bucket_mb=1"])
     trainer = PPOTrainer(cfg, log=lambda _: None)
     try:
@@ -143,15 +137,15 @@ class _KillRankAfter(PPOTrainer):
         return super().train_step()
 
 
-def test_a_killed_rank_stops_the_run_clearly_and_the_run_resumes(tmp_path, ray_cluster):
+def test_a_killed_rank_stops_the_run_clearly_and_the_run_resumes(small_config, tmp_path, ray_cluster):
     extra = RAY_2 + ["distributed.zero_stage=2", "distributed.rollout_engines=0", "trainer.save_steps=1",
                      "trainer.max_steps=3"]
-    cfg = _config(tmp_path, "killed", extra)
+    cfg = small_config(tmp_path, "killed", EXTRA + extra)
     with pytest.raises(WorkerDiedError) as info:
         _KillRankAfter(cfg, log=lambda _: None).fit(progress=False)
     message = str(info.value)
     assert "worker 'train' rank 1" in message and "died during" in message
     assert "last good checkpoint:" in message and "step_2" in message and "resume" in message
-    resumed = PPOTrainer(_config(tmp_path, "killed", extra), log=lambda _: None)
+    resumed = PPOTrainer(small_config(tmp_path, "killed", EXTRA + extra), log=lambda _: None)
     history = resumed.fit(progress=False)
     assert [h["step"] for h in history] == [3]

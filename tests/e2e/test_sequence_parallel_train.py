@@ -15,36 +15,27 @@ import pytest
 ray = pytest.importorskip("ray", reason="distributed.mode=ray needs Ray (pip install 'lmm-r1-ascend[dist]')")
 pytest.importorskip("deepspeed", reason="ZeRO needs DeepSpeed (pip install 'lmm-r1-ascend[dist]')")
 
-from lmm_r1_ascend.config import load_config  # noqa: E402
-from lmm_r1_ascend.demo.data import prepare_demo_data  # noqa: E402
 from lmm_r1_ascend.trainer.ppo import PPOTrainer  # noqa: E402
 
-SMALL = ["rollout.rollout_batch_size=4", "algorithm.n_samples_per_prompt=4", "trainer.train_batch_size=8",
-         "trainer.max_steps=3", "trainer.save_steps=0", "trainer.tensorboard=false", "trainer.save_hf=false",
-         "rollout.max_new_tokens=24", "trainer.max_tokens_per_micro_batch=256", "reward.workers=1",
-         "trainer.eval_before_train=false", "trainer.eval_steps=0"]
+EXTRA = ["trainer.eval_before_train=false", "trainer.eval_steps=0"]  # on top of SMALL_RUN (conftest.py's small_config)
 SP_2 = ["distributed.mode=ray", "distributed.world_size=2", "distributed.train_engine=deepspeed",
         "distributed.sequence_parallel_size=2"]
 COMPARED = ("reward/mean", "loss/policy", "loss/actor", "policy/clip_frac", "policy/approx_kl", "actor/grad_norm",
             "response_length/mean")
 
 
-def _config(tmp_path, name, extra):
-    return prepare_demo_data(load_config("demo_fre", overrides=SMALL + extra + [f"output_dir={tmp_path / name}"]))
-
-
 PPO = ["algorithm.advantage_estimator=gae", "algorithm.init_kl_coef=0.01"]  # actor, critic and reference
 
 
 @pytest.fixture(scope="module")
-def single(tmp_path_factory):
+def single(small_config, tmp_path_factory):
     """The single-process history of an algorithm configuration, run once per configuration."""
     runs: dict = {}
 
     def get(algo: list[str]):
         key = tuple(algo)
         if key not in runs:
-            runs[key] = PPOTrainer(_config(tmp_path_factory.mktemp("sp1"), "sp1", algo),
+            runs[key] = PPOTrainer(small_config(tmp_path_factory.mktemp("sp1"), "sp1", EXTRA + algo),
                                    log=lambda _: None).fit(progress=False)
         return runs[key]
 
@@ -54,12 +45,12 @@ def single(tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize("mode, zero_stage, rollout_engines, algo", [("ring", 2, 1, []), ("ulysses", 3, 0, PPO)],
                          ids=["ring-zero2-engine-actor", "ulysses-zero3-colocated-ppo"])  # demo model: 4 heads / 2 kv
-def test_sp2_run_logs_the_single_process_losses(tmp_path, single, ray_cluster, mode, zero_stage, rollout_engines,
-                                                algo):
+def test_sp2_run_logs_the_single_process_losses(small_config, tmp_path, single, ray_cluster, mode, zero_stage,
+                                                rollout_engines, algo):
     want_history = single(algo)
-    trainer = PPOTrainer(_config(tmp_path, "sp2", algo + SP_2 + [f"distributed.sequence_parallel_mode={mode}",
-                                                         f"distributed.zero_stage={zero_stage}",
-                                                         f"distributed.rollout_engines={rollout_engines}"]),
+    trainer = PPOTrainer(small_config(tmp_path, "sp2", EXTRA + algo + SP_2 + [
+                             f"distributed.sequence_parallel_mode={mode}", f"distributed.zero_stage={zero_stage}",
+                             f"distributed.rollout_engines={rollout_engines}"]),
                          log=lambda _: None)
     info = trainer.parts.cluster.group.call("sequence_parallel_info")
     roles = ("actor", "critic", "reference") if algo else ("actor",)
