@@ -148,3 +148,24 @@ def test_worker_without_reload_weights_loads_inside_vllms_layerwise_reload(monke
     assert worker.lmm_commit_weights() == 1
     assert calls == [("initialize", model, torch.device("meta")), ("load", ["proj.bias"]),
                      ("finalize", model, worker.model_config)]
+
+
+@pytest.mark.parametrize("device,expected", [("npu", {"additional_config": {"weight_nz_mode": 0}}), ("cpu", {})])
+def test_vllm_engine_passes_the_backends_own_vllm_switches(monkeypatch, device, expected):
+    """On NPU the engine hands vllm.LLM vllm-ascend's own NZ switch (additional_config weight_nz_mode=0,
+    read by its AscendConfig: tests/vendor/test_runtime_vendor.py); other devices add nothing."""
+    import lmm_r1_ascend.backends as backends
+    from lmm_r1_ascend.backends.cpu import CpuBackend
+    from lmm_r1_ascend.backends.npu import NpuBackend
+    from lmm_r1_ascend.config.schema import RolloutConfig
+    from lmm_r1_ascend.rollout.base import EngineRun
+    from lmm_r1_ascend.rollout.vllm_engine import VLLMRolloutEngine
+
+    chosen = {"npu": object.__new__(NpuBackend), "cpu": object.__new__(CpuBackend)}
+    monkeypatch.setattr(backends, "get_backend", lambda name: chosen[name])
+    seen = {}
+    monkeypatch.setattr(VLLMRolloutEngine, "__init__", lambda self, path, **kw: seen.update(kw))
+    VLLMRolloutEngine.from_config(RolloutConfig(), EngineRun(seed=3, device=device, n_samples_per_prompt=2),
+                                  "/models/x", torch.device("cpu"), torch.bfloat16)
+    assert {k: v for k, v in seen.items() if k == "additional_config"} == expected
+    assert seen["seed"] == 3 and seen["dtype"] == "bfloat16"
