@@ -1,5 +1,5 @@
 """Graceful stop (issue 32): SIGINT / SIGTERM during the generation, the update or a save of a
-real `python -m lmm_r1_ascend.train` run (tiny models, CPU, 3 steps), in local and Ray mode.
+real `python -m lmm_r1_ascend.train` run (tiny models, CPU, 2-4 steps), in local and Ray mode.
 
 The first signal lets the step finish, writes an ordinary checkpoint, prints one line with the
 resume command and exits 128 + the signal; a second one exits at once, without a traceback or a
@@ -28,16 +28,16 @@ import pytest
 from lmm_r1_ascend.trainer import checkpoint as ckpt
 
 ROOT = Path(__file__).resolve().parents[2]
-ARGS = [  # tests/e2e/test_faults.py's small PPO run (actor, reference, critic); 3 steps, the checkpoint at the end
+ARGS = [  # tests/e2e/test_faults.py's small PPO run (actor, reference, critic); 4 steps, a checkpoint at step 3
     "--recipe", "demo_fre", "--no-progress", "stage=fre", "device=cpu", "model.pretrain=tiny-qwen2",
     "data.prompt_data=[demo:arithmetic]", "data.max_prompt_len=512", "rollout.rollout_batch_size=2",
     "rollout.max_new_tokens=12", "reward.workers=1", "algorithm.advantage_estimator=gae",
     "algorithm.n_samples_per_prompt=4", "algorithm.init_kl_coef=0.01", "optim.actor_lr=1e-3", "optim.critic_lr=1e-3",
-    "trainer.train_batch_size=4", "trainer.max_steps=3", "trainer.save_steps=10", "trainer.save_hf=false",
+    "trainer.train_batch_size=4", "trainer.max_steps=4", "trainer.save_steps=3", "trainer.save_hf=false",
     "trainer.max_tokens_per_micro_batch=256", "trainer.tensorboard=false", "trainer.eval_steps=0",
     "trainer.eval_before_train=false",
 ]
-RAY = ["distributed.mode=ray", "distributed.rollout_engines=1", "rollout.async_mode=one_step_off",
+RAY = ["trainer.max_steps=2", "distributed.mode=ray", "distributed.rollout_engines=1", "rollout.async_mode=one_step_off",
        "algorithm.rollout_correction=[token_tis]"]
 DRIVER = """
 import os, signal, sys
@@ -144,9 +144,8 @@ def straight(tmp_path_factory):
     return _rows(out)
 
 
-def _assert_continues(out: Path, straight: list[dict]) -> None:
-    rows = _rows(out)
-    assert [r["step"] for r in rows] == [1, 2, 3]
+def _assert_same_metrics(straight: list[dict], rows: list[dict]) -> None:
+    assert [r["step"] for r in rows] == [r["step"] for r in straight] == [1, 2, 3, 4]
     for a, b in zip(straight, rows):  # CPU fp32 and the same seeds: an exact resume (as test_resume.py)
         na, nb = _numbers(a), _numbers(b)
         assert na.keys() == nb.keys()
@@ -154,29 +153,32 @@ def _assert_continues(out: Path, straight: list[dict]) -> None:
             assert nb[key] == pytest.approx(na[key], rel=1e-6, abs=1e-7), (a["step"], key)
 
 
-@pytest.mark.parametrize("at, signame, code, saved", [
-    ("rollout@2:INT", "SIGINT", 130, 2),   # during step 2's generation: the step finishes, then step_2
-    ("update@2:TERM", "SIGTERM", 143, 2),  # during step 2's update
-    ("save@1:INT", "SIGINT", 130, 1),      # during step 1's save (save_steps=1): that save completes, no second
-], ids=["sigint-generation", "sigterm-update", "sigint-save"])
-def test_a_signal_stops_after_the_step_with_a_checkpoint_and_the_run_resumes(tmp_path, straight, at, signame, code,
-                                                                             saved):
+def test_signals_during_generation_update_and_save_stop_with_a_checkpoint_and_resume_exactly(tmp_path, straight):
+    """One run stopped three times, each time resumed with the command the stop line printed:
+    SIGINT during step 1's generation (the step finishes, then step_1 is written), SIGTERM during
+    step 2's update (step_2), SIGINT during step 3's own save (save_steps=3: that save completes and
+    is the stop's checkpoint); the last resume finishes step 4. The metrics equal the straight run's."""
     out = tmp_path / "run"
-    extra = ["trainer.save_steps=1"] if at.startswith("save") else []
-    stopped = _stopped_run(out, at, *extra)
-    assert stopped.returncode == code, stopped.stderr[-3000:]
-    line = _stop_line(stopped, signame)
-    assert line.startswith(f"stopped by {signame} after step {saved}: checkpoint ") and f"step_{saved};" in line, line
-    assert [r["step"] for r in _rows(out)] == list(range(1, saved + 1))
-    assert ckpt.latest_checkpoint(out).name == f"step_{saved}"
-    _no_partial_checkpoint(out)
+    args = [*ARGS, f"output_dir={out}"]
+    for at, signame, code, step in (("rollout@1:INT", "SIGINT", 130, 1), ("update@2:TERM", "SIGTERM", 143, 2),
+                                    ("save@3:INT", "SIGINT", 130, 3)):
+        stopped = _run([sys.executable, "-c", DRIVER, *args], uuid.uuid4().hex, TEST_STOP_AT=at)
+        assert stopped.returncode == code, (at, stopped.stderr[-3000:])
+        line = _stop_line(stopped, signame)
+        assert line.startswith(f"stopped by {signame} after step {step}: checkpoint ") and f"step_{step};" in line, line
+        assert shlex.split(line.split("resume with: ", 1)[1]) == ["python", "-m", "lmm_r1_ascend.train", *args]
+        assert [r["step"] for r in _rows(out)] == list(range(1, step + 1))
+        assert ckpt.latest_checkpoint(out).name == f"step_{step}"
+        _no_partial_checkpoint(out)
+        if step > 1:
+            assert f"resumed from {ckpt.checkpoint_dir(out) / f'step_{step - 1}'}" in stopped.stdout
     done = _resume(line)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert f"resumed from" in done.stdout + done.stderr
-    _assert_continues(out, straight)
+    assert "Traceback" not in done.stderr
+    _assert_same_metrics(straight, _rows(out))
 
 
-def test_a_second_signal_exits_at_once_keeping_the_last_good_checkpoint(tmp_path, straight):
+def test_a_second_signal_exits_at_once_keeping_the_last_good_checkpoint(tmp_path):
     """Two SIGINTs inside step 2's save (save_steps=1): no step_2, no hidden leftover, step_1 stays."""
     out = tmp_path / "run"
     stopped = _stopped_run(out, "save@2:INT,INT", "trainer.save_steps=1")
@@ -185,9 +187,6 @@ def test_a_second_signal_exits_at_once_keeping_the_last_good_checkpoint(tmp_path
     assert line.startswith("interrupted by SIGINT at once: last good checkpoint ") and "step_1;" in line, line
     assert [p.name for p in ckpt.list_checkpoints(out)] == ["step_1"]
     _no_partial_checkpoint(out)
-    done = _resume(line)
-    assert done.returncode == 0, done.stderr[-3000:]
-    _assert_continues(out, straight)
 
 
 def test_ray_async_sigterm_during_generation_stops_the_ranks_and_engines_and_resumes(tmp_path):
@@ -209,5 +208,5 @@ def test_ray_async_sigterm_during_generation_stops_the_ranks_and_engines_and_res
     done = _resume(line)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = _rows(out)
-    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert [r["step"] for r in rows] == [1, 2]
     assert rows[1]["rollout/staleness_max"] == 0.0  # the regenerated draw came from the checkpoint's weights
