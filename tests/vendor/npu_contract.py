@@ -101,6 +101,12 @@ def install(ops, setter=setattr) -> None:
         setter(npu_emulation, op, getattr(ops, op))
 
 
+def _parse(source: str) -> ast.Module:
+    with warnings.catch_warnings():  # the vendor's docstrings hold invalid escapes ("\_", "\s")
+        warnings.simplefilter("ignore", (DeprecationWarning, SyntaxWarning))
+        return ast.parse(source)
+
+
 class _ErrCode:
     def __getattr__(self, name):
         return name
@@ -115,7 +121,7 @@ def meta_kernels(wheel: Path) -> dict:
     assignments are executed (decorators dropped), with stubs for ErrCode / ops_error / the
     SoC and CANN version queries, and the kernels are found by their ``@impl(m, "<op>")``.
     """
-    tree = ast.parse(read_member(wheel, META_FILE))
+    tree = _parse(read_member(wheel, META_FILE))
     names: dict[str, str] = {}
     body = []
     for node in tree.body:
@@ -140,7 +146,7 @@ def meta_kernels(wheel: Path) -> dict:
 @functools.lru_cache(maxsize=16)
 def op_doc(wheel: Path, op: str) -> str:
     """The docstring torch_npu attaches to ``op`` (``_add_torch_npu_docstr("<op>", \"\"\"...\"\"\")``)."""
-    tree = ast.parse(read_member(wheel, DOCS_FILE))
+    tree = _parse(read_member(wheel, DOCS_FILE))
     for node in ast.walk(tree):
         if (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "_add_torch_npu_docstr"
                 and len(node.args) == 2 and isinstance(node.args[0], ast.Constant) and node.args[0].value == op):
