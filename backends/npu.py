@@ -33,7 +33,9 @@ class NpuBackend(AcceleratorBackend):
     visible_devices_env: ClassVar[str | None] = "ASCEND_RT_VISIBLE_DEVICES"
     ds_accelerator: ClassVar[str] = "npu"
     runtime_overhead_gb: ClassVar[float] = 1.2  # CANN context and workspace (typical)
-    # No CUDA IPC on Ascend; vLLM's own nccl/ipc weight transfer is CUDA-only (ASCEND.md).
+    # hccl_broadcast: the project's own side group (kernels/weight_sync.py), which the vLLM workers
+    # join too. vllm-ascend 0.23.0's hccl / npu_ipc weight-transfer engines are not used (why:
+    # rollout/vllm_worker_ext.py); no NPU IPC is built (it needs driver >= 25.3.rc1, CANN >= 8.3.rc1).
     weight_sync_transports: ClassVar[tuple[str, ...]] = ("in_process", "hccl_broadcast")
     # The settings a run may tune (ASCEND.md, "Environment variables" and "More facts"); doctor
     # reports them, and worker_env passes the controller's values on to every Ray worker.
