@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import logging
 import os
 import re
 import sys
@@ -81,6 +82,9 @@ def parse_cli(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None
     them) and come back in `args.<overrides_dest>` in the order given. Parsers with
     subcommands parse as usual (argparse already takes a subcommand's options in any order)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "--verbose" not in parser._option_string_actions and "-v" not in parser._option_string_actions:
+        parser.add_argument("-v", "--verbose", action="store_true",
+                            help="also show third-party libraries' start-up notices (e.g. DeepSpeed's accelerator line)")
     overrides: list[str] = []
     if overrides_dest is not None:
         argv, overrides = split_overrides(parser, argv)
@@ -90,7 +94,38 @@ def parse_cli(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None
         args = parser.parse_intermixed_args(argv)
     if overrides_dest is not None:
         setattr(args, overrides_dest, overrides + list(getattr(args, overrides_dest) or []))
+    quiet_third_party(verbose=bool(getattr(args, "verbose", False)))
     return args
+
+
+# Third-party start-up notices that say nothing about the run: (logger, source file of the call or
+# None for any, the level from which records still show). DeepSpeed logs its accelerator detection
+# ("Setting accelerator to CPU. If you have GPU ...") from real_accelerator.py at WARNING, on stdout,
+# when it is first imported; MLflow announces at INFO that it creates its SQLite tables.
+STARTUP_NOTICES = (("DeepSpeed", "real_accelerator.py", logging.ERROR),
+                   ("mlflow.store.db.utils", None, logging.WARNING))
+
+
+class _StartupNoticeFilter(logging.Filter):
+    def __init__(self, filename: str | None, shown_from: int):
+        super().__init__()
+        self.filename, self.shown_from = filename, shown_from
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= self.shown_from or (self.filename is not None and record.filename != self.filename)
+
+
+def quiet_third_party(verbose: bool = False) -> None:
+    """Keep third-party start-up notices (STARTUP_NOTICES) off the console unless verbose; every
+    other warning of those libraries still shows, and errors always do. Filters are put on the
+    named loggers before the libraries are imported (logging.getLogger returns the same logger
+    to the library), so the notice printed at import never appears."""
+    for name, filename, shown_from in STARTUP_NOTICES:
+        logger = logging.getLogger(name)
+        for f in [f for f in logger.filters if isinstance(f, _StartupNoticeFilter)]:
+            logger.removeFilter(f)
+        if not verbose:
+            logger.addFilter(_StartupNoticeFilter(filename, shown_from))
 
 
 def quiet_library_progress(verbose: bool = False) -> None:

@@ -23,7 +23,7 @@ class WandbTracker(Tracker):
         self.wandb = wandb
         self.run = wandb.init(project=info.project, name=info.name, tags=info.tags or None, config=info.config,
                               dir=str(info.out), id=info.run_id, resume="allow" if info.run_id else None,
-                              reinit="create_new", settings=wandb.Settings(save_code=False))
+                              reinit="create_new", settings=wandb.Settings(save_code=False, quiet=True))  # quiet: no history dump at the end
         self.run_id = self.run.id
 
     def log(self, step: int, scalars: dict[str, float]) -> None:

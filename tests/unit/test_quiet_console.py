@@ -1,0 +1,75 @@
+"""A quiet console: third-party start-up notices (DeepSpeed's accelerator line, MLflow's table
+creation) stay off every CLI's output unless -v; the libraries' other warnings and errors stay."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+
+import pytest
+
+from lmm_r1_ascend.config.cli import quiet_third_party
+
+DS_NOTICE = "Setting accelerator to CPU"
+
+
+def _run(*args: str) -> list[str]:
+    done = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return (done.stdout + done.stderr).splitlines()  # DeepSpeed's notice goes to stdout, others' to stderr
+
+
+def test_plan_prints_its_own_line_first():
+    pytest.importorskip("deepspeed")  # plan asks DeepSpeed for its ZeRO estimates: the notice's moment
+    lines = _run("-m", "lmm_r1_ascend.plan", "--recipe", "fre_text", "--devices", "8", "--device-memory", "64")
+    assert lines[0].startswith("fre_text: "), lines[:3]
+    assert not any(DS_NOTICE in line for line in lines)
+
+
+def test_doctor_prints_its_own_line_first():
+    lines = _run("-m", "lmm_r1_ascend.doctor")
+    assert lines[0].startswith("backend "), lines[:3]
+    assert not any("[WARNING]" in line for line in lines)
+
+
+def test_v_shows_deepspeeds_notice_again():
+    """The notice exists (so the plan test can fail), and -v, which every CLI accepts, shows it."""
+    pytest.importorskip("deepspeed")
+    code = ("from lmm_r1_ascend.config.cli import CliParser, parse_cli\n"
+            "parse_cli(CliParser(prog='x'), ['-v'])\n"  # what every CLI does first
+            "import deepspeed\nfrom deepspeed.utils import logger\nlogger.warning('a real warning')\n")
+    out = "\n".join(_run("-c", code))
+    assert DS_NOTICE in out and "a real warning" in out
+
+
+class _Keep(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.seen: list[str] = []
+
+    def emit(self, record):
+        self.seen.append(record.getMessage())
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_only_the_listed_notices_are_dropped(verbose):
+    keep = _Keep()
+    ds, db = logging.getLogger("DeepSpeed"), logging.getLogger("mlflow.store.db.utils")
+    for logger in (ds, db):
+        logger.addHandler(keep)
+        logger.setLevel(logging.INFO)
+    try:
+        quiet_third_party(verbose=verbose)
+        for logger, filename, level, msg in [
+            (ds, "real_accelerator.py", logging.WARNING, "notice"), (ds, "real_accelerator.py", logging.ERROR, "err"),
+            (ds, "engine.py", logging.WARNING, "other file"), (db, "utils.py", logging.INFO, "tables"),
+            (db, "utils.py", logging.WARNING, "db warning")]:
+            logger.handle(logger.makeRecord(logger.name, level, filename, 1, msg, (), None))
+        hidden = set() if verbose else {"notice", "tables"}
+        assert keep.seen == [m for m in ("notice", "err", "other file", "tables", "db warning") if m not in hidden]
+    finally:
+        quiet_third_party(verbose=True)  # leave the loggers as they were
+        for logger in (ds, db):
+            logger.removeHandler(keep)
+            logger.setLevel(logging.NOTSET)
