@@ -4,7 +4,8 @@ vLLM mixes `WeightSyncExtension` into each of its worker classes when the LLM is
 with `worker_extension_cls="lmm_r1_ascend.rollout.vllm_worker_ext.WeightSyncExtension"`;
 its methods run in every worker through `LLM.collective_rpc(name, args=...)`. Nothing
 here names a device: the same code runs in vLLM's CUDA, CPU and vllm-ascend (NPU)
-workers (on NPU with VLLM_ASCEND_ENABLE_NZ=0, which the NPU backend's worker environment sets).
+workers (on NPU with the NZ weight layout off: the NPU backend passes vllm-ascend's
+additional_config weight_nz_mode=0 and sets VLLM_ASCEND_ENABLE_NZ=0 in the worker environment).
 
 Two transports:
 - by value (`lmm_stage_weights` per chunk, then `lmm_commit_weights`): the (name, tensor)
