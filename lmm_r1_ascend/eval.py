@@ -2,7 +2,7 @@
 convert the paper's benchmarks.
 
     python -m lmm_r1_ascend.eval --model PATH_OR_BUILTIN --data FILE [FILE ...] [--n 8] [--out DIR] [key=value ...]
-    python -m lmm_r1_ascend.eval compare RUN_A RUN_B [...] [--png table.png]
+    python -m lmm_r1_ascend.eval compare RUN_A RUN_B [...] [--label A B ...] [--png table.png]
     python -m lmm_r1_ascend.eval convert NAME SRC --out FILE.jsonl
 
 The first form loads the data with the training loader (templating, images, data.on_bad_line),

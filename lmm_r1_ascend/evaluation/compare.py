@@ -1,7 +1,10 @@
 """`python -m lmm_r1_ascend.eval compare RUN_A RUN_B ...`: the paper-style side-by-side table.
 
-A RUN is an eval output directory (its summary.json), a summary.json itself, or a training run
-directory (its latest validation, eval/step_N_summary.json). Rows are the datasources
+A RUN is an eval output directory (its summary.json), a summary.json itself, a training run's
+eval/step_N_summary.json, or a training run directory (its latest validation). Columns are
+labelled by the run's folder name and, for validations during training, the step
+(`demo_fre@0`, `demo_fre@60`); `--label A B ...` names them instead; labels that would be
+equal are made distinct (a more specific name, else " (2)"). Rows are the datasources
 (benchmarks) plus "all", columns the runs, each cell the metric (default accuracy) and, from
 the second run on, its delta against the first. Printed as markdown; `--png` draws it.
 """
@@ -14,22 +17,72 @@ import re
 from pathlib import Path
 
 
-def load_summary(run: str) -> tuple[str, dict[str, dict[str, float]]]:
-    """(label, {datasource: figures}) of one RUN (see the module docstring)."""
+STEP_FILE = re.compile(r"^step_(\d+)_summary\.json$")
+
+
+def _figures(data: dict) -> dict[str, dict[str, float]]:
+    return data.get("figures", data)
+
+
+def _stamp_label(data: dict) -> str | None:
+    """A label from an eval summary's own stamp: the model's folder and the date (UTC)."""
+    stamp = data.get("stamp") or {}
+    model = Path(str(stamp.get("model", ""))).name
+    date = str(stamp.get("date_utc", ""))[:16].replace("T", " ")
+    return " ".join(part for part in (model, date) if part) or None
+
+
+def load_summary(run: str) -> tuple[str, dict[str, dict[str, float]], list[str]]:
+    """(label, {datasource: figures}, fallback labels) of one RUN (see the module docstring).
+
+    The label names the run and, for a validation during training, the step: `demo_fre@60` for
+    RUN/eval/step_60_summary.json or for a training run RUN (its latest); an eval output's folder
+    name (`after`) for OUT/summary.json or OUT. The fallbacks, more specific, break ties."""
     p = Path(run)
     if p.is_file():
         data = json.loads(p.read_text())
-        return p.parent.name, data.get("figures", data)
+        step = STEP_FILE.match(p.name)
+        if step and p.parent.name == "eval":  # a training run's validation: RUN/eval/step_N_summary.json
+            return (f"{p.parent.parent.resolve().name}@{step.group(1)}", _figures(data),
+                    [f"{p.parent.parent}@{step.group(1)}"])
+        folder = p.parent.resolve().name
+        label = folder if p.name == "summary.json" else f"{folder}/{p.stem}"
+        return label, _figures(data), [x for x in (_stamp_label(data), str(p.parent)) if x]
     if (p / "summary.json").exists():
         data = json.loads((p / "summary.json").read_text())
-        return p.name, data.get("figures", data)
-    steps = sorted((p / "eval").glob("step_*_summary.json"),
-                   key=lambda f: int(re.search(r"step_(\d+)_", f.name).group(1))) if (p / "eval").is_dir() else []
+        return p.resolve().name, _figures(data), [x for x in (_stamp_label(data), str(p)) if x]
+    steps = sorted((f for f in (p / "eval").glob("step_*_summary.json") if STEP_FILE.match(f.name)),
+                   key=lambda f: int(STEP_FILE.match(f.name).group(1))) if (p / "eval").is_dir() else []
     if steps:
-        step = re.search(r"step_(\d+)_", steps[-1].name).group(1)
-        return f"{p.name}@{step}", json.loads(steps[-1].read_text())
+        step = STEP_FILE.match(steps[-1].name).group(1)
+        return f"{p.resolve().name}@{step}", json.loads(steps[-1].read_text()), [f"{p}@{step}"]
     raise FileNotFoundError(f"{run}: no summary.json and no eval/step_*_summary.json (is it an eval output "
                             "or a training run with trainer.eval_steps?)")
+
+
+def unique_labels(candidates: list[list[str]]) -> list[str]:
+    """One label per run, all distinct: each run's first label; where several share one, each of
+    them takes its next, more specific candidate (when that separates them); labels still equal
+    get " (2)", " (3)", ... in order. candidates: per run, its labels from the most readable on."""
+    labels = [c[0] for c in candidates]
+    for depth in range(1, max(len(c) for c in candidates)):
+        clash = [i for i, lab in enumerate(labels) if labels.count(lab) > 1]
+        if not clash:
+            break
+        for lab in {labels[i] for i in clash}:
+            group = [i for i in clash if labels[i] == lab]
+            finer = [candidates[i][depth] if depth < len(candidates[i]) else labels[i] for i in group]
+            if len(set(finer)) > 1:
+                for i, f in zip(group, finer):
+                    labels[i] = f
+    out: list[str] = []
+    for lab in labels:
+        new, k = lab, 1
+        while new in out or (new != lab and new in labels):  # a suffix never takes another run's own label
+            k += 1
+            new = f"{lab} ({k})"
+        out.append(new)
+    return out
 
 
 def table_rows(runs: list[tuple[str, dict]], metric: str) -> tuple[list[str], list[list[str]]]:
@@ -90,9 +143,15 @@ def main(argv: list[str] | None = None) -> int:
     p = CliParser(prog="python -m lmm_r1_ascend.eval compare", description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="+", help="eval output dirs, summary.json files, or training run dirs")
     p.add_argument("--metric", default="accuracy", help="accuracy, pass@8, maj@8, format_rate, ... (default accuracy)")
+    p.add_argument("--label", nargs="+", default=None, metavar="LABEL",
+                   help="one column label per RUN, in order (default: the run's name and step, or its stamp)")
     p.add_argument("--png", default=None, help="also draw the table into this PNG")
     args = parse_cli(p, argv)
-    runs = [load_summary(r) for r in args.runs]
+    loaded = [load_summary(r) for r in args.runs]
+    if args.label is not None and len(args.label) != len(loaded):
+        raise ValueError(f"--label gives {len(args.label)} label(s) for {len(loaded)} run(s): give one per run, in order")
+    candidates = [[lab] for lab in args.label] if args.label is not None else [[lab, *more] for lab, _, more in loaded]
+    runs = list(zip(unique_labels(candidates), (fig for _, fig, _ in loaded)))
     if not any(args.metric in fig for _, f in runs for fig in f.values()):
         raise ValueError(f"no run reports {args.metric!r}; they report e.g. {', '.join(sorted(next(iter(runs[0][1].values()))))}")
     header, rows = table_rows(runs, args.metric)
