@@ -189,8 +189,7 @@ def _no_mask(kw):  # atten_mask dropped: sparse_mode is then ignored and attenti
     return kw
 
 
-@pytest.mark.parametrize("rewrite", [_inclusive_ends, _sdpa_mask_general_mode, _no_mask],
-                         ids=["lengths-off-by-one", "mask-sdpa-convention", "mask-missing"])
+@pytest.mark.parametrize("rewrite", [_inclusive_ends, _no_mask], ids=["lengths-off-by-one", "mask-missing"])
 def test_broken_npu_convention_fails_the_parity_check(tmp_path, monkeypatch, capsys, rewrite):
     calls = _break_npu_op(monkeypatch, rewrite)
     out = tmp_path / "broken.json"
@@ -212,8 +211,10 @@ def _sdpa_mask_causal_mode(kw):  # the keep-mask where sparse_mode=3 expects the
 
 
 @pytest.mark.parametrize("rewrite, message", [(_leading_zero, "WITHOUT the leading zero"),
-                                              (_sdpa_mask_causal_mode, "compressed causal mask")],
-                         ids=["lengths-leading-zero", "mask-sdpa-convention-causal-mode"])
+                                              (_sdpa_mask_causal_mode, "compressed causal mask"),
+                                              # the wheel's docs: a varlen mask is SS, exactly (max Sq, max Skv)
+                                              (_sdpa_mask_general_mode, r"must be SS with S = \(max Sq")],
+                         ids=["lengths-leading-zero", "mask-sdpa-convention-causal-mode", "mask-sdpa-convention"])
 def test_npu_convention_breaks_the_emulation_rejects_fail_the_run(tmp_path, monkeypatch, rewrite, message):
     """These breaks violate the op's documented argument contract, which the emulation enforces:
     the parity run itself fails (louder than a comparison would)."""
