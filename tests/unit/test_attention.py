@@ -211,6 +211,28 @@ def test_npu_fusion_calls_the_op_by_the_documented_contract(rng_seed):
     assert mask.dtype == torch.bool and torch.equal(mask, torch.ones(2048, 2048, dtype=torch.bool).triu(1))
     assert kw_nc["atten_mask"] is None  # non-causal: no mask at all
     assert att.compressed_causal_mask(q.device) is mask  # built once per device
+    assert kw["softmax_layout"] == "TND"  # the lse is read as (T, N); the op's default is NTD order
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_npu_fusion_splits_rows_past_the_varlen_sequence_limit(rng_seed, monkeypatch, causal):
+    """The op takes at most 1024 varlen sequences per call (torch_npu docs); longer rows run as one
+    call per group. With the limit lowered to 2: 5 sequences -> 3 calls, same math as the formula."""
+    calls = []
+
+    class CountingOps:
+        @staticmethod
+        def npu_fusion_attention(*args, **kwargs):
+            calls.append(kwargs["actual_seq_qlen"])
+            return npu_emulation.npu_fusion_attention(*args, **kwargs)
+
+    monkeypatch.setattr(att, "NPU_MAX_VARLEN_SEQS", 2)
+    q, k, v, cu, bounds = random_batch(n_seqs=5)
+    assert_matches_naive(functools.partial(att.varlen_attention_npu_fusion, ops=CountingOps), q, k, v, cu, bounds,
+                         causal=causal)
+    lengths = [b - a for a, b in zip(bounds, bounds[1:])]
+    assert [len(c) for c in calls] == [2, 2, 1]
+    assert [c[-1] for c in calls] == [sum(lengths[:2]), sum(lengths[2:4]), lengths[4]]  # ends restart per group
 
 
 def test_accelerator_only_implementations_refuse_cpu_clearly():
