@@ -123,3 +123,12 @@ def test_a_resume_reopens_the_recorded_runs_and_a_fresh_run_does_not(tmp_path, m
     trackers.open_trackers(cfg, {}, tmp_path, resume_step=0)   # trainer.resume=false: a new tracker run
     assert seen == [None, "new1", None]
     assert (Path(tmp_path) / "trackers.json").read_text().count("new3") == 1
+
+
+def test_only_the_driver_opens_trackers():
+    """Ray ranks and engine actors run workers/ and distributed/ code; the trackers are opened by
+    the controller (trainer/ppo.py) alone, so a multi-rank run logs each step once."""
+    root = Path(trackers.__file__).resolve().parents[2]
+    callers = sorted(str(p.relative_to(root)) for p in root.rglob("*.py")
+                     if "open_trackers(" in p.read_text(encoding="utf-8") and "trackers" not in p.parts)
+    assert callers == ["trainer/ppo.py"]
