@@ -70,21 +70,21 @@ def test_more_than_1024_sequences_run_as_one_call_per_1024(schema_bound_npu):
     assert _attend(lengths) == 2
 
 
-def test_rows_over_the_varlen_limit_are_split_per_group(schema_bound_npu, monkeypatch):
+def test_rows_over_the_varlen_limit_are_split_per_group(schema_bound_npu, monkeypatch, rng_seed):
     """The split at the call site, with the limit lowered to 2 sequences: 5 sequences -> 3 calls,
     outputs, lse and gradients equal to the reference's."""
     import lmm_r1_ascend.kernels.attention as A
 
     monkeypatch.setattr(A, "NPU_MAX_VARLEN_SEQS", 2)
     before = npu_contract.CALLS["npu_fusion_attention"]
-    npu_paths.check_packed_attention(lengths=(3, 1, 4, 2, 5), hq=4, hkv=2, d=8)
+    npu_paths.check_packed_attention(lengths=(3, 1, 4, 2, 5), hq=4, hkv=2, d=8, seed=rng_seed)
     assert npu_contract.CALLS["npu_fusion_attention"] - before == 4 * 3  # 4 variants (causal x lse) x 3 groups
 
 
 @pytest.mark.parametrize("lengths, heads", [((5, 2, 9), 4), ((1, 3), 4), ((1,), 1)])  # T != N, T == N, T == N == 1
-def test_tnd_softmax_layout_is_read_as_requested(schema_bound_npu, lengths, heads):
+def test_tnd_softmax_layout_is_read_as_requested(schema_bound_npu, lengths, heads, rng_seed):
     """kernels/attention.py passes softmax_layout="TND" and reads (T, N); its lse equals the reference's."""
-    npu_paths.check_packed_attention(lengths=lengths, hq=heads, hkv=1, d=8)
+    npu_paths.check_packed_attention(lengths=lengths, hq=heads, hkv=1, d=8, seed=rng_seed)
 
 
 def test_fused_ops_at_3b_widths_text_and_vision(schema_bound_npu):

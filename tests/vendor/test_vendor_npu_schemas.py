@@ -109,14 +109,14 @@ def test_all_24_arguments_pass_positionally(npu_vendor_ops):
     assert len(res) == 7 and [type(x) for x in res[4:]] == [int, int, int]
 
 
-def test_packed_attention_forward_backward_through_the_schema(schema_bound_npu):
+def test_packed_attention_forward_backward_through_the_schema(schema_bound_npu, rng_seed):
     before = npu_contract.CALLS["npu_fusion_attention"]
-    npu_paths.check_packed_attention(lengths=(5, 1, 9, 3), hq=4, hkv=2, d=8)
-    npu_paths.check_packed_attention(lengths=(7,), hq=3, hkv=3, d=16, seed=1)
+    npu_paths.check_packed_attention(lengths=(5, 1, 9, 3), hq=4, hkv=2, d=8, seed=rng_seed)
+    npu_paths.check_packed_attention(lengths=(7,), hq=3, hkv=3, d=16, seed=rng_seed + 1)
     assert npu_contract.CALLS["npu_fusion_attention"] - before == 8
 
 
-def test_fused_qwen2_through_the_schema(schema_bound_npu):
+def test_fused_qwen2_through_the_schema(schema_bound_npu, rng_seed):
     before = dict(npu_contract.CALLS)
     npu_paths.check_fused_model(npu_paths.tiny_qwen2(), {"input_ids": torch.randint(0, 64, (2, 11))})
     for op in ("npu_rms_norm", "npu_rotary_mul", "npu_swiglu"):

@@ -27,14 +27,14 @@ SP, TIMEOUT_S = 2, 60.0
 CASES = [([5, 12, 3], 4, 2, 8), ([9, 1], 2, 2, 16)]  # (lengths, Hq, Hkv, D); a 1-token sequence < one chunk
 
 
-def _data(case: int):
+def _data(case: int, seed: int):
     lengths, hq, hkv, d = CASES[case]
-    g = torch.Generator().manual_seed(100 + case)
+    g = torch.Generator().manual_seed(seed + case)
     t = sum(lengths)
     return lengths, *(torch.randn(t, h, d, generator=g) for h in (hq, hkv, hkv, hq))
 
 
-def _worker(rank: int, wheel: str, tmp: str) -> None:
+def _worker(rank: int, wheel: str, tmp: str, seed: int) -> None:
     from pathlib import Path
 
     import npu_contract
@@ -50,7 +50,7 @@ def _worker(rank: int, wheel: str, tmp: str) -> None:
         for mode in ("ring", "ulysses"):
             assert kernels[mode].name == f"{mode}[npu_fusion]", kernels[mode].name
             for case in range(len(CASES)):
-                lengths, q, k, v, dout = _data(case)
+                lengths, q, k, v, dout = _data(case, seed)
                 shard = split_packed(lengths, SP, rank)
                 leaves = [x.index_select(0, shard.index).requires_grad_(True) for x in (q, k, v)]
                 out = kernels[mode].fn(*leaves, shard, group=None)
@@ -61,8 +61,8 @@ def _worker(rank: int, wheel: str, tmp: str) -> None:
         dist.destroy_process_group()
 
 
-def _spawn(wheel, tmp) -> list[dict]:
-    ctx = mp.start_processes(_worker, args=(str(wheel), str(tmp)), nprocs=SP, join=False, start_method="spawn")
+def _spawn(wheel, tmp, seed: int) -> list[dict]:
+    ctx = mp.start_processes(_worker, args=(str(wheel), str(tmp), seed), nprocs=SP, join=False, start_method="spawn")
     deadline = time.monotonic() + 3 * TIMEOUT_S
     while not ctx.join(timeout=1.0):
         if time.monotonic() > deadline:
@@ -73,11 +73,11 @@ def _spawn(wheel, tmp) -> list[dict]:
     return [torch.load(f"{tmp}/rank{r}.pt") for r in range(SP)]
 
 
-def test_ring_and_ulysses_on_npu_kernels_through_the_schema(torch_npu_wheel, tmp_path):
-    per_rank = _spawn(torch_npu_wheel, tmp_path)
+def test_ring_and_ulysses_on_npu_kernels_through_the_schema(torch_npu_wheel, tmp_path, rng_seed):
+    per_rank = _spawn(torch_npu_wheel, tmp_path, rng_seed)
     assert all(r["calls"] > 0 for r in per_rank)
     for n, (mode, case) in enumerate((m, c) for m in ("ring", "ulysses") for c in range(len(CASES))):
-        lengths, q, k, v, dout = _data(case)
+        lengths, q, k, v, dout = _data(case, rng_seed)
         t = sum(lengths)
         cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
         leaves = [x.clone().requires_grad_(True) for x in (q, k, v)]
