@@ -7,6 +7,8 @@ that breaks it, and the error the emulation must raise. docs/ascend.md lists the
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -113,4 +115,4 @@ def test_documented_constraint_is_refused_in_one_line(torch_npu_wheel, npu_vendo
         getattr(npu_vendor_ops, op)(*args, **kwargs)
     message = str(info.value)
     assert "\n" not in message.strip(), f"not one line: {message!r}"
-    assert __import__("re").search(error, message), f"{message!r} does not name the constraint ({error!r})"
+    assert re.search(error, message), f"{message!r} does not name the constraint ({error!r})"
