@@ -51,7 +51,7 @@ def why_missing_or_flat(key: str, cfg: dict[str, Any]) -> str:
     if key == "loss/value" and alg.get("advantage_estimator") not in (None, "gae"):
         return f"no critic with algorithm.advantage_estimator={alg['advantage_estimator']}"
     if key.startswith("eval/") and not (cfg.get("data") or {}).get("eval_data", True):
-        return "no held-out data (data.eval_data)"
+        return "no held-out data: data.eval_data is empty"
     return ""
 
 
@@ -118,8 +118,11 @@ def figure(run_dir: str | Path):
         raise ValueError(f"{run_dir}/metrics.jsonl has no steps yet")
     cfg = _config(run_dir)
     keys = {k for r in rows for k in r}
+    evaluated = any(k.startswith("eval/") for k in keys)
     panels = []
     for title, wanted in PANELS:
+        if not evaluated:  # said once, in the held-out panel
+            wanted = tuple(k for k in wanted if not k.startswith("eval/"))
         if title == "held-out eval":
             wanted = tuple(eval_keys(keys)) or ("eval/all/accuracy",)
         elif title == "response length per datasource":
