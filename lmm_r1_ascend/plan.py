@@ -40,28 +40,14 @@ import math
 import sys
 from dataclasses import asdict, dataclass, field, replace
 
+from lmm_r1_ascend.backends.registry import backend_class, backend_names
+from lmm_r1_ascend.models.shape_models import ModelShape, model_shape
+
 GB = 1e9
 HUB_SHAPES = {"Qwen/Qwen2.5-VL-3B-Instruct": "qwen2.5-vl-3b-shape:layers=36,vision_layers=32"}
 REDUCE_BUCKET = 500_000_000  # DeepSpeed's zero_optimization.reduce_bucket_size default (the engine keeps it)
 LOGPROB_CHUNK = 1024  # models.forward.packed_log_probs' default chunk_size
 _BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-
-
-@dataclass
-class ModelShape:
-    params: int           # all parameters
-    vision: int           # vision-tower parameters (0 for text models)
-    embed: int            # the input embedding (= output head when tied)
-    largest_layer: int    # the largest single module's parameters (the ZeRO-3 gathered set)
-    layers: int
-    hidden: int
-    intermediate: int
-    kv_dim: int           # key-value heads x head_dim
-    vocab: int
-    tied: bool
-    vision_hidden: int = 0
-    vision_intermediate: int = 0
-    vision_layers: int = 0
 
 
 @dataclass
@@ -96,29 +82,6 @@ def model_config(name: str):
 def shape_of(name: str) -> ModelShape:
     """model_shape(model_config(name)), cached per name."""
     return model_shape(model_config(name))
-
-
-def model_shape(config) -> ModelShape:
-    """Exact parameter counts of the model `config` describes, from a meta-device instance."""
-    import torch
-    import transformers
-
-    vl = getattr(config, "vision_config", None) is not None
-    cls = transformers.AutoModelForImageTextToText if vl else transformers.AutoModelForCausalLM
-    with torch.device("meta"):
-        model = cls.from_config(config)
-    params = sum(p.numel() for p in model.parameters())
-    vision = sum(p.numel() for n, p in model.named_parameters() if ".visual." in f".{n}")
-    largest = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
-    text = config.get_text_config()
-    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-    v = config.vision_config if vl else None
-    return ModelShape(params=params, vision=vision, embed=model.get_input_embeddings().weight.numel(),
-                      largest_layer=largest, layers=text.num_hidden_layers, hidden=text.hidden_size,
-                      intermediate=text.intermediate_size, kv_dim=text.num_key_value_heads * head_dim,
-                      vocab=text.vocab_size, tied=bool(getattr(config, "tie_word_embeddings", False)),
-                      vision_hidden=getattr(v, "hidden_size", 0), vision_intermediate=getattr(v, "intermediate_size", 0),
-                      vision_layers=getattr(v, "depth", 0))
 
 
 def _states(n: int, trainable: int, *, engine: str, zero: int, devices: int, b: int, offload_opt: bool,
@@ -174,6 +137,26 @@ def kv_cache(shape: ModelShape, tokens: int, b: int) -> float:
     return 2 * shape.layers * shape.kv_dim * tokens * b
 
 
+def _rollout(cfg, shape: ModelShape, sample: int, b: int, device_memory_gb: float,
+             notes: list[str]) -> tuple[float, float]:
+    """(resident, transient) bytes of a colocated rollout engine on a training device: hf keeps a copy
+    of the weights plus one generate call's KV cache; vLLM reserves its share. Appends its notes."""
+    dist, ro = cfg.distributed, cfg.rollout
+    rows = ro.micro_rollout_batch_size * cfg.algorithm.n_samples_per_prompt
+    if not (dist.mode == "local" or dist.rollout_engines == 0 or dist.colocate_rollout):
+        notes.append(f"rollout engines on devices of their own ({dist.rollout_engines} x "
+                     f"{ro.vllm_tensor_parallel_size}): not counted here")
+        return 0.0, 0.0
+    if ro.engine == "vllm":
+        share = ro.vllm_gpu_memory_utilization * device_memory_gb * GB
+        kv_need = kv_cache(shape, rows * sample, b)
+        room = share - shape.params * b
+        notes.append(f"vLLM: {ro.vllm_gpu_memory_utilization:.2f} x {device_memory_gb:g} GB; KV cache for "
+                     f"{rows} x {sample} tokens needs {kv_need / GB:.1f} GB, {max(room, 0) / GB:.1f} GB left for it")
+        return (0.0, share) if ro.vllm_enable_sleep else (share, 0.0)
+    return shape.params * b, kv_cache(shape, rows * sample, b) + rows * shape.vocab * 4
+
+
 def estimate(cfg, *, devices: int, device_memory_gb: float, backend: str = "cuda", shape: ModelShape | None = None,
              image_tokens: int | None = None, steps: int = 2) -> Estimate:
     """Per-device peak of the training step of `cfg` (a TrainConfig) on `devices` devices.
@@ -181,8 +164,6 @@ def estimate(cfg, *, devices: int, device_memory_gb: float, backend: str = "cuda
     image_tokens: merged image tokens per micro-batch (default: 256 per sample, one 448x448
     image, for multimodal data, none for stage fre text data). steps=1: the first step, whose
     AdamW moments appear only after its backward (torch and DeepSpeed create them lazily)."""
-    from lmm_r1_ascend.backends.registry import backend_class
-
     device = backend_class(backend)  # its class-level facts only: nothing probes or needs the device
     shape = shape or shape_of(cfg.model.pretrain)
     dtype = cfg.model.dtype if cfg.model.dtype != "auto" else str(device.default_dtype).removeprefix("torch.")
@@ -225,27 +206,8 @@ def estimate(cfg, *, devices: int, device_memory_gb: float, backend: str = "cuda
                             vision_trainable=True)
         train_transient = max(train_transient, c_act)
     parts["reference"] = shape.params * b if alg.uses_reference else 0.0
-    # Rollout: hf keeps a copy of the weights plus one generate call's KV cache; vLLM reserves its share.
-    rows = ro.micro_rollout_batch_size * alg.n_samples_per_prompt
-    colocated = dist.mode == "local" or dist.rollout_engines == 0 or dist.colocate_rollout
-    notes = []
-    rollout_resident, rollout_transient = 0.0, 0.0
-    if colocated and ro.engine == "vllm":
-        share = ro.vllm_gpu_memory_utilization * device_memory_gb * GB
-        kv_need = kv_cache(shape, rows * sample, b)
-        room = share - shape.params * b
-        notes.append(f"vLLM: {ro.vllm_gpu_memory_utilization:.2f} x {device_memory_gb:g} GB; KV cache for "
-                     f"{rows} x {sample} tokens needs {kv_need / GB:.1f} GB, {max(room, 0) / GB:.1f} GB left for it")
-        if ro.vllm_enable_sleep:
-            rollout_transient = share
-        else:
-            rollout_resident = share
-    elif colocated:  # hf engine (a copy of the weights in the rank's process)
-        rollout_resident = shape.params * b
-        rollout_transient = kv_cache(shape, rows * sample, b) + rows * shape.vocab * 4
-    else:
-        notes.append(f"rollout engines on devices of their own ({dist.rollout_engines} x "
-                     f"{ro.vllm_tensor_parallel_size}): not counted here")
+    notes: list[str] = []
+    rollout_resident, rollout_transient = _rollout(cfg, shape, sample, b, device_memory_gb, notes)
     parts["rollout"] = rollout_resident
     parts["runtime"] = device.runtime_overhead_gb * GB
     if device.offload_is_device_memory and host:
@@ -370,8 +332,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--recipe", required=True)
     p.add_argument("--devices", type=int, default=8)
     p.add_argument("--device-memory", type=float, default=64.0, help="GB per device (64 for Ascend 910B, 80 for A100/H100)")
-    from lmm_r1_ascend.backends.registry import backend_names
-
     p.add_argument("--backend", default="npu", choices=sorted(backend_names()),
                    help="whose device facts to count (runtime overhead, default dtype, where offload lands)")
     p.add_argument("--json", action="store_true")

@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -192,3 +193,44 @@ def ensure_shape_model(name: str, seed: int = 0, cache_dir: str | os.PathLike | 
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     return build_once(root / f"{base}-L{layers}V{vision}-seed{seed}-{key}", "lmm_r1_shape.json",
                       lambda tmp: build_shape_model(name, tmp, seed))
+
+
+@dataclass
+class ModelShape:
+    """Parameter counts and widths of a model (what lmm_r1_ascend.plan estimates memory from)."""
+
+    params: int           # all parameters
+    vision: int           # vision-tower parameters (0 for text models)
+    embed: int            # the input embedding (= output head when tied)
+    largest_layer: int    # the largest single module's parameters (the ZeRO-3 gathered set)
+    layers: int
+    hidden: int
+    intermediate: int
+    kv_dim: int           # key-value heads x head_dim
+    vocab: int
+    tied: bool
+    vision_hidden: int = 0
+    vision_intermediate: int = 0
+    vision_layers: int = 0
+
+
+def model_shape(config) -> ModelShape:
+    """Exact parameter counts of the model `config` describes, from a meta-device instance."""
+    import transformers
+
+    vl = getattr(config, "vision_config", None) is not None
+    cls = transformers.AutoModelForImageTextToText if vl else transformers.AutoModelForCausalLM
+    with torch.device("meta"):
+        model = cls.from_config(config)
+    params = sum(p.numel() for p in model.parameters())
+    vision = sum(p.numel() for n, p in model.named_parameters() if ".visual." in f".{n}")
+    largest = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
+    text = config.get_text_config()
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    v = config.vision_config if vl else None
+    return ModelShape(params=params, vision=vision, embed=model.get_input_embeddings().weight.numel(),
+                      largest_layer=largest, layers=text.num_hidden_layers, hidden=text.hidden_size,
+                      intermediate=text.intermediate_size, kv_dim=text.num_key_value_heads * head_dim,
+                      vocab=text.vocab_size, tied=bool(getattr(config, "tie_word_embeddings", False)),
+                      vision_hidden=getattr(v, "hidden_size", 0), vision_intermediate=getattr(v, "intermediate_size", 0),
+                      vision_layers=getattr(v, "depth", 0))
