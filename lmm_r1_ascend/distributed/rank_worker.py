@@ -233,10 +233,14 @@ class TrainRank:
             file = directory / f"{name}.pt"
             if not file.exists():
                 raise FileNotFoundError(f"checkpoint {directory} has no weights for '{name}' ({file.name})")
-            if not worker.engine.state_includes_weights:  # DeepSpeed restores its weights in load()
-                state = torch.load(file, map_location="cpu", weights_only=True)
-                worker.engine.load_full_state_dict(add_prefix(state, _wrapper(worker).prefix))
-            worker.engine.load(directory / f"{name}_engine")
+            def full(file=file, worker=worker) -> dict:
+                return add_prefix(torch.load(file, map_location="cpu", weights_only=True), _wrapper(worker).prefix)
+
+            if not worker.engine.state_includes_weights:
+                worker.engine.load_full_state_dict(full())
+                worker.engine.load(directory / f"{name}_engine")
+            else:  # DeepSpeed restores its weights in load(); from another world size it needs the file's buffers
+                worker.engine.load(directory / f"{name}_engine", full_weights=full)
 
     def export_hf(self, path: str) -> None:
         from lmm_r1_ascend.workers.builders import save_hf_model

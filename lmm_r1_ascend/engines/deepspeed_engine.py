@@ -38,7 +38,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -48,6 +48,7 @@ from lmm_r1_ascend.engines.torch_engine import build_optimizer
 
 TAG = "engine"  # the DeepSpeed checkpoint tag (sub-folder) inside the save directory
 META_FILE = "engine_meta.json"
+UNIVERSAL = "universal"  # DeepSpeed's universal checkpoint of TAG, made when another world size resumes it
 
 
 def deepspeed_config(*, zero_stage: int, bf16: bool, max_norm: float, offload_optimizer: bool,
@@ -77,6 +78,27 @@ def deepspeed_config(*, zero_stage: int, bf16: bool, max_norm: float, offload_op
         "steps_per_print": 2**62,
         "wall_clock_breakdown": False,
     }
+
+
+def to_universal(source: Path, target: Path) -> None:
+    """DeepSpeed's universal checkpoint of the ZeRO checkpoint folder ``source`` (one tag) in ``target``:
+    per parameter, its full fp32 master weights and optimizer moments, loadable on any world size.
+    In this process (no worker pool: Ray actors and spawned ranks may not fork one), quietly; a
+    `.complete` marker is written last, so an interrupted conversion is redone."""
+    import argparse
+    import contextlib
+    import io
+    import shutil
+
+    from deepspeed.checkpoint.ds_to_universal import main as convert
+
+    shutil.rmtree(target, ignore_errors=True)
+    args = argparse.Namespace(input_folder=str(source), output_folder=str(target), num_extract_workers=1,
+                              num_merge_workers=1, keep_temp_folder=False, strict=True,
+                              inject_missing_state=True)  # our client state has no universal_checkpoint_info
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        convert(args)
+    (target / ".complete").write_text("")
 
 
 def disable_shm_comm_build() -> None:
@@ -234,20 +256,46 @@ class DeepSpeedEngine:
             (directory / META_FILE).write_text(json.dumps(self._meta()))
         torch.distributed.barrier()
 
-    def load(self, directory: str | Path) -> None:
-        """Restore what ``save`` wrote, weights included (collective). Same world size, stage, precision."""
+    def load(self, directory: str | Path, full_weights: Callable[[], dict[str, torch.Tensor]] | None = None) -> None:
+        """Restore what ``save`` wrote, weights included (collective). Same stage and precision.
+
+        Another world size (ZeRO 1-3): rank 0 converts the checkpoint once into DeepSpeed's universal
+        format (deepspeed.checkpoint.ds_to_universal, written next to it as ``universal/``) and every
+        rank loads its new partition of the fp32 master weights and Adam moments, with the step counts
+        and the LR schedule. The universal format leaves buffers out: ``full_weights()`` (the
+        checkpoint's full weights under the state-dict names) restores the module first."""
         directory = Path(directory)
         meta_path = directory / META_FILE
         if not meta_path.is_file():
             raise FileNotFoundError(f"no DeepSpeed engine state in {directory} ({META_FILE} is missing)")
         saved = json.loads(meta_path.read_text())
-        if saved != self._meta():
-            raise ValueError(f"the engine state in {directory} was saved with {saved} but this engine runs "
-                             f"{self._meta()}: ZeRO checkpoints resume only with the same world size, stage and "
-                             "precision")
+        mine = self._meta()
+        if saved != mine:
+            resharded = {**saved, "world_size": mine["world_size"]} == mine and self.zero_stage > 0
+            if not resharded:
+                raise ValueError(f"the engine state in {directory} was saved with {saved} but this engine runs "
+                                 f"{mine}: ZeRO checkpoints resume only with the same stage and precision (and, "
+                                 "for ZeRO-0, the same world size)")
+            self._load_universal(directory, full_weights)
+            return
         path, _ = self.ds.load_checkpoint(str(directory), tag=TAG)
         if path is None:
             raise FileNotFoundError(f"DeepSpeed found no checkpoint '{TAG}' in {directory}")
+
+    def _load_universal(self, directory: Path, full_weights) -> None:
+        target = directory / UNIVERSAL
+        if self.ds.global_rank == 0 and not (target / TAG / ".complete").is_file():
+            to_universal(directory / TAG, target / TAG)
+        torch.distributed.barrier()
+        if full_weights is not None:
+            self.load_full_state_dict(full_weights())
+        self.ds._config.load_universal_checkpoint = True  # read by load_checkpoint (the config's checkpoint.load_universal)
+        try:
+            path, _ = self.ds.load_checkpoint(str(target), tag=TAG)
+        finally:
+            self.ds._config.load_universal_checkpoint = False
+        if path is None:
+            raise FileNotFoundError(f"DeepSpeed found no universal checkpoint '{TAG}' in {target}")
 
     def _entries(self) -> list[tuple[str, torch.Tensor]]:
         return list(self.ds.module.state_dict(keep_vars=True).items())

@@ -11,7 +11,7 @@ The fingerprint holds what fixes tensor shapes or the data order:
   and tokenizer.sha256 (of tokenizer.json, when it is at most 64 MiB), stage, every
   algorithm.* key, data.prompt_data, data.shuffle, data.max_prompt_len, seed,
   rollout.rollout_batch_size, trainer.train_batch_size, trainer.max_epochs,
-  distributed.world_size, distributed.train_engine, distributed.zero_stage,
+  distributed.train_engine, distributed.zero_stage,
   model.critic_pretrain, model.freeze_prefixes, model.dtype.
 
 ALLOWED: keys that may change between the first run and a resume. They are not part of the
@@ -19,8 +19,10 @@ fingerprint (and compare_fingerprints ignores them should an older fingerprint h
 trainer.max_steps (the LR schedule's length follows it), trainer.num_episodes,
 trainer.save_steps, trainer.keep_checkpoints, trainer.save_hf, trainer.tensorboard,
 trainer.resume, trainer.eval_steps, trainer.eval_before_train, trainer.best_metric, eval.*,
-data.eval_data, device, output_dir, recipe, and throughput-only settings not in the list above
-(micro-batch sizes, rollout engine placement, Ray addresses, timeouts).
+data.eval_data, device, output_dir, recipe, distributed.world_size (ZeRO 1-3 checkpoints are
+re-partitioned for another world size; ZeRO-0 refuses it at resume: docs/resume.md), and
+throughput-only settings not in the list above (micro-batch sizes, rollout engine placement, Ray
+addresses, timeouts).
 """
 
 from __future__ import annotations
@@ -35,14 +37,14 @@ ALLOWED = frozenset({
     "trainer.max_steps", "trainer.num_episodes", "trainer.save_steps", "trainer.keep_checkpoints",
     "trainer.save_hf", "trainer.tensorboard", "trainer.resume", "trainer.eval_steps",
     "trainer.eval_before_train", "trainer.best_metric", "eval.*", "data.eval_data", "device",
-    "output_dir", "recipe",
+    "output_dir", "recipe", "distributed.world_size",
 })
 
 MODEL_SHAPE_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads",
                     "num_key_value_heads", "intermediate_size", "vocab_size")
 RUN_KEYS = ("stage", "seed", "data.prompt_data", "data.shuffle", "data.max_prompt_len",
             "rollout.rollout_batch_size", "trainer.train_batch_size", "trainer.max_epochs",
-            "distributed.world_size", "distributed.train_engine", "distributed.zero_stage",
+            "distributed.train_engine", "distributed.zero_stage",
             "model.critic_pretrain", "model.freeze_prefixes", "model.dtype")
 _HASH_LIMIT = 64 << 20
 

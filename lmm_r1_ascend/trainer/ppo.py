@@ -114,11 +114,15 @@ class PPOTrainer:
                      "resuming without checking that it belongs to this run's model, data and algorithm")
         elif diff := fp.compare_fingerprints(state["fingerprint"], now):
             raise SetupError(fp.mismatch_message(path, state["fingerprint"], now, diff))
-        saved_world = int(state.get("world_size", 1))
-        if saved_world != c.cluster.world_size and self.cfg.distributed.train_engine == "deepspeed":
-            raise SetupError(f"checkpoint {path} was written by {saved_world} rank(s), and DeepSpeed checkpoints "
-                             f"resume only on as many ranks: set distributed.world_size={saved_world} (changing the "
-                             "world size mid-run is not supported; trainer.resume=false starts over)")
+        saved_world, d = int(state.get("world_size", 1)), self.cfg.distributed
+        if saved_world != c.cluster.world_size:
+            if d.train_engine == "deepspeed" and d.zero_stage == 0:
+                raise SetupError(f"checkpoint {path} was written by {saved_world} rank(s), and a ZeRO-0 checkpoint "
+                                 f"resumes only on as many ranks: set distributed.world_size={saved_world}, or train "
+                                 "with ZeRO 1-3, whose checkpoints resume on any world size (docs/resume.md)")
+            self.log(f"resuming a checkpoint of {saved_world} rank(s) on {c.cluster.world_size}: the weights and "
+                     "optimizer state are re-partitioned (DeepSpeed's universal checkpoint); the next steps equal "
+                     "the old world size's up to floating-point reduction order (docs/resume.md)")
         c.cluster.load(path)
         c.dataset.load_state_dict(state["data"])
         if self.async_rollout is not None:  # in-flight draws were dropped: regenerate from the oldest

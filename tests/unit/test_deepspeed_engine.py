@@ -142,7 +142,7 @@ def test_misuse_gives_clear_errors(spawned):
     _, procs = spawned
     err = procs[0]["errors"]
     assert err == procs[1]["errors"]
-    assert err["wrong_stage_load"].startswith("ValueError") and "same world size, stage" in err["wrong_stage_load"]
+    assert err["wrong_stage_load"].startswith("ValueError") and "same stage and precision" in err["wrong_stage_load"]
     assert err["missing_load"].startswith("FileNotFoundError")
     assert err["step_without_last"].startswith("RuntimeError") and "last=True" in err["step_without_last"]
     assert err["raw_forward"].startswith("RuntimeError") and "engine.module" in err["raw_forward"]
