@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 from pathlib import Path
 
 from lmm_r1_ascend.config.schema import TrainConfig
@@ -121,23 +122,28 @@ class _Reads:
                 aliases.pop(a.arg, None)
                 if path is not None:
                     aliases[a.arg] = path
-        for child in ast.walk(node):  # bindings anywhere in this scope (not flow-sensitive)
+        own, nested = [], []  # this scope's nodes; the functions and classes defined in it
+        todo = list(ast.iter_child_nodes(node))
+        while todo:
+            n = todo.pop()
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                nested.append(n)
+                continue
+            own.append(n)
+            todo.extend(ast.iter_child_nodes(n))
+        for child in own:  # bindings anywhere in this scope (not flow-sensitive)
             if isinstance(child, ast.Assign) and len(child.targets) == 1:
                 self.bind(child.targets[0], child.value, aliases)
             elif isinstance(child, ast.AnnAssign) and isinstance(child.target, ast.Name):
                 path = self.annotated(child.annotation)
                 if path is not None:
                     aliases[child.target.id] = path
-        todo = list(ast.iter_child_nodes(node))
-        while todo:
-            n = todo.pop()
-            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                if n.name not in VALIDATORS:
-                    self.scope(n, aliases, own_class)
-                continue
+        for n in nested:  # they see this scope's names (closures, methods of a class here)
             if isinstance(n, ast.ClassDef):
                 self.scope(n, aliases, self.classes.get(n.name))
-                continue
+            elif n.name not in VALIDATORS:
+                self.scope(n, aliases, own_class)
+        for n in own:
             if isinstance(n, ast.Attribute) and isinstance(n.ctx, ast.Load):
                 path = self.path(n, aliases)
                 if path:
@@ -147,16 +153,25 @@ class _Reads:
                 base = self.path(n.args[0], aliases)
                 if base is not None:
                     self.paths.add(f"{base}.{n.args[1].value}" if base else str(n.args[1].value))
-            todo.extend(ast.iter_child_nodes(n))
+
+
+@functools.lru_cache(maxsize=None)
+def _tree(path: Path, mtime_ns: int) -> ast.Module:  # parsed once per version of the file
+    return ast.parse(path.read_text(encoding="utf-8"))
+
+
+@functools.lru_cache(maxsize=8)
+def _reads(config_cls: type, sources: tuple[tuple[Path, int], ...]) -> frozenset[str]:
+    reads = _Reads()
+    for path, mtime_ns in sources:
+        if path not in NOT_USES:
+            reads.scope(_tree(path, mtime_ns), {})
+    return frozenset(reads.paths)
 
 
 def attribute_reads(sources: list[Path] | None = None) -> set[str]:
-    """Every full config path read in `sources` (default: the package)."""
-    reads = _Reads()
-    for path in sources or SOURCES:
-        if path not in NOT_USES:
-            reads.scope(ast.parse(path.read_text(encoding="utf-8")), {})
-    return reads.paths
+    """Every full config path read in `sources` (default: the package), for the current TrainConfig."""
+    return set(_reads(TrainConfig, tuple((p, p.stat().st_mtime_ns) for p in sources or SOURCES)))
 
 
 def dead_keys(sources: list[Path] | None = None) -> list[str]:
