@@ -289,7 +289,8 @@ class DeepSpeedEngine:
         torch.distributed.barrier()
         if full_weights is not None:
             self.load_full_state_dict(full_weights())
-        self.ds._config.load_universal_checkpoint = True  # read by load_checkpoint (the config's checkpoint.load_universal)
+        # what load_checkpoint reads of the config's checkpoint.load_universal, for this one load
+        self.ds._config.load_universal_checkpoint = True
         try:
             path, _ = self.ds.load_checkpoint(str(target), tag=TAG)
         finally:

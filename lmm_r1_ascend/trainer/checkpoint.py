@@ -162,7 +162,8 @@ def save_checkpoint(output_dir: str | os.PathLike, step: int, state: dict[str, A
     for stale in root.glob(".step_*"):  # leftovers of a crashed save or delete: never complete
         shutil.rmtree(stale, ignore_errors=True)
     if need_bytes and free_bytes(root) < need_bytes:
-        raise CheckpointSpaceError(f"not enough free space for checkpoint step_{step} in {space_line(root, need_bytes)}")
+        raise CheckpointSpaceError(f"not enough free space for checkpoint step_{step} in "
+                                   f"{space_line(root, need_bytes)}")
     final = root / f"step_{step}"
     tmp = root / f".step_{step}.tmp"
     tmp.mkdir()
