@@ -123,6 +123,7 @@ class PPOTrainer:
             self.log(f"resuming a checkpoint of {saved_world} rank(s) on {c.cluster.world_size}: the weights and "
                      "optimizer state are re-partitioned (DeepSpeed's universal checkpoint); the next steps equal "
                      "the old world size's up to floating-point reduction order (docs/resume.md)")
+        size = ckpt.directory_bytes(path)  # before the load: another world size adds a converted copy to it
         c.cluster.load(path)
         c.dataset.load_state_dict(state["data"])
         if self.async_rollout is not None:  # in-flight draws were dropped: regenerate from the oldest
@@ -130,7 +131,7 @@ class PPOTrainer:
         self.kl_ctl.value = float(state["kl_coef"])
         self.step = int(state["step"])
         self.save_failures = int(state.get("save_failures", 0))
-        self._ckpt_bytes, self._saved_step = ckpt.directory_bytes(path), self.step
+        self._ckpt_bytes, self._saved_step = size, self.step
         if self.validator is not None:
             self.validator.load_state_dict(state.get("eval", {}))
         ckpt.set_rng_state(state["rng"], self.backend.device_type)
