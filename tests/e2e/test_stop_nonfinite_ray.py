@@ -37,6 +37,7 @@ class _PoisonAfterFirstStep(PPOTrainer):
         return metrics
 
 
+@pytest.mark.slow  # a Ray start and 2 steps (~25 s on 2 idle cores): over the default suite's budget
 def test_a_nonfinite_weight_at_save_in_ray_mode_names_the_last_good_checkpoint(tmp_path, ray_cluster):
     cfg = prepare_demo_data(load_config("demo_fre", overrides=[*SMALL, f"output_dir={tmp_path}"]))
     with pytest.raises(NonFiniteError) as err:
