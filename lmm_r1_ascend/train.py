@@ -1,4 +1,4 @@
-"""`python -m lmm_r1_ascend.train [--stage fre|mgt] [--device D] [--recipe NAME | --config FILE] [key=value ...]`
+"""`python -m lmm_r1_ascend.train [--stage fre|mgt|sft] [--device D] [--recipe NAME | --config FILE] [key=value ...]`
 
 With no arguments: the built-in CPU demo (FRE on generated arithmetic from a warm-started
 tiny model), which shows the accuracy reward rising within minutes. Options and key=value
@@ -17,7 +17,7 @@ import time
 from lmm_r1_ascend.config import ConfigError, list_recipes, load_config, to_dict
 from lmm_r1_ascend.config.cli import CliParser, parse_cli, quiet_library_progress
 
-DEMO_RECIPES = {"fre": "demo_fre", "mgt": "demo_mgt"}
+DEMO_RECIPES = {"fre": "demo_fre", "mgt": "demo_mgt", "sft": "demo_sft"}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -32,7 +32,8 @@ def _parser() -> argparse.ArgumentParser:
                "  python -m lmm_r1_ascend.train --stage mgt --recipe mgt_geo model.init_from=outputs/fre_text ...\n"
                "  python -m lmm_r1_ascend.train trainer.max_steps=2 --recipe demo_gspo output_dir=/tmp/x   # any order"
                f"\n\n{EXIT_CODES}")
-    parser.add_argument("--stage", choices=("fre", "mgt"), help="fre (text reasoning) or mgt (multimodal); "
+    parser.add_argument("--stage", choices=("fre", "mgt", "sft"), help="fre (text reasoning RL), mgt (multimodal "
+                        "RL) or sft (teacher forcing on the rows' reference responses, data.response_key); "
                         "without --recipe/--config it selects that stage's demo")
     parser.add_argument("--device", help="auto (npu, then cuda, then cpu), cpu, cuda, npu, npu-emulated")
     source = parser.add_mutually_exclusive_group()
@@ -129,8 +130,9 @@ def _main(argv: list[str]) -> int:
                   f"({checked['prompts']} usable prompts); nothing was trained", flush=True)
             return 0
         from lmm_r1_ascend.trainer.ppo import PPOTrainer
+        from lmm_r1_ascend.trainer.sft import SFTTrainer
 
-        trainer = PPOTrainer(cfg)
+        trainer = (SFTTrainer if cfg.stage == "sft" else PPOTrainer)(cfg)
         c, val = trainer.parts, trainer.validator
         print("\n".join(run_header(cfg, backend=trainer.backend, counts=c.dataset.counts,
                                    placement=c.cluster.describe(), rollout=c.rollout.describe(),

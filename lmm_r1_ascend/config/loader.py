@@ -233,6 +233,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"rollout.micro_rollout_batch_size: must be >= 1, got {cfg.rollout.micro_rollout_batch_size}")
     _validate_distributed(cfg)
     _validate_async(cfg)
+    _validate_sft(cfg)
     r = cfg.reward
     if r.overlong_shaping and not 0 < r.overlong_buffer_len <= cfg.rollout.max_new_tokens:
         raise ConfigError(f"reward.overlong_buffer_len ({r.overlong_buffer_len}) must be in [1, rollout.max_new_tokens "
@@ -306,6 +307,23 @@ def _validate_async(cfg: TrainConfig) -> None:
         raise ConfigError(f"rollout.async_mode={r.async_mode} trains on samples from older weights: the PPO ratio "
                           "needs the trainer's recomputed log-probs as its proximal policy (decoupled PPO), so "
                           f"set algorithm.old_logprobs=recompute (got {cfg.algorithm.old_logprobs})")
+
+
+def _validate_sft(cfg: TrainConfig) -> None:
+    """Stage sft trains the actor alone on one reference per row, at temperature 1 (trainer/sft.py)."""
+    if cfg.stage != "sft":
+        return
+    a = cfg.algorithm
+    wrong = [text for bad, text in (
+        (a.n_samples_per_prompt != 1, "algorithm.n_samples_per_prompt=1 (one reference per row)"),
+        (a.init_kl_coef != 0 or a.use_kl_loss, "algorithm.init_kl_coef=0 and use_kl_loss=false (no reference model)"),
+        (a.uses_critic, "an algorithm.advantage_estimator without a critic (e.g. reinforce)"),
+        (cfg.rollout.temperature != 1.0, "rollout.temperature=1 (the actor's log-probs are the cross-entropy's)"),
+        (cfg.rollout.async_mode != "sync", "rollout.async_mode=sync (nothing is generated while training)"),
+        (not cfg.data.response_key, "data.response_key (the field holding the reference response)"),
+    ) if bad]
+    if wrong:
+        raise ConfigError("stage sft needs " + "; ".join(wrong) + " (recipe demo_sft sets them)")
 
 
 def _validate_eval(cfg: TrainConfig) -> None:

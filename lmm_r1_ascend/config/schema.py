@@ -51,6 +51,7 @@ class DataConfig:
     max_pixels: int = 16384 * 28 * 28
     on_bad_line: Literal["raise", "skip"] = "raise"
     shuffle: bool = True
+    response_key: str = "response"  # stage sft: the row field holding the reference response (a row without one is bad)
 
 
 @dataclass
@@ -220,7 +221,7 @@ class DistributedConfig:
 
 @dataclass
 class TrainConfig:
-    stage: Literal["fre", "mgt"] = "fre"
+    stage: Literal["fre", "mgt", "sft"] = "fre"  # sft: teacher forcing on data.response_key (trainer/sft.py)
     recipe: str | None = None
     device: str = "auto"
     seed: int = 42

@@ -39,6 +39,8 @@ class PromptDataset:
     seed, shuffle: epoch e visits every prompt once, in the order of
         ``numpy.random.default_rng([seed, e]).permutation`` (storage order when not shuffling).
     image_root: folder for relative image paths; default: each data file's folder.
+    response_key: when set (the SFT stage), the field every row must carry its reference
+        response in, a non-empty string; a row without one is a bad row (reason "no_response").
     """
 
     def __init__(self, path: str | Path | Sequence[str | Path], tokenizer: Any, image_processor: Any | None = None,
@@ -46,7 +48,7 @@ class PromptDataset:
                  image_root: str | Path | None = None, system_prompt: str | None = None,
                  min_pixels: int | None = None, max_pixels: int | None = None,
                  max_prompt_len: int | None = None, on_bad_line: str = "raise", seed: int = 42,
-                 shuffle: bool = True, hf_cache_dir: str | None = None):
+                 shuffle: bool = True, hf_cache_dir: str | None = None, response_key: str | None = None):
         if on_bad_line not in BAD_LINE_POLICIES:
             raise ValueError(f"on_bad_line must be one of {list(BAD_LINE_POLICIES)}, got {on_bad_line!r}")
         if max_prompt_len is not None and (not isinstance(max_prompt_len, int) or max_prompt_len < 1):
@@ -56,6 +58,7 @@ class PromptDataset:
         self.template = PromptTemplate(tokenizer, image_processor, system_prompt, min_pixels, max_pixels)
         self.on_bad_line, self.max_prompt_len = on_bad_line, max_prompt_len
         self.seed, self.shuffle = seed, shuffle
+        self.response_key = response_key
         self.bad_rows: list[str] = []  # messages of skipped rows
         self.too_long: list[str] = []  # sources of filtered prompts
         self._counts = {"data/rows": 0, "data/kept": 0, "data/skipped_bad": 0, "data/filtered_too_long": 0}
@@ -82,7 +85,9 @@ class PromptDataset:
             try:
                 if isinstance(row, DataError):
                     raise row
-                plan = self.template.plan(parse_row(row, fields, source), root)
+                raw = parse_row(row, fields, source)
+                self._check_response(raw.meta, source)
+                plan = self.template.plan(raw, root)
             except DataError as exc:
                 self._bad(exc)
                 continue
@@ -92,6 +97,18 @@ class PromptDataset:
                 continue
             self._plans.append(plan)
             self._counts["data/kept"] += 1
+
+    def _check_response(self, meta: dict[str, Any], source: str) -> None:
+        key = self.response_key
+        if key is None:
+            return
+        value = meta.get(key)
+        if not isinstance(value, str) or not value.strip():
+            got = "no such field" if value is None else f"a {type(value).__name__}" if not isinstance(value, str) \
+                else "an empty string"
+            raise DataError(source, "no_response", f"field '{key}' must hold the reference response (a non-empty "
+                            f"string) for SFT, got {got}", hint="add it, pick another field with data.response_key, "
+                            "or drop such rows with data.on_bad_line=skip")
 
     def _bad(self, exc: DataError) -> None:
         if self.on_bad_line == "raise":

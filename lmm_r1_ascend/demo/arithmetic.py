@@ -9,7 +9,8 @@ overlap whatever the seed or sizes. The same seed gives the same problems.
     write_demo_dataset("data/demo", images=True)      # whole splits of DEFAULT_LEVEL
 
 Rows follow RECIPE.md: ``message`` is a JSON *string* of [system, user] turns, ``answer`` is
-``"$\\boxed{N}$"``, ``datasource`` is ``"demo_arithmetic"``. Image rows (for the MGT demo)
+``"$\\boxed{N}$"``, ``response`` is the worked reference response (what the SFT stage trains on),
+``datasource`` is ``"demo_arithmetic"``. Image rows (for the MGT demo)
 have user content ``[{"type": "image", "image": "images/<name>.png"}, {"type": "text", ...}]``
 with the path relative to the jsonl file.
 
@@ -175,7 +176,7 @@ def problem_row(problem: Problem, *, image: str | None = None,
     """One LMM-R1 jsonl row (``message`` is a JSON string, as in the paper's data files)."""
     msgs = problem_messages(problem, image=image, system_prompt=system_prompt)
     return {"message": json.dumps(msgs, ensure_ascii=False), "answer": problem.label,
-            "question": problem.expression, "datasource": DATASOURCE}
+            "response": worked_response(problem), "question": problem.expression, "datasource": DATASOURCE}
 
 
 def render_problem_image(problem: Problem, size: tuple[int, int] = (224, 56), font_size: int = 30):

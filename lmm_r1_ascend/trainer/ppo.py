@@ -408,6 +408,11 @@ class PPOTrainer:
             bar.set_postfix_str(f"held-out {self._held_out}", refresh=True)
         return metrics
 
+    def _step_summary(self, metrics: dict[str, float]) -> str:
+        """The step's figures on the progress bar and in the per-step line (trainer/sft.py shows its loss)."""
+        return (f"reward {metrics['reward/mean']:.3f} acc {metrics.get('reward/accuracy', 0):.3f} "
+                f"step {metrics['timing/step']:.1f}s")
+
     def _loop(self, history: list, writer: MetricsWriter, bar, stop_after: int | None) -> None:
         cfg, val = self.cfg, self.validator
         skip_runs: dict[str, int] = {}  # role -> optimizer steps skipped in a row (this process)
@@ -424,14 +429,12 @@ class PPOTrainer:
             history.append(writer.write(self.step, metrics))
             if bar is not None:
                 bar.update(1)
-                shown = (f"reward {metrics['reward/mean']:.3f} acc {metrics.get('reward/accuracy', 0):.3f} "
-                         f"step {metrics['timing/step']:.1f}s")
+                shown = self._step_summary(metrics)
                 if getattr(self, "_held_out", None):  # the latest held-out accuracy stays shown
                     shown += f" held-out {self._held_out}"
                 bar.set_postfix_str(shown, refresh=True)
             elif self._step_lines:
-                self.log(f"step {self.step}/{self.total_steps}: reward {metrics['reward/mean']:.3f} "
-                         f"acc {metrics.get('reward/accuracy', 0):.3f} step {metrics['timing/step']:.1f}s")
+                self.log(f"step {self.step}/{self.total_steps}: {self._step_summary(metrics)}")
             self._count_skips(skip_runs)  # before the save: a stopped run keeps its last good checkpoint
             if cfg.trainer.save_steps and self.step % cfg.trainer.save_steps == 0 and self.step < self.total_steps:
                 self.save()

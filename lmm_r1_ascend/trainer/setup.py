@@ -101,7 +101,7 @@ def prompt_dataset(cfg: TrainConfig, files: list[str], tokenizer: Any, image_pro
     return PromptDataset(files, tokenizer, image_processor, loader=cfg.data.loader,
                          system_prompt=system_prompt, min_pixels=cfg.data.min_pixels, max_pixels=cfg.data.max_pixels,
                          max_prompt_len=cfg.data.max_prompt_len, on_bad_line=cfg.data.on_bad_line, seed=cfg.seed,
-                         shuffle=shuffle)
+                         shuffle=shuffle, response_key=cfg.data.response_key if cfg.stage == "sft" else None)
 
 
 def build_components(cfg: TrainConfig, backend: Backend, *, log: Callable[[str], None] = print) -> Components:

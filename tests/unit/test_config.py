@@ -71,7 +71,7 @@ def _dump(tmp_path, text):
     (["trainer.max_steps=1.5"], r"trainer.max_steps: expected int"),
     (["algorithm.n_samples_per_prompt=1"], r"needs n_samples_per_prompt >= 2"),
     (["trainer.train_batch_size=100"], r"must divide the samples of one rollout"),
-    (["stage=sft"], r"stage: must be one of fre, mgt"),
+    (["stage=rl"], r"stage: must be one of fre, mgt, sft"),
     (["rollout.engine=sglang"], r"rollout.engine: must be one of hf, vllm"),
     (["noequals"], r"is not key=value"),
 ])

@@ -72,6 +72,7 @@ def test_rows_follow_the_lmm_r1_format(rng_seed):
         assert "<think>" in msgs[0]["content"] and "\\boxed{}" in msgs[0]["content"]
         assert msgs[1]["content"] == f"What is {p.expression}?"
         assert row["answer"] == f"$\\boxed{{{_value(p.expression)}}}$"
+        assert row["response"] == ar.worked_response(p)  # the SFT stage's reference (data.response_key)
         assert row["datasource"] == "demo_arithmetic"
         img = json.loads(ar.problem_row(p, image="images/x.png")["message"])[1]["content"]
         assert [part["type"] for part in img] == ["image", "text"] and img[0]["image"] == "images/x.png"
