@@ -63,8 +63,14 @@ def test_online_without_a_login_says_how_to_log_offline(name, variable, tmp_path
     monkeypatch.setenv("SWANLAB_ROOT", str(tmp_path / "swanlab-root"))
     monkeypatch.setenv("HOME", str(tmp_path))
     cfg = SimpleNamespace(trainer=_trainer(loggers=[name]))
-    with pytest.raises(SetupError) as err:
-        trackers.open_trackers(cfg, {"seed": 1}, tmp_path, resume_step=0)
+    try:
+        with pytest.raises(SetupError) as err:
+            trackers.open_trackers(cfg, {"seed": 1}, tmp_path, resume_step=0)
+    finally:
+        if name == "wandb":  # wandb keeps the settings of its first set-up per process (online here): drop them
+            import wandb
+
+            wandb.teardown()
     text = str(err.value)
     assert "\n" not in text and text.startswith(f"trainer.loggers: {name} could not start a run") and variable in text
 
