@@ -37,8 +37,8 @@ ARGS = [  # tests/e2e/test_faults.py's small PPO run (actor, reference, critic);
     "trainer.max_tokens_per_micro_batch=256", "trainer.tensorboard=false", "trainer.eval_steps=0",
     "trainer.eval_before_train=false",
 ]
-RAY = ["trainer.max_steps=2", "distributed.mode=ray", "distributed.rollout_engines=1", "rollout.async_mode=one_step_off",
-       "algorithm.rollout_correction=[token_tis]"]
+RAY = ["trainer.max_steps=2", "distributed.mode=ray", "distributed.rollout_engines=1",
+       "rollout.async_mode=one_step_off", "algorithm.rollout_correction=[token_tis]"]
 DRIVER = """
 import os, signal, sys
 from lmm_r1_ascend.trainer import checkpoint as ckpt, ppo
@@ -210,3 +210,23 @@ def test_ray_async_sigterm_during_generation_stops_the_ranks_and_engines_and_res
     rows = _rows(out)
     assert [r["step"] for r in rows] == [1, 2]
     assert rows[1]["rollout/staleness_max"] == 0.0  # the regenerated draw came from the checkpoint's weights
+
+
+@pytest.mark.slow  # 3 runs that each start Ray, ~40-60 s apiece on 2 CPU cores
+def test_ray_async_sigint_during_the_update_and_sigterm_during_a_save_then_resume(tmp_path):
+    """Ray mode, the other two signal points: SIGINT during step 1's update (the ranks finish it, then
+    write step_1), SIGTERM during step 2's own save (save_steps=2: the ranks complete it, no second
+    save); each stop line's command resumes, and the last run finishes step 3. No process is left."""
+    pytest.importorskip("ray", reason="distributed.mode=ray needs Ray (pip install 'lmm-r1-ascend[dist]')")
+    out = tmp_path / "run"
+    args = [*ARGS, *RAY, "trainer.max_steps=3", "trainer.save_steps=2", f"output_dir={out}"]
+    for at, signame, code, step in (("update@1:INT", "SIGINT", 130, 1), ("save@2:TERM", "SIGTERM", 143, 2)):
+        stopped = _run([sys.executable, "-c", DRIVER, *args], uuid.uuid4().hex, TEST_STOP_AT=at)
+        assert stopped.returncode == code, (at, stopped.stderr[-3000:])
+        line = _stop_line(stopped, signame)
+        assert f"after step {step}: checkpoint" in line and f"step_{step};" in line, line
+        assert [r["step"] for r in _rows(out)] == list(range(1, step + 1))
+        _no_partial_checkpoint(out)
+    done = _resume(line)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [r["step"] for r in _rows(out)] == [1, 2, 3]
