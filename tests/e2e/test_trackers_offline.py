@@ -128,7 +128,11 @@ def offline(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     for lib in ("wandb", "swanlab", "mlflow"):
         pytest.importorskip(lib, reason=f"pip install 'lmm-r1-ascend[{lib}]' (scripts/setup_cpu.sh installs it)")
-    return tmp_path / "run"
+    import wandb
+
+    wandb.teardown()  # wandb keeps the settings of its first set-up in a process: start from these variables
+    yield tmp_path / "run"
+    wandb.teardown()
 
 
 def test_every_tracker_holds_the_runs_metrics_and_config_across_a_resume(offline):

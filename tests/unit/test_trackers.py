@@ -63,6 +63,10 @@ def test_online_without_a_login_says_how_to_log_offline(name, variable, tmp_path
     monkeypatch.setenv("SWANLAB_ROOT", str(tmp_path / "swanlab-root"))
     monkeypatch.setenv("HOME", str(tmp_path))
     cfg = SimpleNamespace(trainer=_trainer(loggers=[name]))
+    if name == "wandb":
+        import wandb
+
+        wandb.teardown()  # an earlier wandb run in this process (offline) would otherwise set the mode
     try:
         with pytest.raises(SetupError) as err:
             trackers.open_trackers(cfg, {"seed": 1}, tmp_path, resume_step=0)
