@@ -45,10 +45,13 @@ def rows_file(tmp_path_factory):
     return path
 
 
-def _items(rows_file, model_dir, **kw):
+@pytest.fixture(scope="module")
+def data(rows_file, model_dir):
+    """(tokenizer, the rows' PromptItems, their teacher-forcing batch)."""
     tok, proc = load_processors(model_dir)
-    ds = PromptDataset(rows_file, tok, proc, shuffle=False, response_key="response", **kw)
-    return tok, [ds[i] for i in range(len(ds))]
+    ds = PromptDataset(rows_file, tok, proc, shuffle=False, response_key="response")
+    items = [ds[i] for i in range(len(ds))]
+    return tok, items, sft_batch(items, tok)
 
 
 def _reference(model_dir, batch):
@@ -64,9 +67,8 @@ def _reference(model_dir, batch):
     return hf, out
 
 
-def test_sft_loss_equals_per_sequence_cross_entropy_packed_and_padded(rows_file, model_dir):
-    tok, items = _items(rows_file, model_dir)
-    batch = sft_batch(items, tok)
+def test_sft_loss_equals_per_sequence_cross_entropy_packed_and_padded(data, model_dir):
+    tok, items, batch = data
     assert all(int(r[-1]) == tok.eos_token_id for r in batch.response_ids)  # every reference ends with the stop
     assert tok.decode(batch.response_ids[0][:-1]) == items[0].meta["response"]
     _, ref = _reference(model_dir, batch)
@@ -90,12 +92,10 @@ def test_sft_loss_equals_per_sequence_cross_entropy_packed_and_padded(rows_file,
     torch.testing.assert_close(sft_loss(padded, pmask, "seq-mean-token-mean"), ref_seq_mean, **TOL)
 
 
-@pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-mean"])
-def test_actor_on_policy_step_has_the_cross_entropy_gradient(rows_file, model_dir, mode):
+def test_actor_on_policy_step_has_the_cross_entropy_gradient(data, model_dir, mode="token-mean"):
     """What ActorWorker._loss computes on_policy (old = this forward's log-probs, detached; the
     batch's advantages, 1) under sft_algorithm: its gradient is the per-sequence CE's."""
-    tok, items = _items(rows_file, model_dir)
-    batch = sft_batch(items, tok)
+    batch = data[2]
     hf, ref = _reference(model_dir, batch)
     n_tok = sum(n for _, n in ref)
     ref_loss = sum(s for s, _ in ref) / n_tok if mode == "token-mean" else sum(s / n for s, n in ref) / len(ref)
