@@ -98,21 +98,27 @@ def parse_cli(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None
     return args
 
 
-# Third-party start-up notices that say nothing about the run: (logger, source file of the call or
-# None for any, the level from which records still show). DeepSpeed logs its accelerator detection
-# ("Setting accelerator to CPU. If you have GPU ...") from real_accelerator.py at WARNING, on stdout,
-# when it is first imported; MLflow announces at INFO that it creates its SQLite tables.
-STARTUP_NOTICES = (("DeepSpeed", "real_accelerator.py", logging.ERROR),
-                   ("mlflow.store.db.utils", None, logging.WARNING))
+# Third-party start-up notices that say nothing about the run: (logger, the message's start, or ""
+# for any message below `shown_from`; the level from which records always show). DeepSpeed logs its
+# accelerator detection at WARNING on stdout when first imported without DS_ACCELERATOR (plan,
+# doctor); Ray announces its local instance and its default token authentication when the trainer
+# starts it; MLflow announces at INFO that it creates its SQLite tables.
+STARTUP_NOTICES = (
+    ("DeepSpeed", "Setting accelerator to CPU", logging.ERROR),
+    ("ray._private.worker", "Started a local Ray instance", logging.WARNING),
+    ("ray._private.authentication.authentication_token_setup",
+     "Token authentication is enabled for this Ray cluster", logging.ERROR),
+    ("mlflow.store.db.utils", "", logging.WARNING),
+)
 
 
 class _StartupNoticeFilter(logging.Filter):
-    def __init__(self, filename: str | None, shown_from: int):
+    def __init__(self, start: str, shown_from: int):
         super().__init__()
-        self.filename, self.shown_from = filename, shown_from
+        self.start, self.shown_from = start, shown_from
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= self.shown_from or (self.filename is not None and record.filename != self.filename)
+        return record.levelno >= self.shown_from or not str(record.msg).startswith(self.start)
 
 
 def quiet_third_party(verbose: bool = False) -> None:
@@ -120,12 +126,12 @@ def quiet_third_party(verbose: bool = False) -> None:
     other warning of those libraries still shows, and errors always do. Filters are put on the
     named loggers before the libraries are imported (logging.getLogger returns the same logger
     to the library), so the notice printed at import never appears."""
-    for name, filename, shown_from in STARTUP_NOTICES:
+    for name, start, shown_from in STARTUP_NOTICES:
         logger = logging.getLogger(name)
         for f in [f for f in logger.filters if isinstance(f, _StartupNoticeFilter)]:
             logger.removeFilter(f)
         if not verbose:
-            logger.addFilter(_StartupNoticeFilter(filename, shown_from))
+            logger.addFilter(_StartupNoticeFilter(start, shown_from))
 
 
 def quiet_library_progress(verbose: bool = False) -> None:
