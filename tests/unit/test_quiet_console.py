@@ -1,5 +1,6 @@
-"""A quiet console: third-party start-up notices (DeepSpeed's accelerator line, Ray's local-instance
-and token-auth lines, MLflow's table creation) stay off every CLI's output unless -v; the libraries' other warnings and errors stay."""
+"""A quiet console: third-party start-up notices (DeepSpeed's accelerator line, Ray's
+local-instance and token-auth lines, MLflow's table creation) stay off every CLI's output unless
+-v; the libraries' other warnings and errors stay."""
 
 from __future__ import annotations
 
