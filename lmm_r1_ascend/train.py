@@ -86,11 +86,14 @@ first signal finishes the step and writes a checkpoint, a second exits at once; 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lmm_r1_ascend.trainer.stop import interrupt_at_once, restore
+    from lmm_r1_ascend.trainer.stop import Interrupted, exit_code, interrupt_at_once, restore
 
     previous = interrupt_at_once()  # set-up: Ctrl-C or SIGTERM ends it in one line (the loop stops gracefully)
     try:
         return _main(sys.argv[1:] if argv is None else list(argv))
+    except Interrupted as stop:  # outside the run's own handling (parsing the command line, the summary)
+        print(f"interrupted by {stop}", file=sys.stderr)
+        return exit_code(stop.signum)
     finally:
         restore(previous)
 
