@@ -154,7 +154,8 @@ def run_summary(cfg: TrainConfig, history: Sequence[dict], *, wall_s: float, tra
     if median is not None:
         head += f", median step {median:.1f} s"
     lines = [head]
-    figures = [f"{name} {pair}" for name, key in (("reward", "reward/mean"), ("accuracy", "reward/accuracy"))
+    figures = [f"{name} {pair}" for name, key in (("reward", "reward/mean"), ("accuracy", "reward/accuracy"),
+                                                       ("SFT loss", "loss/sft"))
                if (pair := _pair(first, last, key))]
     lines.append(_line("train", "; ".join(figures) + f" (step {first['step']} -> {last['step']})"))
     if first_eval is not None and last.get("eval/all/accuracy") is not None:

@@ -1,4 +1,4 @@
-"""`--dry-run`: check the config, the device, the model paths, the reward functions and every
+"""`--dry-run`: check the config, the device, the model paths, the reward functions, the trackers' libraries and every
 data row, then exit. The real run makes the same reward check at start-up (check_rewards), so a
 broken custom reward file fails in one line before any model loads, not at the first scoring."""
 
@@ -8,6 +8,7 @@ from lmm_r1_ascend.backends import get_backend
 from lmm_r1_ascend.config import TrainConfig
 from lmm_r1_ascend.config.errors import SetupError
 from lmm_r1_ascend.trainer.setup import prepare_data
+from lmm_r1_ascend.trainer.trackers import check_loggers
 
 
 def reward_specs(cfg: TrainConfig) -> list[tuple[str, str]]:
@@ -43,10 +44,11 @@ def dry_run(cfg: TrainConfig, log=print, probe_http: bool = False) -> dict:
     """Raises SetupError / DataError / BackendUnavailable on the first problem; returns a summary."""
     backend = get_backend(cfg.device)
     rewards = check_rewards(cfg, probe_http=probe_http)
+    trackers = check_loggers(cfg.trainer)  # a missing tracker library fails here, as at start-up
     actor, _, _, dataset = prepare_data(cfg, shuffle=False)
     for _ in dataset:  # decode every row and image now, so a bad one fails here and not at step 300
         pass
     summary = {"device": backend.name, "actor": actor, "prompts": len(dataset), "rewards": len(rewards),
-               **dataset.counts}
+               "trackers": trackers, **dataset.counts}
     log(f"dry run ok: {summary}")
     return summary

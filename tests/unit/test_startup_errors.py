@@ -94,3 +94,16 @@ def test_data_with_no_usable_rows_ends_in_one_line(tmp_path, capsys, dry):
     line = _one_error_line(capsys, rc)
     assert str(rows) in line and "no prompts left" in line and "3 rows read, 3 bad" in line, line
 
+
+
+def test_the_dry_run_names_a_missing_tracker_library(tmp_path, capsys, monkeypatch):
+    """A tracker the run would open is checked by the dry run too: its library missing is one line
+    naming the extra, not a pass followed by a failing run."""
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a, **k: None if name == "wandb" else real_find_spec(name, *a, **k))
+    rc = train_main([*TINY, "--dry-run", "trainer.loggers=[tensorboard,wandb]", f"output_dir={tmp_path / 'out'}"])
+    line = _one_error_line(capsys, rc)
+    assert "trainer.loggers: wandb is not installed" in line and "lmm-r1-ascend[wandb]" in line, line
