@@ -3,6 +3,7 @@ true step count, response length per datasource for MGT / multi-datasource runs.
 
 from __future__ import annotations
 
+import json
 import random
 
 import matplotlib.pyplot as plt
@@ -110,3 +111,17 @@ def test_the_step_count_is_the_training_steps(tmp_path, trained):
         assert f": {trained} training step{'s' if trained > 1 else ''};" in fig._suptitle.get_text()
     finally:
         plt.close(fig)
+
+
+def test_a_broken_metrics_row_is_named_by_file_and_line(tmp_path, capsys):
+    from lmm_r1_ascend.plot import main
+    from lmm_r1_ascend.trainer.metrics import read_metrics
+
+    good = json.dumps({"step": 1, "reward/mean": 0.5})
+    (tmp_path / "metrics.jsonl").write_text(f"{good}\nnot json\n{good}\n")
+    assert main([str(tmp_path)]) != 0
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and f"{tmp_path}/metrics.jsonl:2: not a JSON metrics row" in err, err
+    # a live run's last row, still being written (no newline yet), is left out rather than refused
+    (tmp_path / "metrics.jsonl").write_text(f"{good}\n{good[:10]}")
+    assert read_metrics(tmp_path) == [json.loads(good)]
