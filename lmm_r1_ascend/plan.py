@@ -41,11 +41,11 @@ import sys
 from dataclasses import asdict, dataclass, field, replace
 
 from lmm_r1_ascend.backends.registry import backend_class, backend_names
+from lmm_r1_ascend.engines.registry import DATA_PARALLEL_ENGINE, train_engine_class
 from lmm_r1_ascend.models.shape_models import ModelShape, model_shape
 
 GB = 1e9
 HUB_SHAPES = {"Qwen/Qwen2.5-VL-3B-Instruct": "qwen2.5-vl-3b-shape:layers=36,vision_layers=32"}
-REDUCE_BUCKET = 500_000_000  # DeepSpeed's zero_optimization.reduce_bucket_size default (the engine keeps it)
 LOGPROB_CHUNK = 1024  # models.forward.packed_log_probs' default chunk_size
 _BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
@@ -82,31 +82,6 @@ def model_config(name: str):
 def shape_of(name: str) -> ModelShape:
     """model_shape(model_config(name)), cached per name."""
     return model_shape(model_config(name))
-
-
-def _states(n: int, trainable: int, *, engine: str, zero: int, devices: int, b: int, offload_opt: bool,
-            offload_params: bool, largest: int) -> tuple[dict[str, float], float]:
-    """(weights, gradients, optimizer) bytes on one device and the bytes offloaded to the host."""
-    if engine == "torch":
-        return {"weights": n * b, "gradients": trainable * b, "optimizer": 2 * trainable * b}, 0.0
-    bf16 = b == 2
-    w, g_low, g32, master, moments = (2 if bf16 else 4), (2 if bf16 else 0), 4, (4 if bf16 else 0), 8
-    d = devices
-    weights = n * w / d + largest * w if zero == 3 else n * w  # ZeRO-3: own shard + the gathered layer
-    grads = trainable * (g_low / d if zero >= 2 else g_low) + trainable * g32 / (d if zero >= 2 else 1)
-    optim = trainable * (master + moments) / (d if zero >= 1 else 1)
-    # ZeRO-2/3 reduce gradients through a flat bucket of reduce_bucket_size (DeepSpeed's default
-    # 5e8) elements; pages of it count once written, i.e. up to the trainable parameters.
-    buckets = min(REDUCE_BUCKET, trainable) * (2 if bf16 else 4) if zero >= 2 else 0.0
-    host = 0.0
-    if offload_opt:
-        host += optim + trainable * g32 / d
-        grads -= trainable * g32 / d
-        optim = 0.0
-    if offload_params:
-        host += n * w / d
-        weights = largest * w
-    return {"weights": weights, "gradients": grads, "optimizer": optim, "buckets": buckets}, host
 
 
 def activations(shape: ModelShape, tokens: int, image_patches: int, *, b: int, checkpointing: bool,
@@ -169,9 +144,10 @@ def estimate(cfg, *, devices: int, device_memory_gb: float, backend: str = "cuda
     dtype = cfg.model.dtype if cfg.model.dtype != "auto" else str(device.default_dtype).removeprefix("torch.")
     b = _BYTES[dtype]
     dist, alg, tr, ro = cfg.distributed, cfg.algorithm, cfg.trainer, cfg.rollout
-    engine = "torch" if dist.train_engine == "torch" else "deepspeed"
-    if engine == "torch" and devices > 1:
-        devices_note = "train_engine=torch runs one rank: --devices > 1 needs distributed.train_engine=deepspeed"
+    engine = train_engine_class(dist.train_engine)  # its class-level planner facts
+    if not engine.data_parallel and devices > 1:
+        devices_note = (f"train_engine={engine.name} runs one rank: --devices > 1 needs "
+                        f"distributed.train_engine={DATA_PARALLEL_ENGINE}")
         raise ValueError(devices_note)
     frozen_vision = any(p.rstrip(".") in ("model.visual", "visual") for p in cfg.model.freeze_prefixes)
     trainable = shape.params - (shape.vision if frozen_vision else 0)
@@ -180,14 +156,13 @@ def estimate(cfg, *, devices: int, device_memory_gb: float, backend: str = "cuda
     if image_tokens is None:
         multimodal = shape.vision_layers and (cfg.stage == "mgt" or cfg.recipe == "fre_multi")
         image_tokens = 256 * max(1, tokens // sample) if multimodal else 0
-    kw = dict(engine=engine, zero=dist.zero_stage, devices=devices, b=b, offload_opt=dist.offload_optimizer,
-              offload_params=dist.offload_params, largest=shape.largest_layer)
-    actor, host = _states(shape.params, trainable, **kw)
+    kw = dict(dist=dist, devices=devices, b=b, largest=shape.largest_layer)
+    actor, host = engine.model_states(shape.params, trainable, **kw)
     parts = {k: v for k, v in actor.items()}
     moments = 0.0
     if steps == 1:  # AdamW moments exist only after the first backward (torch's lazy state; DeepSpeed
         # keeps the torch optimizer, whose moments are lazy too): the step peak is the larger
-        moments = parts["optimizer"] * (8 / (12 if engine == "deepspeed" and b == 2 else 8))
+        moments = parts["optimizer"] * engine.moments_share(b)
         parts["optimizer"] -= moments
     act = activations(shape, tokens, 4 * image_tokens, b=b, checkpointing=cfg.model.gradient_checkpointing,
                       vision_trainable=not frozen_vision)
@@ -199,7 +174,7 @@ def estimate(cfg, *, devices: int, device_memory_gb: float, backend: str = "cuda
     critic = 0.0
     if alg.uses_critic:
         c_params = shape.params - (0 if shape.tied else shape.embed) + shape.hidden  # no LM head; a value head
-        c_states, c_host = _states(c_params, c_params, **kw)
+        c_states, c_host = engine.model_states(c_params, c_params, **kw)
         critic, host = sum(c_states.values()), host + c_host
         parts["critic"] = critic
         c_act = activations(shape, tokens, 4 * image_tokens, b=b, checkpointing=cfg.model.gradient_checkpointing,
@@ -224,23 +199,9 @@ def estimate(cfg, *, devices: int, device_memory_gb: float, backend: str = "cuda
     gb = {k: round(v / GB, 3) for k, v in parts.items()}
     est = Estimate(parts=gb, total_gb=round(total / GB, 3), device_memory_gb=device_memory_gb,
                    fits=total <= device_memory_gb * GB, host_gb=round(host / GB, 3), notes=notes)
-    if engine == "deepspeed":
-        est.deepspeed_gb = deepspeed_reference(shape, devices, dist)
+    est.deepspeed_gb = {k: round(v / GB, 3) for k, v in
+                        engine.library_estimate(shape.params, shape.largest_layer, devices, dist).items()}
     return est
-
-
-def deepspeed_reference(shape: ModelShape, devices: int, dist) -> dict[str, float]:
-    """DeepSpeed's own model-state estimates (bf16/fp16 mixed precision) for comparison."""
-    try:
-        from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
-        from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
-    except ImportError:
-        return {}
-    _, z3, _ = estimate_zero3_model_states_mem_needs(shape.params, shape.largest_layer, devices, 1,
-                                                     cpu_offload=dist.offload_optimizer,
-                                                     cpu_offload_params=dist.offload_params)
-    _, z2 = estimate_zero2_model_states_mem_needs(shape.params, devices, 1, cpu_offload=dist.offload_optimizer)
-    return {"zero2_per_device": round(z2 / GB, 3), "zero3_per_device": round(z3 / GB, 3)}
 
 
 def smallest_change(cfg, *, devices: int, device_memory_gb: float, backend: str, shape: ModelShape) -> str:
@@ -256,7 +217,7 @@ def smallest_change(cfg, *, devices: int, device_memory_gb: float, backend: str,
     def with_(c, section: str, **kw):
         return replace(c, **{section: replace(getattr(c, section), **kw)})
 
-    ds = {"train_engine": "deepspeed"}
+    ds = {"train_engine": DATA_PARALLEL_ENGINE}
     sample = cfg.data.max_prompt_len + cfg.rollout.max_new_tokens
     candidates = []  # (overrides, transform, device factor)
     tokens = cfg.trainer.max_tokens_per_micro_batch
@@ -273,8 +234,8 @@ def smallest_change(cfg, *, devices: int, device_memory_gb: float, backend: str,
                                    lambda c, u=util: with_(c, "rollout", vllm_gpu_memory_utilization=u), 1))
     elif cfg.rollout.micro_rollout_batch_size > 1:
         candidates.append(("rollout.micro_rollout_batch_size=1", lambda c: with_(c, "rollout", micro_rollout_batch_size=1), 1))
-    if cfg.distributed.zero_stage < 3 or cfg.distributed.train_engine == "torch":
-        candidates.append(("distributed.train_engine=deepspeed distributed.zero_stage=3",
+    if not train_engine_class(cfg.distributed.train_engine).shards_weights(cfg.distributed):
+        candidates.append((f"distributed.train_engine={DATA_PARALLEL_ENGINE} distributed.zero_stage=3",
                            lambda c: with_(c, "distributed", zero_stage=3, **ds), 1))
     candidates.append(("distributed.offload_optimizer=true",
                        lambda c: with_(c, "distributed", offload_optimizer=True, zero_stage=max(c.distributed.zero_stage, 1),
@@ -345,8 +306,8 @@ def main(argv: list[str] | None = None) -> int:
         from lmm_r1_ascend.config import load_config
 
         cfg = load_config(args.recipe, overrides=args.overrides)
-        if args.devices > 1 and cfg.distributed.train_engine == "torch":
-            cfg = replace(cfg, distributed=replace(cfg.distributed, train_engine="deepspeed",
+        if args.devices > 1 and not train_engine_class(cfg.distributed.train_engine).data_parallel:
+            cfg = replace(cfg, distributed=replace(cfg.distributed, train_engine=DATA_PARALLEL_ENGINE,
                                                    zero_stage=cfg.distributed.zero_stage))
         shape = shape_of(cfg.model.pretrain)
         est = estimate(cfg, devices=args.devices, device_memory_gb=args.device_memory, backend=args.backend, shape=shape)
@@ -358,8 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(asdict(est), indent=2))
     else:
-        eng = cfg.distributed.train_engine + (f" ZeRO-{cfg.distributed.zero_stage}" if
-                                              cfg.distributed.train_engine == "deepspeed" else "")
+        eng = train_engine_class(cfg.distributed.train_engine).describe(cfg.distributed)
         print(format_table(est, f"{args.recipe}: {cfg.model.pretrain}, {args.devices} x {args.device_memory:g} GB "
                                 f"({args.backend}), {eng}, {cfg.trainer.max_tokens_per_micro_batch} tokens/micro-batch, "
                                 f"gradient checkpointing {'on' if cfg.model.gradient_checkpointing else 'off'}"))

@@ -67,8 +67,9 @@ def resolve_config(args: argparse.Namespace):
 def _placement(cfg) -> str:
     """Where training will run, from the config alone (the dry run starts nothing)."""
     d = cfg.distributed
-    engine = "torch" if d.train_engine == "torch" else f"deepspeed ZeRO-{d.zero_stage}"
-    return f"{d.mode} mode, {d.world_size} rank(s), {engine}"
+    from lmm_r1_ascend.engines.registry import train_engine_class
+
+    return f"{d.mode} mode, {d.world_size} rank(s), {train_engine_class(d.train_engine).describe(d)}"
 
 
 def resume_command(argv: list[str], resume_enabled: bool) -> str:

@@ -18,6 +18,7 @@ import torch
 
 from lmm_r1_ascend.algorithms.config import AlgorithmConfig
 from lmm_r1_ascend.config import TrainConfig, to_dict
+from lmm_r1_ascend.engines.registry import train_engine_class
 from lmm_r1_ascend.distributed.worker_group import LocalWorkerGroup, WorkerGroup
 from lmm_r1_ascend.experience import ExperienceBatch
 from lmm_r1_ascend.experience.shard_plan import RankShard, shard_plan
@@ -34,7 +35,7 @@ class TrainingCluster:
         self.group, self.cfg = group, cfg
         self.roles = {"actor": group, "critic": group, "reference": group, **(role_groups or {})}
         self.max_tokens = cfg.trainer.max_tokens_per_micro_batch
-        self.zero3 = cfg.distributed.train_engine == "deepspeed" and cfg.distributed.zero_stage == 3
+        self.zero3 = train_engine_class(cfg.distributed.train_engine).shards_weights(cfg.distributed)
         # Sequence parallelism: ranks [k*sp, (k+1)*sp) split data-parallel replica k's tokens, so
         # they all get replica k's shard and one of them (the first) reports its results.
         self.sp = cfg.distributed.sequence_parallel_size
@@ -56,7 +57,7 @@ class TrainingCluster:
 
     def describe(self) -> str:
         d = self.cfg.distributed
-        engine = "torch" if d.train_engine == "torch" else f"deepspeed ZeRO-{d.zero_stage}"
+        engine = train_engine_class(d.train_engine).describe(d)
         sp = f", sequence parallel {self.sp} ({d.sequence_parallel_mode})" if self.sp > 1 else ""
         return f"{d.mode} mode, {self.world_size} rank(s){sp}, {engine}"
 
@@ -146,6 +147,7 @@ def start_cluster(cfg: TrainConfig, backend, actor_path: str, updates: int, *,
 
     d = cfg.distributed
     alg = cfg.algorithm
+    train_engine_class(d.train_engine).require()  # one line here, before any rank starts, when a package is missing
     plain = to_dict(cfg)
     if d.mode == "local":
         rank = TrainRank(plain, rank=0, world_size=1, actor_path=actor_path, total_updates=updates,

@@ -17,6 +17,7 @@ import torch
 
 from lmm_r1_ascend.algorithms.config import AlgorithmConfig
 from lmm_r1_ascend.distributed.net import free_port, node_ip
+from lmm_r1_ascend.engines.registry import train_engine_class
 from lmm_r1_ascend.experience import ExperienceBatch
 from lmm_r1_ascend.models.train_modules import add_prefix, strip_prefix
 from lmm_r1_ascend.workers.metric_sums import MetricSums
@@ -52,7 +53,7 @@ class TrainRank:
         self.backend.seed_everything(self.cfg.seed)
         if self.cfg.trainer.deterministic:
             self.backend.set_deterministic(True)
-        if self.cfg.distributed.train_engine == "deepspeed":
+        if train_engine_class(self.cfg.distributed.train_engine).data_parallel:
             self._init_process_group(master)
         from lmm_r1_ascend.workers.builders import build_rank_workers, build_rollout_engine
 

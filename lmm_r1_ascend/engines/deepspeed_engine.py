@@ -35,20 +35,27 @@ models.forward.packed_log_probs in a small nn.Module and hand that module to the
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
+from lmm_r1_ascend.config.errors import SetupError
 from lmm_r1_ascend.engines.base import nonfinite_names, nonfinite_weights_error, poison_nonfinite
-from lmm_r1_ascend.engines.torch_engine import build_optimizer
+from lmm_r1_ascend.engines.torch_engine import build_optimizer, optim_kwargs
+
+if TYPE_CHECKING:
+    from lmm_r1_ascend.config.schema import DistributedConfig, OptimConfig
 
 TAG = "engine"  # the DeepSpeed checkpoint tag (sub-folder) inside the save directory
 META_FILE = "engine_meta.json"
 UNIVERSAL = "universal"  # DeepSpeed's universal checkpoint of TAG, made when another world size resumes it
+REDUCE_BUCKET = 500_000_000  # DeepSpeed's zero_optimization.reduce_bucket_size default (deepspeed_config keeps it)
 
 
 def deepspeed_config(*, zero_stage: int, bf16: bool, max_norm: float, offload_optimizer: bool,
@@ -126,7 +133,98 @@ class DeepSpeedEngine:
     zero_stage: 0-3. bf16: bf16 weights and compute, fp32 master weights. offload_optimizer:
     optimizer state and master weights on CPU (stages 1-3). offload_params: parameters on CPU (stage 3).
     loss_scale_world: multiply each loss by the data-parallel world size (see the module docstring).
+
+    Class-level facts: as TorchEngine's (engines/registry.py), for DeepSpeed's ZeRO stages.
     """
+
+    name = "deepspeed"
+    data_parallel = True
+
+    @staticmethod
+    def require() -> None:
+        """SetupError, one line, when DeepSpeed is not installed (this module imports it only
+        inside functions, so without this probe the user would meet a raw ModuleNotFoundError)."""
+        if importlib.util.find_spec("deepspeed") is None:
+            raise SetupError("distributed.train_engine=deepspeed needs DeepSpeed, which is not installed: "
+                             "pip install 'lmm-r1-ascend[dist]' (or the requirements file of your device)")
+
+    @staticmethod
+    def describe(dist: DistributedConfig) -> str:
+        return f"deepspeed ZeRO-{dist.zero_stage}"
+
+    @staticmethod
+    def shards_weights(dist: DistributedConfig) -> bool:
+        """ZeRO-3 partitions the parameters: each rank holds a shard and gathers a layer to use it."""
+        return dist.zero_stage == 3
+
+    @staticmethod
+    def resumes_on_any_world_size(dist: DistributedConfig) -> bool:
+        """ZeRO 1-3 checkpoints convert to DeepSpeed's universal checkpoint; ZeRO-0's do not."""
+        return dist.zero_stage != 0
+
+    @staticmethod
+    def checkpoint_bytes_per_param(dtype_bytes: int) -> int:
+        """The weights in the model dtype, DeepSpeed's own copy of them, its fp32 master and two fp32 moments."""
+        return 2 * dtype_bytes + 12
+
+    @staticmethod
+    def model_states(n: int, trainable: int, *, dist: DistributedConfig, devices: int, b: int, largest: int
+                     ) -> tuple[dict[str, float], float]:
+        """Planner: (weights, gradients, optimizer, buckets) bytes on one device and the bytes
+        offloaded to the host. bf16 (b=2): 2 B weights, 2 B grads, 4 B fp32 grads, 4 B fp32 master,
+        8 B moments per trainable parameter (DeepSpeed's estimate_zero2_model_states_mem_needs
+        breakdown), split over the devices by ZeRO stage (1: optimizer; 2: + grads; 3: + weights,
+        plus the gathered largest layer), moved to the host by offload_optimizer / offload_params."""
+        zero = dist.zero_stage
+        bf16 = b == 2
+        w, g_low, g32, master, moments = (2 if bf16 else 4), (2 if bf16 else 0), 4, (4 if bf16 else 0), 8
+        d = devices
+        weights = n * w / d + largest * w if zero == 3 else n * w  # ZeRO-3: own shard + the gathered layer
+        grads = trainable * (g_low / d if zero >= 2 else g_low) + trainable * g32 / (d if zero >= 2 else 1)
+        optim = trainable * (master + moments) / (d if zero >= 1 else 1)
+        # ZeRO-2/3 reduce gradients through a flat bucket of reduce_bucket_size (DeepSpeed's default
+        # 5e8) elements; pages of it count once written, i.e. up to the trainable parameters.
+        buckets = min(REDUCE_BUCKET, trainable) * (2 if bf16 else 4) if zero >= 2 else 0.0
+        host = 0.0
+        if dist.offload_optimizer:
+            host += optim + trainable * g32 / d
+            grads -= trainable * g32 / d
+            optim = 0.0
+        if dist.offload_params:
+            host += n * w / d
+            weights = largest * w
+        return {"weights": weights, "gradients": grads, "optimizer": optim, "buckets": buckets}, host
+
+    @staticmethod
+    def library_estimate(params: int, largest_layer: int, devices: int,
+                         dist: DistributedConfig) -> dict[str, float]:
+        """Planner: DeepSpeed's own model-state estimates in bytes per device (bf16/fp16 mixed
+        precision), for comparison with model_states; {} without DeepSpeed."""
+        try:
+            from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
+            from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
+        except ImportError:
+            return {}
+        _, z3, _ = estimate_zero3_model_states_mem_needs(params, largest_layer, devices, 1,
+                                                         cpu_offload=dist.offload_optimizer,
+                                                         cpu_offload_params=dist.offload_params)
+        _, z2 = estimate_zero2_model_states_mem_needs(params, devices, 1, cpu_offload=dist.offload_optimizer)
+        return {"zero2_per_device": z2, "zero3_per_device": z3}
+
+    @staticmethod
+    def moments_share(b: int) -> float:
+        """Planner: the moments' part of the optimizer bytes (bf16: 8 of master + moments' 12)."""
+        return 8 / 12 if b == 2 else 1.0
+
+    @classmethod
+    def from_config(cls, module: torch.nn.Module, optim: OptimConfig, dist: DistributedConfig, *, lr: float,
+                    total_steps: int) -> DeepSpeedEngine:
+        """The engine for `module` from the optim and distributed config sections (bf16 when the
+        module's weights are); SetupError when DeepSpeed is missing."""
+        cls.require()
+        return cls(module, zero_stage=dist.zero_stage, bf16=next(module.parameters()).dtype == torch.bfloat16,
+                   offload_optimizer=dist.offload_optimizer, offload_params=dist.offload_params,
+                   **optim_kwargs(optim, lr=lr, total_steps=total_steps))
 
     def __init__(self, module: torch.nn.Module, *, lr: float, betas: tuple[float, float] = (0.9, 0.95),
                  weight_decay: float = 0.0, max_norm: float = 1.0, total_steps: int = 1,

@@ -12,11 +12,14 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from transformers import get_scheduler
 
 from lmm_r1_ascend.engines.base import nonfinite_names, nonfinite_weights_error, poison_nonfinite
+
+if TYPE_CHECKING:
+    from lmm_r1_ascend.config.schema import DistributedConfig, OptimConfig
 
 ENGINE_FILE = "engine.pt"
 
@@ -33,6 +36,8 @@ def build_optimizer(params: list[torch.nn.Parameter], *, lr: float, betas: tuple
         raise ValueError("the model has no trainable parameters (all frozen?)")
     if lr <= 0 or total_steps < 1:
         raise ValueError(f"need lr > 0 and total_steps >= 1, got lr={lr}, total_steps={total_steps}")
+    from transformers import get_scheduler  # here: the planner reads this module's class facts without it
+
     # foreach=False keeps the update a plain per-tensor loop: identical on every device.
     optimizer = torch.optim.AdamW(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay, foreach=False)
     kwargs = {"min_lr_rate": min_lr_ratio} if scheduler == "cosine_with_min_lr" else {}
@@ -41,10 +46,72 @@ def build_optimizer(params: list[torch.nn.Parameter], *, lr: float, betas: tuple
     return optimizer, schedule
 
 
+def optim_kwargs(optim: OptimConfig, *, lr: float, total_steps: int) -> dict:
+    """The engine keyword arguments of the optim config section (both engines take them)."""
+    return dict(lr=lr, betas=optim.adam_betas, weight_decay=optim.weight_decay, max_norm=optim.max_norm,
+                total_steps=total_steps, scheduler=optim.lr_scheduler, min_lr_ratio=optim.min_lr_ratio,
+                warmup_ratio=optim.lr_warmup_ratio)
+
+
 class TorchEngine:
     """module: the model; lr, betas, weight_decay: AdamW; total_steps: optimizer steps planned
     (for the schedule); scheduler: a transformers scheduler name ("cosine_with_min_lr", "constant", ...);
-    max_norm: clip the global grad norm to it (<= 0: no clipping)."""
+    max_norm: clip the global grad norm to it (<= 0: no clipping).
+
+    Class-level facts (the same names on every engine of engines/registry.py; the planner, the
+    cluster and the resume check read them without building an engine):
+    data_parallel: trains on several ranks (needs a process group); here one rank only.
+    """
+
+    name = "torch"
+    data_parallel = False
+
+    @staticmethod
+    def require() -> None:
+        """Nothing to probe: torch is always there."""
+
+    @staticmethod
+    def describe(dist: DistributedConfig) -> str:
+        """The engine as the start-up line names it (dist: the distributed config section)."""
+        return "torch"
+
+    @staticmethod
+    def shards_weights(dist: DistributedConfig) -> bool:
+        """Whether each rank holds only a shard of the weights (never here)."""
+        return False
+
+    @staticmethod
+    def resumes_on_any_world_size(dist: DistributedConfig) -> bool:
+        return True
+
+    @staticmethod
+    def checkpoint_bytes_per_param(dtype_bytes: int) -> int:
+        """Bytes per parameter of a checkpoint: the weights and AdamW's two moments, all in the model dtype."""
+        return 3 * dtype_bytes
+
+    @staticmethod
+    def model_states(n: int, trainable: int, *, dist: DistributedConfig, devices: int, b: int, largest: int
+                     ) -> tuple[dict[str, float], float]:
+        """Planner: (weights, gradients, optimizer) bytes on one device, and bytes offloaded to the
+        host, for n parameters (trainable of them) in a b-byte dtype: all in the model dtype."""
+        return {"weights": n * b, "gradients": trainable * b, "optimizer": 2 * trainable * b}, 0.0
+
+    @staticmethod
+    def library_estimate(params: int, largest_layer: int, devices: int,
+                         dist: DistributedConfig) -> dict[str, float]:
+        """Planner: an engine library's own estimate to compare with (none for plain torch)."""
+        return {}
+
+    @staticmethod
+    def moments_share(b: int) -> float:
+        """Planner: the part of the optimizer bytes that are AdamW moments (created at the first step)."""
+        return 1.0
+
+    @classmethod
+    def from_config(cls, module: torch.nn.Module, optim: OptimConfig, dist: DistributedConfig, *, lr: float,
+                    total_steps: int) -> TorchEngine:
+        """The engine for `module` from the optim and distributed config sections."""
+        return cls(module, **optim_kwargs(optim, lr=lr, total_steps=total_steps))
 
     def __init__(self, module: torch.nn.Module, *, lr: float, betas: tuple[float, float] = (0.9, 0.95),
                  weight_decay: float = 0.0, max_norm: float = 1.0, total_steps: int = 1,

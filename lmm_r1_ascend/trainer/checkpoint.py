@@ -118,12 +118,10 @@ def first_line(err: BaseException) -> str:
     return type(err).__name__
 
 
-def estimate_bytes(params: int, dtype_bytes: int, *, models: int = 1, deepspeed: bool = False) -> int:
+def estimate_bytes(params: int, per_param: int, *, models: int = 1) -> int:
     """A checkpoint's expected size before the first one is written: per trained model its weights
-    (params x dtype_bytes) and the engine state: AdamW's two moments in the weights' dtype (torch
-    engine), or DeepSpeed's fp32 master copy and moments (12 bytes a parameter) plus its own copy
-    of the weights. The first save measures the real size, which the later checks use."""
-    per_param = dtype_bytes + (dtype_bytes + 12 if deepspeed else 2 * dtype_bytes)
+    and engine state, per_param bytes a parameter (the engine class's checkpoint_bytes_per_param).
+    The first save measures the real size, which the later checks use."""
     return models * params * per_param
 
 

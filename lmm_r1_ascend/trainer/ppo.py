@@ -32,6 +32,7 @@ from lmm_r1_ascend.config import TrainConfig, to_dict
 from lmm_r1_ascend.distributed.rollout_client import staleness_bound
 from lmm_r1_ascend.distributed.worker_group import WorkerDiedError
 from lmm_r1_ascend.engines.base import NonFiniteError
+from lmm_r1_ascend.engines.registry import train_engine_class
 from lmm_r1_ascend.experience import ExperienceBatch
 from lmm_r1_ascend.rollout.base import RolloutSample, SamplingConfig
 from lmm_r1_ascend.trainer import checkpoint as ckpt
@@ -116,7 +117,7 @@ class PPOTrainer:
             raise SetupError(fp.mismatch_message(path, state["fingerprint"], now, diff))
         saved_world, d = int(state.get("world_size", 1)), self.cfg.distributed
         if saved_world != c.cluster.world_size:
-            if d.train_engine == "deepspeed" and d.zero_stage == 0:
+            if not train_engine_class(d.train_engine).resumes_on_any_world_size(d):
                 raise SetupError(f"checkpoint {path} was written by {saved_world} rank(s), and a ZeRO-0 checkpoint "
                                  f"resumes only on as many ranks: set distributed.world_size={saved_world}, or train "
                                  "with ZeRO 1-3, whose checkpoints resume on any world size (docs/resume.md)")
@@ -181,8 +182,8 @@ class PPOTrainer:
 
         alg, d = self.cfg.algorithm, self.cfg.distributed
         dtype = resolve_dtype(None if self.cfg.model.dtype == "auto" else self.cfg.model.dtype, self.backend)
-        return ckpt.estimate_bytes(n, dtype.itemsize,
-                                   models=1 + int(alg.uses_critic), deepspeed=d.train_engine == "deepspeed")
+        per_param = train_engine_class(d.train_engine).checkpoint_bytes_per_param(dtype.itemsize)
+        return ckpt.estimate_bytes(n, per_param, models=1 + int(alg.uses_critic))
 
     def _save_failed(self, err: Exception, need: int | None) -> None:
         root = ckpt.checkpoint_dir(self.out)

@@ -16,7 +16,8 @@ import torch
 from lmm_r1_ascend.backends import Backend
 from lmm_r1_ascend.config import TrainConfig
 from lmm_r1_ascend.config.errors import SetupError
-from lmm_r1_ascend.engines.torch_engine import TorchEngine
+from lmm_r1_ascend.engines.base import TrainingEngine
+from lmm_r1_ascend.engines.registry import train_engine_class
 from lmm_r1_ascend.rollout.base import RolloutEngine
 from lmm_r1_ascend.workers.roles import ActorWorker, CriticWorker, ReferenceWorker
 
@@ -93,21 +94,10 @@ def total_updates(cfg: TrainConfig, num_prompts: int) -> int:
     return max(1, planned_rollouts(cfg, num_prompts) * per_rollout * tr.max_epochs)
 
 
-def make_engine(cfg: TrainConfig, module: torch.nn.Module, lr: float, total_steps: int):
+def make_engine(cfg: TrainConfig, module: torch.nn.Module, lr: float, total_steps: int) -> TrainingEngine:
     """The training engine distributed.train_engine names, with the optim section's settings."""
-    opt, dist_cfg = cfg.optim, cfg.distributed
-    kwargs = dict(lr=lr, betas=opt.adam_betas, weight_decay=opt.weight_decay, max_norm=opt.max_norm,
-                  total_steps=total_steps, scheduler=opt.lr_scheduler, min_lr_ratio=opt.min_lr_ratio,
-                  warmup_ratio=opt.lr_warmup_ratio)
-    if dist_cfg.train_engine == "torch":
-        return TorchEngine(module, **kwargs)
-    try:
-        from lmm_r1_ascend.engines.deepspeed_engine import DeepSpeedEngine
-    except ImportError as err:
-        raise SetupError(f"distributed.train_engine=deepspeed needs DeepSpeed ({err}): pip install "
-                         "'lmm-r1-ascend[dist]' (or the requirements file of your device)") from err
-    return DeepSpeedEngine(module, zero_stage=dist_cfg.zero_stage, bf16=next(module.parameters()).dtype == torch.bfloat16,
-                           offload_optimizer=dist_cfg.offload_optimizer, offload_params=dist_cfg.offload_params, **kwargs)
+    engine = train_engine_class(cfg.distributed.train_engine)
+    return engine.from_config(module, cfg.optim, cfg.distributed, lr=lr, total_steps=total_steps)
 
 
 def build_rank_workers(cfg: TrainConfig, backend: Backend, actor_path: str, updates: int,

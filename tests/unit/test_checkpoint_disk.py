@@ -10,6 +10,7 @@ import os
 import pytest
 import torch
 
+from lmm_r1_ascend.engines.registry import DeepSpeedEngine, TorchEngine
 from lmm_r1_ascend.trainer import checkpoint as ckpt
 
 
@@ -55,8 +56,9 @@ def test_a_write_failing_partway_removes_its_temporary_directory(tmp_path, failu
 def test_size_estimate_and_measure(tmp_path):
     # per parameter: fp32 weights 4 + AdamW moments 2 x 4 (torch); DeepSpeed: + fp32 master and
     # moments (12) + its own copy of the weights (2 in bf16)
-    assert ckpt.estimate_bytes(1000, 4, models=2) == 2 * 1000 * 12
-    assert ckpt.estimate_bytes(1000, 2, deepspeed=True) == 1000 * (2 + 2 + 12)
+    # torch: fp32 weights + two fp32 moments; DeepSpeed bf16: weights, its copy, fp32 master + 2 moments
+    assert ckpt.estimate_bytes(1000, TorchEngine.checkpoint_bytes_per_param(4), models=2) == 2 * 1000 * 12
+    assert ckpt.estimate_bytes(1000, DeepSpeedEngine.checkpoint_bytes_per_param(2)) == 1000 * (2 + 2 + 12)
     ckpt.save_checkpoint(tmp_path, 1, {}, _parts)
     path = ckpt.latest_checkpoint(tmp_path)
     assert ckpt.directory_bytes(path) == sum(f.stat().st_size for f in path.iterdir())
