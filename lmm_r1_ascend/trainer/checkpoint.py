@@ -14,12 +14,7 @@ at any point leaves either the old or the new checkpoint visible, never a partia
 leftovers of a crashed write are removed by the next save; a write that fails with an error
 (full disk, I/O error, interrupt) removes its own at once. Pruning follows a successful save only.
 
-Test-only fault hook: `fault_pause(point, step)` sleeps when the environment variable
-LMM_R1_TEST_PAUSE is `point[@step]:seconds` (comma-separated for several) and, when
-LMM_R1_TEST_PAUSE_READY names a file, creates it first, so a test knows the process is parked
-there and can kill it. save_checkpoint calls it as point "save" after the parts are written
-and before state.pt; tests/e2e/test_faults.py wraps the rollout and the update with it. Never
-set these variables in real runs.
+Fault tests kill a run inside a save by wrapping save_checkpoint from outside (tests/fault_hooks.py).
 """
 
 from __future__ import annotations
@@ -28,7 +23,6 @@ import os
 import random
 import re
 import shutil
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -56,19 +50,6 @@ def set_rng_state(state: dict, device_type: str = "cpu") -> None:
 
 def checkpoint_dir(output_dir: str | os.PathLike) -> Path:
     return Path(output_dir) / "checkpoints"
-
-
-def fault_pause(point: str, step: int | None = None) -> None:
-    """Test-only: park here for a while when LMM_R1_TEST_PAUSE asks for `point` (see the module doc)."""
-    spec = os.environ.get("LMM_R1_TEST_PAUSE", "")
-    for item in filter(None, (x.strip() for x in spec.split(","))):
-        where, _, seconds = item.rpartition(":")
-        name, _, at = where.partition("@")
-        if name == point and (not at or (step is not None and int(at) == step)):
-            ready = os.environ.get("LMM_R1_TEST_PAUSE_READY")
-            if ready:
-                Path(ready).write_text(f"{point}@{step}\n")
-            time.sleep(float(seconds))
 
 
 def _fsync(path: Path) -> None:
@@ -167,7 +148,6 @@ def save_checkpoint(output_dir: str | os.PathLike, step: int, state: dict[str, A
     tmp.mkdir()
     try:
         write_parts(tmp)
-        fault_pause("save", step)
         torch.save({**state, "step": step, "rng": rng_state(device_type)}, tmp / "state.pt")
         _fsync(tmp / "state.pt")
     except BaseException:

@@ -11,10 +11,7 @@ zero-weighted repeats of a real micro-batch), and the engine's world-size factor
 
 Non-finite steps: the engines skip an optimizer step whose loss or grad norm is NaN/inf
 (engines/base.py); the train methods report it as `<prefix>/skipped_steps` (1 or 0 per step,
-the same on every rank). TEST ONLY: the environment variable LMM_R1_TEST_NAN_LOSS
-(`NAN_LOSS_ENV`), e.g. "actor:2,critic:1", multiplies the loss of the first micro-batch of the
-named roles' optimizer steps (1-based step numbers, skipped steps included) by NaN on every
-rank, to exercise that path; it is read in the rank's process, so it reaches Ray actors too.
+the same on every rank). Tests plant NaN losses by wrapping the engine (tests/fault_hooks.py).
 
 Trained models are called through their engine's module, a `PolicyLogProbs` /
 `CriticValues` wrapper (models/train_modules.py): under ZeRO-3 that is the only way their
@@ -23,7 +20,6 @@ partitioned weights are whole and their gradients accumulate.
 
 from __future__ import annotations
 
-import os
 from typing import Iterable
 
 import torch
@@ -67,30 +63,14 @@ def _per_sample(batch: ExperienceBatch, max_tokens: int, forward, n_chunks: int 
     return out
 
 
-NAN_LOSS_ENV = "LMM_R1_TEST_NAN_LOSS"  # test-only hook, see the module docstring
-
-
-def _planted_steps(prefix: str) -> set[int]:
-    """The optimizer steps (1-based) of role `prefix` whose first micro-batch loss the test hook makes NaN."""
-    out = set()
-    for entry in os.environ.get(NAN_LOSS_ENV, "").split(","):
-        role, _, step = entry.strip().partition(":")
-        if role == prefix and step.strip():
-            out.add(int(step))
-    return out
-
-
 def _train_micro_batches(engine: TrainingEngine, micros: list[MicroBatch], n_micro: int | None, real: bool, loss_fn,
                          prefix: str) -> MetricSums:
     """Accumulate over micro-batches (zero-weighted padding up to n_micro), then one optimizer step."""
     plan = _padded(micros, n_micro) if real else [(micros[0], 0.0)] * (n_micro or 1)
     sums = MetricSums()
-    plant = int(engine.steps) + 1 in _planted_steps(prefix)  # test hook only
     for k, (micro, weight) in enumerate(plan):
         out = loss_fn(micro)
         loss = out.loss if weight == 1.0 else out.loss * weight
-        if plant and k == 0:
-            loss = loss * float("nan")
         engine.backward(loss, last=k == len(plan) - 1)
         if weight:
             sums.add(out.metrics(), weight=float(sum(micro.batch.action_counts)))

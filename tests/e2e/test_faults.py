@@ -2,9 +2,9 @@
 again. Every resumed run completes, a partly written checkpoint is never picked, and a run killed
 between checkpoints ends with the same metrics.jsonl as an uninterrupted one.
 
-The kills aim through the test-only hook checkpoint.fault_pause (LMM_R1_TEST_PAUSE): the save
-calls it itself; the driver below wraps the rollout and the update with it (the trainer's code is
-unchanged; the resumed runs are plain `python -m lmm_r1_ascend.train`)."""
+The kills aim through tests/fault_hooks.py (LMM_R1_TEST_PAUSE): the driver below wraps the rollout,
+the update and the checkpoint write from outside (the product holds no hook; the resumed runs are
+plain `python -m lmm_r1_ascend.train`)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from fault_hooks import PAUSE_ENV, READY_ENV, pause_from_env
 from lmm_r1_ascend.trainer import checkpoint as ckpt
 
 ARGS = [  # tests/e2e/test_resume.py's small PPO run (actor, reference, critic), checkpoint at step 2
@@ -32,15 +33,9 @@ ARGS = [  # tests/e2e/test_resume.py's small PPO run (actor, reference, critic),
 ]
 DRIVER = """
 import sys
-from lmm_r1_ascend.trainer import checkpoint as ckpt, ppo
-draw, update = ppo.PPOTrainer._draw, ppo.ppo_update
-def _draw(self, k, timed):
-    ckpt.fault_pause("rollout", self.step + 1)
-    return draw(self, k, timed)
-def _update(cluster, batch, alg, **kw):
-    ckpt.fault_pause("update", kw["step"] + 1)
-    return update(cluster, batch, alg, **kw)
-ppo.PPOTrainer._draw, ppo.ppo_update = _draw, _update
+sys.path.insert(0, "tests")
+from fault_hooks import install_pauses, pause_from_env
+install_pauses(pause_from_env)
 from lmm_r1_ascend.train import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -63,7 +58,7 @@ def _train_and_kill(out: Path, point: str, tmp: Path, timeout: float = 300) -> N
     ready = tmp / f"ready-{point}"
     log = open(tmp / f"log-{point}.txt", "w")
     proc = subprocess.Popen([sys.executable, "-c", DRIVER, *ARGS, f"output_dir={out}"], cwd=ROOT,
-                            env=_env(LMM_R1_TEST_PAUSE=f"{point}:600", LMM_R1_TEST_PAUSE_READY=str(ready)),
+                            env=_env(**{PAUSE_ENV: f"{point}:600", READY_ENV: str(ready)}),
                             stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + timeout
@@ -164,14 +159,14 @@ def test_crash_while_pruning_hides_the_half_deleted_checkpoint(tmp_path, monkeyp
 
 def test_fault_pause_parses_points(tmp_path, monkeypatch):
     ready = tmp_path / "ready"
-    monkeypatch.setenv("LMM_R1_TEST_PAUSE", "update@3:0.01, save:0")
-    monkeypatch.setenv("LMM_R1_TEST_PAUSE_READY", str(ready))
-    ckpt.fault_pause("update", 2)
-    ckpt.fault_pause("rollout", 3)
+    monkeypatch.setenv(PAUSE_ENV, "update@3:0.01, save:0")
+    monkeypatch.setenv(READY_ENV, str(ready))
+    pause_from_env("update", 2)
+    pause_from_env("rollout", 3)
     assert not ready.exists()
-    ckpt.fault_pause("update", 3)
+    pause_from_env("update", 3)
     assert ready.read_text() == "update@3\n"
-    ckpt.fault_pause("save", 7)
+    pause_from_env("save", 7)
     assert ready.read_text() == "save@7\n"
 
 

@@ -1,5 +1,5 @@
 """Non-finite losses through the real trainer (hf engine, CPU, tiny demo models, 3-4 steps): a
-NaN planted in one micro-batch's loss (the test-only hook of workers/roles.py) skips that
+NaN planted in one micro-batch's loss (a wrapper engine, tests/fault_hooks.py) skips that
 optimizer step and the run goes on; trainer.max_consecutive_skips skips in a row stop the run
 with an error naming the step and the last good checkpoint; no checkpoint holds non-finite weights."""
 
@@ -10,12 +10,12 @@ import json
 import pytest
 import torch
 
+from fault_hooks import plant_nan_loss
 from lmm_r1_ascend.config import load_config
 from lmm_r1_ascend.demo.data import prepare_demo_data
 from lmm_r1_ascend.engines.base import NonFiniteError
 from lmm_r1_ascend.trainer import checkpoint as ckpt
 from lmm_r1_ascend.trainer.ppo import PPOTrainer
-from lmm_r1_ascend.workers.roles import NAN_LOSS_ENV
 
 SMALL = [  # tiny text model with a critic (gae); one rollout of 2 prompts x 4 samples = one optimizer step per role
     "stage=fre", "device=cpu", "model.pretrain=tiny-qwen2", "data.prompt_data=[demo:arithmetic]",
@@ -43,7 +43,7 @@ def _assert_checkpoints_finite(out) -> list:
 
 
 def test_one_nan_micro_batch_skips_that_step_and_the_run_goes_on(tmp_path, monkeypatch):
-    monkeypatch.setenv(NAN_LOSS_ENV, "actor:2")
+    plant_nan_loss(monkeypatch, {"actor": {2}})
     history = _trainer(tmp_path, "trainer.max_steps=3").fit(progress=False)
     assert [m["actor/skipped_steps"] for m in history] == [0, 1, 0]
     assert [m["critic/skipped_steps"] for m in history] == [0, 0, 0]  # roles skip independently
@@ -51,7 +51,7 @@ def test_one_nan_micro_batch_skips_that_step_and_the_run_goes_on(tmp_path, monke
 
 
 def test_consecutive_skips_stop_the_run_with_the_last_good_checkpoint(tmp_path, monkeypatch):
-    monkeypatch.setenv(NAN_LOSS_ENV, "actor:1,actor:2,actor:3")
+    plant_nan_loss(monkeypatch, {"actor": {1, 2, 3}})
     trainer = _trainer(tmp_path, "trainer.max_steps=4")
     with pytest.raises(NonFiniteError) as err:
         trainer.fit(progress=False)

@@ -41,24 +41,15 @@ RAY = ["trainer.max_steps=2", "distributed.mode=ray", "distributed.rollout_engin
        "rollout.async_mode=one_step_off", "algorithm.rollout_correction=[token_tis]"]
 DRIVER = """
 import os, signal, sys
-from lmm_r1_ascend.trainer import checkpoint as ckpt, ppo
+sys.path.insert(0, "tests")
+from fault_hooks import install_pauses
 point, _, sigs = os.environ["TEST_STOP_AT"].partition(":")  # e.g. update@2:INT or save@1:INT,INT
 where, _, at = point.partition("@")
 def fire(name, step):
     if name == where and step == int(at):
         for sig in sigs.split(","):
             os.kill(os.getpid(), getattr(signal, "SIG" + sig))
-draw, update, pause = ppo.PPOTrainer._draw, ppo.ppo_update, ckpt.fault_pause
-def _draw(self, k, timed):
-    fire("rollout", self.step + 1)
-    return draw(self, k, timed)
-def _update(cluster, batch, alg, **kw):
-    fire("update", kw["step"] + 1)
-    return update(cluster, batch, alg, **kw)
-def _pause(name, step=None):
-    fire(name, step)
-    return pause(name, step)
-ppo.PPOTrainer._draw, ppo.ppo_update, ckpt.fault_pause = _draw, _update, _pause
+install_pauses(fire)
 from lmm_r1_ascend.train import main
 sys.exit(main(sys.argv[1:]))
 """

@@ -118,12 +118,31 @@ def test_roles_report_skipped_steps():
     assert skipped.result()["actor/skipped_steps"] == 1.0
 
 
-def test_test_hook_plants_nan_into_the_named_step(monkeypatch):
+def test_the_test_wrapper_plants_nan_into_the_named_step_only(monkeypatch):
+    """tests/fault_hooks.plant_nan_loss: the named role's step 2 is skipped; step 1 and 3 and other roles are not."""
+    from fault_hooks import plant_nan_loss
+
     from lmm_r1_ascend.workers import roles
 
-    monkeypatch.setenv(roles.NAN_LOSS_ENV, "actor:2,critic:1")
-    assert roles._planted_steps("actor") == {2} and roles._planted_steps("critic") == {1}
-    assert roles._planted_steps("reference") == set()
+    class Out:
+        def __init__(self, loss):
+            self.loss = loss
+
+        def metrics(self):
+            return {"loss": float(self.loss.detach())}
+
+    class Micro:
+        class batch:  # noqa: N801 - a stand-in for ExperienceBatch
+            action_counts = [1]
+
+    plant_nan_loss(monkeypatch, {"actor": {2}})
+    skipped = {}
+    for prefix in ("actor", "critic"):
+        eng = TorchEngine(_net(), **KW)
+        skipped[prefix] = [roles._train_micro_batches(eng, [Micro(), Micro()], None, True,
+                                                      lambda m: Out(_loss(eng.module)), prefix
+                                                      ).result()[f"{prefix}/skipped_steps"] for _ in range(3)]
+    assert skipped == {"actor": [0.0, 1.0, 0.0], "critic": [0.0, 0.0, 0.0]}
 
 
 def test_nonfinite_rewards_score_zero_with_a_status():
