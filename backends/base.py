@@ -143,6 +143,8 @@ class Backend(ABC):
     offload_is_device_memory: ClassVar[bool] = False  # DeepSpeed's "host" offload lands in the device's own memory
     # What results on this backend are not (an emulation says so in every parity stamp); None: real device.
     emulation_note: ClassVar[str | None] = None
+    # The process-group backend sends from host memory (gloo): buckets stay on the CPU, not the device.
+    collectives_from_host: ClassVar[bool] = False
 
     # ---- availability -------------------------------------------------------------
     @classmethod
@@ -160,6 +162,11 @@ class Backend(ABC):
 
     @abstractmethod
     def device_count(self) -> int: ...
+
+    def rng_device_type(self) -> str | None:
+        """The device type whose random generators a checkpoint saves beside the host's
+        (torch.get_device_module(type).get_rng_state_all); None: the host generator is the only one."""
+        return self.device_type
 
     def distributed_backend(self, with_cpu: bool = False) -> str:
         """The process-group backend string; with_cpu adds gloo for CPU tensors (mixed group)."""

@@ -37,6 +37,10 @@ class CpuBackend(Backend):
     default_dtype: ClassVar[torch.dtype] = torch.float32
     runtime_overhead_gb: ClassVar[float] = 0.75  # measured
     offload_is_device_memory: ClassVar[bool] = True  # the "host" is the same RAM
+    collectives_from_host: ClassVar[bool] = True  # gloo
+
+    def rng_device_type(self) -> str | None:
+        return None  # torch's host generator is the device's
 
     @classmethod
     def probe(cls) -> tuple[bool, str]:

@@ -211,7 +211,7 @@ class TrainRank:
 
         self._ready.wait(version, engines, stop=self._stop)
         # gloo sends from host memory; nccl / hccl need each bucket on this rank's device
-        device = "cpu" if self.backend.distributed_backend() == "gloo" else self.device
+        device = "cpu" if self.backend.collectives_from_host else self.device
         return send_buckets(self._sync_group, meta, snapshot, bucket_bytes=self._bucket_bytes(), device=device)
 
     def _raise_failed_sends(self) -> None:

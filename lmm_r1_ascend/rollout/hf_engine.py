@@ -191,6 +191,8 @@ class HFRolloutEngine(RolloutEngine):
     def _rng(self, seed: int | None):
         if seed is None:
             return contextlib.nullcontext()
+        # torch's API, not a device fact: fork_rng saves the host generator itself and takes only
+        # accelerator devices in `devices` (torch.cpu has no per-device generator state)
         devices = [] if self.device.type == "cpu" else [self.device]
         fork = torch.random.fork_rng(devices=devices, device_type=self.device.type)
 
@@ -241,18 +243,19 @@ class HFRolloutEngine(RolloutEngine):
 
     # ----------------------------------------------------------------------------- lifecycle
     def sleep(self) -> None:
-        """Move the model to host memory. On a CPU engine only the state flag changes (nothing to free).
+        """Move the model to host memory. On a CPU engine only the state flag changes (nothing to free:
+        Module.to of a tensor already on the device returns it as it is).
 
         Idempotent, like wake_up().
         """
         self._check_state(awake=False)
-        if not self._asleep and self.device.type != "cpu":
+        if not self._asleep:
             self.model.to("cpu")
         self._asleep = True
 
     def wake_up(self) -> None:
         self._check_state(awake=False)
-        if self._asleep and self.device.type != "cpu":
+        if self._asleep:
             self.model.to(self.device)
         self._asleep = False
 

@@ -32,19 +32,19 @@ import torch
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
-def rng_state(device_type: str = "cpu") -> dict:
+def rng_state(device_type: str | None = None) -> dict:
     """Every generator the run draws from: Python, NumPy, torch CPU and the accelerator's."""
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if device_type != "cpu":  # torch.get_device_module finds the accelerator module by its type name
+    if device_type is not None:  # Backend.rng_device_type(); torch.get_device_module finds its module by name
         state["device"] = torch.get_device_module(device_type).get_rng_state_all()
     return state
 
 
-def set_rng_state(state: dict, device_type: str = "cpu") -> None:
+def set_rng_state(state: dict, device_type: str | None = None) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
-    if device_type != "cpu" and "device" in state:
+    if device_type is not None and "device" in state:
         torch.get_device_module(device_type).set_rng_state_all(state["device"])
 
 
@@ -126,7 +126,7 @@ def space_line(root: str | os.PathLike, need_bytes: int | None) -> str:
 
 
 def save_checkpoint(output_dir: str | os.PathLike, step: int, state: dict[str, Any],
-                    write_parts: Callable[[Path], None], keep: int = 2, device_type: str = "cpu",
+                    write_parts: Callable[[Path], None], keep: int = 2, device_type: str | None = None,
                     need_bytes: int | None = None) -> Path:
     """Write step `step` atomically; keep the newest `keep` checkpoints (0 = all).
 

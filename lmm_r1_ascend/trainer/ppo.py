@@ -135,7 +135,7 @@ class PPOTrainer:
         self._ckpt_bytes, self._saved_step = size, self.step
         if self.validator is not None:
             self.validator.load_state_dict(state.get("eval", {}))
-        ckpt.set_rng_state(state["rng"], self.backend.device_type)
+        ckpt.set_rng_state(state["rng"], self.backend.rng_device_type())
         c.rollout.sync_weights()
         self.log(f"resumed from {path} at step {self.step}")
         return True
@@ -159,7 +159,7 @@ class PPOTrainer:
             state["eval"] = self.validator.state_dict()
         try:
             path = ckpt.save_checkpoint(self.out, self.step, state, c.cluster.save, need_bytes=need,
-                                        keep=self.cfg.trainer.keep_checkpoints, device_type=self.backend.device_type)
+                                        keep=self.cfg.trainer.keep_checkpoints, device_type=self.backend.rng_device_type())
         except (NonFiniteError, WorkerDiedError):
             raise
         except Exception as err:  # noqa: BLE001 - any write failure (OSError, torch's writer, a rank's error)

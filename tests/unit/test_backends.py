@@ -372,3 +372,13 @@ def test_reset_peak_memory_stats(monkeypatch):
     for cls in (CudaBackend, NpuBackend):
         object.__new__(cls).reset_peak_memory_stats("dev")
     assert calls == ["dev", "dev"]
+
+
+@pytest.mark.parametrize("cls", [CpuBackend, EmulatedNpuBackend, CudaBackend, NpuBackend])
+def test_the_device_facts_the_core_reads_agree_with_the_backend_strings(cls):
+    """collectives_from_host: the process group is gloo (host memory); rng_device_type: the checkpoint
+    saves the device generators of accelerators only (torch.cpu has none). Checked on the class
+    facts (nothing probed: the CUDA and NPU classes are checked without their devices)."""
+    assert cls.collectives_from_host == (cls.dist_backend == "gloo")
+    backend = cls.__new__(cls)  # no __init__: nothing probes or needs the device
+    assert backend.rng_device_type() == (None if cls.device_type == "cpu" else cls.device_type)
