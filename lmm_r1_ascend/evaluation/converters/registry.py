@@ -29,16 +29,14 @@ from typing import Iterator
 
 from lmm_r1_ascend.data.errors import DataError
 from lmm_r1_ascend.data.readers import FieldMap, parse_row, source_rows
-from lmm_r1_ascend.evaluation.converters import (
-    gpqa_diamond,
-    math500,
-    mathverse,
-    mathvision,
-    mathvista,
-    mmstar,
-    olympiadbench,
-)
 from lmm_r1_ascend.evaluation.converters.common import Benchmark, RowContext
+from lmm_r1_ascend.evaluation.converters.gpqa_diamond import BENCHMARK as GPQA_DIAMOND
+from lmm_r1_ascend.evaluation.converters.math500 import BENCHMARK as MATH500
+from lmm_r1_ascend.evaluation.converters.mathverse import BENCHMARK as MATHVERSE
+from lmm_r1_ascend.evaluation.converters.mathvision import BENCHMARK as MATHVISION
+from lmm_r1_ascend.evaluation.converters.mathvista import BENCHMARK as MATHVISTA
+from lmm_r1_ascend.evaluation.converters.mmstar import BENCHMARK as MMSTAR
+from lmm_r1_ascend.evaluation.converters.olympiadbench import BENCHMARK as OLYMPIADBENCH
 
 BENCHMARKS: dict[str, Benchmark] = {}
 
@@ -51,8 +49,8 @@ def register_benchmark(bench: Benchmark) -> Benchmark:
     return bench
 
 
-for _module in (math500, gpqa_diamond, olympiadbench, mathvista, mathverse, mathvision, mmstar):
-    register_benchmark(_module.BENCHMARK)
+for _bench in (MATH500, GPQA_DIAMOND, OLYMPIADBENCH, MATHVISTA, MATHVERSE, MATHVISION, MMSTAR):
+    register_benchmark(_bench)
 
 
 @dataclass
