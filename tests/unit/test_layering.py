@@ -41,15 +41,15 @@ def imports_of(name: str, path: Path, mods: dict[str, Path]) -> set[str]:
             if node.level:
                 up = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join(up + ([base] if base else []))
+            # `from pkg import a, b` reads pkg's namespace and imports each named submodule
             targets = [f"{base}.{a.name}" for a in node.names] + [base]
         else:
             continue
         for target in targets:
             while target and target not in mods:
-                target = target.rpartition(".")[0]
+                target = target.rpartition(".")[0]  # the most specific project module named
             if target and target != name and target.startswith("lmm_r1_ascend"):
                 found.add(target)
-                break  # the most specific module of this import statement's target
     return found
 
 
