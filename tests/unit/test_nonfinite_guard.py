@@ -96,19 +96,23 @@ def test_torch_engine_refuses_to_save_nonfinite_weights(tmp_path):
     assert not (tmp_path / "ckpt").exists()
 
 
+class Out:
+    """A stand-in for a role's loss output: the loss tensor and its metrics."""
+
+    def __init__(self, loss):
+        self.loss = loss
+
+    def metrics(self):
+        return {"loss": float(self.loss.detach())}
+
+
+class Micro:
+    class batch:  # noqa: N801 - a stand-in for ExperienceBatch
+        action_counts = [1]
+
+
 def test_roles_report_skipped_steps():
     from lmm_r1_ascend.workers import roles
-
-    class Out:
-        def __init__(self, loss):
-            self.loss = loss
-
-        def metrics(self):
-            return {"policy/loss": float(self.loss.detach())}
-
-    class Micro:
-        class batch:  # noqa: N801 - a stand-in for ExperienceBatch
-            action_counts = [1]
 
     eng = TorchEngine(_net(), **KW)
     clean = roles._train_micro_batches(eng, [Micro(), Micro()], None, True, lambda m: Out(_loss(eng.module)), "actor")
@@ -123,17 +127,6 @@ def test_the_test_wrapper_plants_nan_into_the_named_step_only(monkeypatch):
     from fault_hooks import plant_nan_loss
 
     from lmm_r1_ascend.workers import roles
-
-    class Out:
-        def __init__(self, loss):
-            self.loss = loss
-
-        def metrics(self):
-            return {"loss": float(self.loss.detach())}
-
-    class Micro:
-        class batch:  # noqa: N801 - a stand-in for ExperienceBatch
-            action_counts = [1]
 
     plant_nan_loss(monkeypatch, {"actor": {2}})
     skipped = {}
