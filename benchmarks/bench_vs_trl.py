@@ -157,7 +157,10 @@ def run_trl(workload: str, steps: int, tmp: str) -> dict:
         adam_beta1=cfg.optim.adam_betas[0], adam_beta2=cfg.optim.adam_betas[1], weight_decay=cfg.optim.weight_decay,
         max_grad_norm=cfg.optim.max_norm, max_steps=steps + 1, use_cpu=True, report_to=[], save_strategy="no",
         logging_steps=1, seed=cfg.seed, dataloader_num_workers=0, log_completions=False, shuffle_dataset=False,
-        model_init_kwargs={"dtype": torch.float32}, disable_tqdm=True)
+        model_init_kwargs={"dtype": torch.float32}, disable_tqdm=True,
+        # GRPOConfig defaults to gradient checkpointing and bf16 autocast; ours runs neither on
+        # the demo, so both are set to ours explicitly (equal settings, not the peer's defaults)
+        gradient_checkpointing=cfg.model.gradient_checkpointing, bf16=False, fp16=False)
     tokenizer = AutoTokenizer.from_pretrained(model_path, padding_side="left")
     trainer = GRPOTrainer(model=model_path, reward_funcs=math_reward, args=args,
                           train_dataset=_trl_dataset(cfg), processing_class=tokenizer)
