@@ -15,12 +15,12 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 from lmm_r1_ascend.config.errors import SetupError
-from lmm_r1_ascend.config.schema import LOGGERS, TrainerConfig
+from lmm_r1_ascend.config.schema import LOGGERS, TrainConfig, TrainerConfig
 
 # name -> (module in this package, Python package it needs, pyproject extra that installs it)
 TRACKERS = {
@@ -46,7 +46,6 @@ class RunInfo:
     out: Path
     run_id: str | None = None
     resume_step: int = 0
-    artifacts: list[Path] = field(default_factory=list)
 
 
 class Tracker:
@@ -105,7 +104,7 @@ def _read_ids(out: Path) -> dict[str, str]:
         return {}
 
 
-def open_trackers(cfg: Any, config: dict[str, Any], out: Path, resume_step: int) -> list[Tracker]:
+def open_trackers(cfg: TrainConfig, config: dict[str, Any], out: Path, resume_step: int) -> list[Tracker]:
     """Open trainer.loggers for a run writing to `out`; resume_step > 0 continues the tracker
     runs recorded in out/trackers.json. A tracker that cannot start (no login, no network in
     online mode) stops with one line saying how to run it offline."""
