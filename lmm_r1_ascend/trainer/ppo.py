@@ -314,14 +314,16 @@ class PPOTrainer:
             "data/epoch": c.dataset.epoch,
             "memory/peak_gb": c.cluster.peak_memory_gb(),
         })
-        if self.cfg.trainer.on_save_error == "skip":  # failed saves so far (one at step N shows from N + 1)
+        return self._with_common_metrics(metrics)
+
+    def _with_common_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
+        """The figures every stage's step adds: the failed-save count (trainer.on_save_error=skip;
+        one at step N shows from N + 1) and the short aliases of the role metrics."""
+        if self.cfg.trainer.on_save_error == "skip":
             metrics["checkpoint/save_failures"] = float(self.save_failures)
-        if "policy/entropy" in metrics:
-            metrics["entropy"] = metrics["policy/entropy"]
-        if "critic/loss" in metrics:
-            metrics["loss/value"] = metrics["critic/loss"]
-        if "actor/grad_norm" in metrics:
-            metrics["grad_norm"] = metrics["actor/grad_norm"]
+        for src, dst in (("policy/entropy", "entropy"), ("critic/loss", "loss/value"), ("actor/grad_norm", "grad_norm")):
+            if src in metrics:
+                metrics[dst] = metrics[src]
         return metrics
 
     # ------------------------------------------------------------------ the loop

@@ -77,12 +77,7 @@ class SFTTrainer(PPOTrainer):
             "throughput/tokens_per_s": sum(batch.sequence_lengths) / max(now - start, 1e-9),
             "data/epoch": c.dataset.epoch, "memory/peak_gb": c.cluster.peak_memory_gb(),
         }
-        if cfg.trainer.on_save_error == "skip":
-            metrics["checkpoint/save_failures"] = float(self.save_failures)
-        for src, dst in (("policy/entropy", "entropy"), ("actor/grad_norm", "grad_norm")):
-            if src in metrics:
-                metrics[dst] = metrics[src]
-        return metrics
+        return self._with_common_metrics(metrics)
 
     def held_out_loss(self) -> float | None:
         """Token-mean NLL of the held-out references under the current weights (None without any)."""
