@@ -23,20 +23,30 @@ Disjoint from training, on two levels:
   whose rows name an ``env_path``), or to an earlier evaluation level is rejected and the
   next draw is taken. Pass your real training set in ``exclude`` when it is larger than
   ``train_levels`` or was generated with another seed.
+
+Figures, for both modes (``python -m lmm_r1_ascend.eval`` prints them for every sokoban*
+datasource and stores them as ``sokoban/<figure>`` in summary.json):
+- single-shot: each response is one turn; its plan is simulated as the reward does;
+- step by step (``env.name=sokoban``, rollout/multi_turn.py): each trajectory's per-turn infos.
+``success_rate`` (solved episodes), ``mean_steps`` (moves the simulator applied per episode;
+``mean_steps_solved`` over solved ones), ``invalid_action_rate`` (refused answers / answers).
 """
 
 from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
 from lmm_r1_ascend.envs.sokoban import load_level, save_level
 from lmm_r1_ascend.envs.sokoban_generate import generate_level, level_row
 from lmm_r1_ascend.envs.sokoban_render import save_png
+from lmm_r1_ascend.rewards.sokoban import parse_actions, simulate
 
 EVAL_STREAM = 0x50C0BA  # leading seed word of every evaluation draw (training draws have none)
 DATASOURCE = "sokoban_eval"
@@ -128,3 +138,95 @@ def build_sokoban_eval_set(out_dir: str | Path, n_levels: int = 100, seed: int =
                 "datasource": DATASOURCE, "jsonl": jsonl_name}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return path
+
+
+# -- Figures for both modes: success rate, mean steps, invalid-action rate ----------------------
+
+@dataclass(frozen=True)
+class Episode:
+    """One played level. steps: moves the simulator applied. turns: policy answers (1 in the
+    single-shot mode). invalid_turns: answers the task refused (format, no move, too many moves).
+    env_error: the guard's line when the episode ended on an environment error, else ""."""
+
+    solved: bool
+    steps: int
+    turns: int
+    invalid_turns: int
+    env_error: str = ""
+
+
+def single_shot_episode(room: np.ndarray, response: str) -> Episode:
+    """The single-shot task's episode: the whole plan simulated as the `sokoban` reward does
+    (rewards/sokoban.simulate: the first 50 moves, stopping once solved); an answer that fails
+    the format is one invalid turn with no move."""
+    actions = parse_actions(response)
+    if actions is None:
+        return Episode(solved=False, steps=0, turns=1, invalid_turns=1)
+    _, solved, steps = simulate(room, actions)
+    return Episode(solved=solved, steps=steps, turns=1, invalid_turns=0)
+
+
+def multi_turn_episode(infos: Sequence[Mapping[str, Any]], env_error: str = "") -> Episode:
+    """The step-by-step episode from the `sokoban` env's per-turn infos (envs/sokoban_env.py:
+    invalid_action, steps = moves so far, solved). A turn the guard ended (env_error) is a turn,
+    not an invalid one."""
+    solved = any(bool(i.get("solved")) for i in infos)
+    steps = max((int(i["steps"]) for i in infos if "steps" in i), default=0)
+    invalid = sum(bool(i.get("invalid_action")) for i in infos)
+    error = env_error or next((str(i["env_error"]) for i in infos if i.get("env_error")), "")
+    return Episode(solved=solved, steps=steps, turns=len(infos), invalid_turns=invalid, env_error=error)
+
+
+def sokoban_figures(episodes: Sequence[Episode]) -> dict[str, float]:
+    """success_rate: solved / episodes. mean_steps: moves per episode (all episodes);
+    mean_steps_solved: over solved episodes only (nan when none). invalid_action_rate: invalid
+    turns / turns (over all turns of all episodes). mean_turns, env_error_rate, episodes."""
+    if not episodes:
+        raise ValueError("no Sokoban episodes to summarise")
+    solved = [e for e in episodes if e.solved]
+    turns = sum(e.turns for e in episodes)
+    return {
+        "success_rate": len(solved) / len(episodes),
+        "mean_steps": float(np.mean([e.steps for e in episodes])),
+        "mean_steps_solved": float(np.mean([e.steps for e in solved])) if solved else float("nan"),
+        "invalid_action_rate": sum(e.invalid_turns for e in episodes) / turns if turns else 0.0,
+        "mean_turns": turns / len(episodes),
+        "env_error_rate": sum(bool(e.env_error) for e in episodes) / len(episodes),
+        "episodes": float(len(episodes)),
+    }
+
+
+def is_sokoban(datasource: str) -> bool:
+    """Rows the Sokoban figures cover: the datasources the eval routes to the sokoban reward."""
+    return datasource.startswith("sokoban")
+
+
+def episodes_from_samples(samples: Iterable[Any], decode: Callable[[Any], str]) -> dict[str, list[Episode]]:
+    """{datasource: episodes} for the Sokoban samples (RolloutSamples) of an eval: a multi-turn
+    sample (``.trajectory`` set, rollout/multi_turn.py) from its per-turn infos, a single-shot one
+    by simulating ``decode(sample)`` on the level its row names (meta env_path)."""
+    out: dict[str, list[Episode]] = {}
+    for s in samples:
+        if not is_sokoban(s.prompt.datasource):
+            continue
+        traj = s.trajectory
+        if traj is not None:
+            ep = multi_turn_episode(traj.infos, traj.env_error)
+        else:
+            path = s.prompt.meta.get("env_path") or s.prompt.meta.get("level")
+            if not path:
+                raise ValueError(f"Sokoban row {s.prompt.meta.get('source', '?')} names no level (env_path)")
+            ep = single_shot_episode(load_level(path), decode(s))
+        out.setdefault(s.prompt.datasource, []).append(ep)
+    return out
+
+
+def format_sokoban_table(figures: Mapping[str, Mapping[str, float]]) -> str:
+    """A plain-text table of sokoban_figures per datasource."""
+    keys = ("success_rate", "mean_steps", "mean_steps_solved", "invalid_action_rate", "mean_turns", "episodes")
+    width = max(len(s) for s in figures) + 2
+    rows = [f"{'sokoban':<{width}}" + "".join(f"{k:>20}" for k in keys)]
+    for source, f in sorted(figures.items()):
+        rows.append(f"{source:<{width}}" + "".join(
+            f"{f[k]:>20.0f}" if k == "episodes" else f"{f[k]:>20.3f}" for k in keys))
+    return "\n".join(rows)
