@@ -125,6 +125,30 @@ def token_rewards(
     return torch.where(action_mask, out, torch.zeros_like(out))
 
 
+def step_token_rewards(
+    step_rewards: torch.Tensor,
+    action_mask: torch.Tensor,
+    *,
+    kl: torch.Tensor | None = None,
+    kl_coef: float = 0.0,
+    reward_clip_range: tuple[float, float] | None = None,
+) -> torch.Tensor:
+    """Per-token rewards of multi-turn samples: ``-kl_coef * kl`` on every action token plus each
+    turn's (clipped) environment reward where ``step_rewards`` (B, L) holds it (a turn's last
+    sampled token). A reward on a masked position is a caller error (ValueError): environment
+    tokens earn nothing. Returns (B, L), 0 at masked positions."""
+    _check_token_tensors(action_mask, step_rewards=step_rewards, kl=kl)
+    if bool((step_rewards[~action_mask] != 0).any()):
+        raise ValueError("step_rewards has a reward on a masked (environment) token; put each turn's reward on "
+                         "its last sampled token")
+    r = step_rewards if reward_clip_range is None else step_rewards.clamp(*reward_clip_range)
+    dtype = torch.promote_types(r.dtype, kl.dtype) if kl is not None else r.dtype
+    out = r.to(dtype)
+    if kl is not None and kl_coef != 0:
+        out = out - kl_coef * kl.to(dtype)
+    return torch.where(action_mask, out, torch.zeros_like(out))
+
+
 def discounted_returns(token_rewards: torch.Tensor, action_mask: torch.Tensor, gamma: float) -> torch.Tensor:
     """``G_t = r_t + gamma * G_{next action token}``, over action tokens only. (B, L) -> (B, L)."""
     _check_token_tensors(action_mask, token_rewards=token_rewards)
@@ -152,6 +176,10 @@ def gae(
 
     ``delta_t = r_t + gamma * V_next - V_t``, ``A_t = delta_t + gamma * lambd * A_next``,
     where "next" is the next action token (V_next = 0 and A_next = 0 after the last).
+    Multi-turn rule: environment (observation) tokens are masked, so they are not steps: the
+    last sampled token of turn k bootstraps from the value of the FIRST sampled token of turn
+    k+1 (the state after the observation), with one discount, as if the masked tokens were
+    cut out of the sequence; they get 0 advantage and 0 return.
     Args: token_rewards, values: (B, L) float; action_mask: (B, L) bool.
     Returns: (advantages, returns) both (B, L) with ``returns = advantages + values``.
     """

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lmm_r1_ascend.algorithms.advantages import discounted_returns, gae, token_rewards
+from lmm_r1_ascend.algorithms.advantages import discounted_returns, gae, step_token_rewards, token_rewards
 from lmm_r1_ascend.algorithms.config import AlgorithmConfig
 from lmm_r1_ascend.algorithms.kl import compute_kl
 from lmm_r1_ascend.algorithms.whitening import whiten
@@ -47,6 +47,7 @@ def compute_advantages(
     ref_log_probs: torch.Tensor | None = None,
     values: torch.Tensor | None = None,
     kl_coef: float | None = None,
+    step_rewards: torch.Tensor | None = None,
 ) -> AdvantageResult:
     """Advantages and returns for a whole rollout.
 
@@ -59,6 +60,12 @@ def compute_advantages(
             KL penalty; both or neither.
         values: (B, L) critic values; required by "gae".
         kl_coef: the current KL coefficient (from the controller); default cfg.init_kl_coef.
+        step_rewards: (B, L) or None: multi-turn samples' per-turn environment rewards, each at its
+            turn's last sampled token (0 elsewhere; ``rewards`` is then their sum, the return).
+            Estimators without a group baseline (gae, reinforce) take these, each clipped to
+            reward_clip_range, in place of the scalar on the last action token, so GAE credits
+            every turn's reward where it was earned; group estimators (grpo, rloo,
+            reinforce_baseline, ...) baseline the return and put it on the last action token.
     """
     spec = cfg.estimator
     kl_coef = cfg.init_kl_coef if kl_coef is None else float(kl_coef)
@@ -79,9 +86,13 @@ def compute_advantages(
         kl = compute_kl(log_probs, ref_log_probs, cfg.kl_estimator, mask=action_mask, clamp=cfg.kl_clamp)
     else:
         kl = torch.zeros(action_mask.shape, dtype=rewards.dtype, device=rewards.device)
-    tok = token_rewards(
-        shaped, action_mask, kl=kl, kl_coef=kl_coef, reward_clip_range=cfg.reward_clip_range
-    )
+    if step_rewards is not None and spec.shape_rewards is None:
+        tok = step_token_rewards(step_rewards, action_mask, kl=kl, kl_coef=kl_coef,
+                                 reward_clip_range=cfg.reward_clip_range)
+    else:
+        tok = token_rewards(
+            shaped, action_mask, kl=kl, kl_coef=kl_coef, reward_clip_range=cfg.reward_clip_range
+        )
     if spec.uses_critic:
         advantages, returns = gae(tok, values, action_mask, cfg.gamma, cfg.lambd)
     else:

@@ -241,12 +241,38 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if r.overlong_shaping and not (math.isfinite(r.overlong_penalty) and r.overlong_penalty >= 0):
         raise ConfigError(f"reward.overlong_penalty must be a finite number >= 0, got {r.overlong_penalty}")
     _validate_eval(cfg)
+    _validate_env(cfg)
     for key in ("max_prompt_len",):
         if getattr(cfg.data, key) < 1:
             raise ConfigError(f"data.{key}: must be >= 1")
     if cfg.rollout.max_new_tokens < 1 or cfg.rollout.temperature <= 0:
         raise ConfigError("rollout.max_new_tokens must be >= 1 and rollout.temperature > 0")
     return cfg
+
+
+def _validate_env(cfg: TrainConfig) -> None:
+    """env.*: the multi-turn rollout's limits, a known environment, and the settings it cannot run with."""
+    e = cfg.env
+    if not e.name:
+        return
+    from lmm_r1_ascend.envs.registry import env_names
+    from lmm_r1_ascend.rollout.multi_turn import MultiTurnLimits
+
+    if e.name not in env_names():
+        raise ConfigError(f"env.name: unknown environment '{e.name}'; registered: {', '.join(env_names())}")
+    try:
+        MultiTurnLimits(e.max_turns, e.max_images, e.max_image_pixels, e.max_response_tokens, e.timeout_s)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if cfg.stage == "sft":
+        raise ConfigError("env.name is set but stage=sft trains on reference responses: multi-turn rollout is RL "
+                          "only (stage fre or mgt), or leave env.name empty")
+    if cfg.reward.overlong_shaping:
+        raise ConfigError("reward.overlong_shaping measures one response against rollout.max_new_tokens; a "
+                          "multi-turn trajectory is bounded by env.max_response_tokens instead: turn it off")
+    if cfg.rollout.engine == "vllm" and e.max_images > 8:
+        raise ConfigError(f"env.max_images={e.max_images} is over the vllm engine's 8 images per prompt "
+                          "(limit_mm_per_prompt): lower it")
 
 
 def _validate_distributed(cfg: TrainConfig) -> None:

@@ -8,7 +8,7 @@ overrides on the command line set dotted paths (`optim.actor_lr=1e-6`,
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from lmm_r1_ascend.algorithms.config import AlgorithmConfig
 
@@ -110,6 +110,29 @@ class RewardConfig:
     overlong_shaping: bool = False
     overlong_buffer_len: int = 1024
     overlong_penalty: float = 1.0
+
+
+@dataclass
+class EnvConfig:
+    """Multi-turn agent rollout (rollout/multi_turn.py, docs/agents.md). name: a registered
+      environment (envs/registry.py, e.g. sokoban); "" is the single-response rollout. With a name,
+      each sample is a trajectory: the policy answers, the environment steps on the answer and its
+      observation (text and/or images) becomes the next user turn, until the env says done,
+      max_turns turns, or the response budget; the env's summed rewards are the sample's reward.
+    kwargs: the environment's constructor arguments (e.g. sokoban: moves_per_turn, max_moves, show_grid).
+    max_turns: policy turns per trajectory. max_images: images in one whole sequence (prompt and
+      observations); max_image_pixels: pixels (w x h) of one observation image before resizing.
+    max_response_tokens: every turn and observation of a trajectory together (each turn is also
+      capped by rollout.max_new_tokens). timeout_s: longest env reset / step (envs/guard.py).
+    """
+
+    name: str = ""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    max_turns: int = 5
+    max_images: int = 8
+    max_image_pixels: int = 1024 * 1024
+    max_response_tokens: int = 4096
+    timeout_s: float = 30.0
 
 
 @dataclass
@@ -230,6 +253,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)

@@ -33,8 +33,15 @@ from lmm_r1_ascend.envs.sokoban import BOX, BOX_ON_TARGET, FLOOR, PLAYER, STEP_P
 from lmm_r1_ascend.envs.sokoban_render import render_room
 
 GRID_CHARS = {WALL: "#", FLOOR: "_", TARGET: "O", BOX_ON_TARGET: "√", BOX: "X", PLAYER: "P"}
-FIRST_TEXT = ("Push every box onto a target. Each turn, give 1 to {k} moves as "
-              "<think> ... </think><answer> move, move </answer>; I show you the board after them.")
+FIRST_TEXT = "This is the board now. Give 1 to {k} moves."
+MULTITURN_USER_PROMPT = (
+    "You play Sokoban, seen from above, over several turns. Dark grey cells are walls, light grey cells "
+    "are floor, red squares are targets, brown squares are boxes, green squares are boxes already on a "
+    "target, and the blue disc is you. You can move up, down, left or right. Walking into a box pushes it "
+    "one cell further if that cell is free; boxes cannot be pulled and walls block you. Push every box onto "
+    "a target. Each turn, think, then give a few moves as a comma-separated list, for example "
+    "<think> the box is left of me </think><answer> left, up </answer>; after each answer I show the new board."
+)
 
 
 def grid_text(room: np.ndarray) -> str:
@@ -118,3 +125,25 @@ class SokobanEnv(Environment):
         text = ("Solved." if solved else f"After {', '.join(applied)}: the board is shown. {left} moves left.")
         info = {"invalid_action": False, "steps": self.game.steps, "solved": solved, "moves": applied}
         return StepResult(self._observation(text), reward, done, info)
+
+
+def write_multiturn_dataset(out_dir, n: int, num_boxes: int = 1, seed: int = 0, dim: int = 6, cell: int = 32,
+                            jsonl_name: str = "sokoban_multiturn.jsonl") -> list[dict]:
+    """Levels as for the single-shot task (sokoban_generate.write_dataset: same levels for the same
+    arguments), with rows for the multi-turn task: the system prompt and MULTITURN_USER_PROMPT as
+    text; the board is the environment's first observation (env.name=sokoban), not in the row.
+    Datasource ``sokoban_multiturn``."""
+    import json
+    from pathlib import Path
+
+    from lmm_r1_ascend.envs.sokoban_generate import SYSTEM_PROMPT, write_dataset
+
+    rows = write_dataset(out_dir, n, num_boxes=num_boxes, seed=seed, dim=dim, cell=cell, jsonl_name=jsonl_name)
+    for row in rows:
+        row["message"] = json.dumps([{"role": "system", "content": SYSTEM_PROMPT},
+                                     {"role": "user", "content": MULTITURN_USER_PROMPT}], ensure_ascii=False)
+        row["datasource"] = "sokoban_multiturn"
+    with open(Path(out_dir) / jsonl_name, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return rows

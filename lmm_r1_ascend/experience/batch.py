@@ -20,7 +20,7 @@ from lmm_r1_ascend.algorithms.pipeline import AdvantageResult, compute_advantage
 
 # Token-level fields: list of B tensors (R_i,). The first two are required.
 TOKEN_FIELDS = ("action_mask", "log_probs", "ref_log_probs", "values", "advantages", "returns", "kl",
-                "rollout_log_probs", "correction_weights")
+                "rollout_log_probs", "correction_weights", "step_rewards")
 OPTIONAL_TOKEN_FIELDS = TOKEN_FIELDS[2:]
 
 
@@ -39,8 +39,11 @@ class ExperienceBatch:
         rollout engine sampled them, kept beside recomputed log_probs.
     correction_weights: None or B float tensors (R_i,): detached per-token weights of the
         policy-gradient loss from algorithm.rollout_correction (0 drops a token).
+    step_rewards: None or B float tensors (R_i,): multi-turn samples' per-turn environment
+        rewards at each turn's last sampled token, 0 elsewhere (experience/multi_turn.py);
+        gae / reinforce credit them where they were earned (algorithms.pipeline).
     multimodal: None or B dicts of tensors (e.g. pixel_values, image_grid_thw); {} for a
-        text-only sample.
+        text-only sample (a multi-turn sample's hold every image of prompt and response).
     info: extra per-sample (B,) tensors (e.g. format reward), carried along by select/cat.
     """
 
@@ -57,6 +60,7 @@ class ExperienceBatch:
     kl: list[torch.Tensor] | None = None
     rollout_log_probs: list[torch.Tensor] | None = None
     correction_weights: list[torch.Tensor] | None = None
+    step_rewards: list[torch.Tensor] | None = None
     multimodal: list[dict[str, torch.Tensor]] | None = None
     info: dict[str, torch.Tensor] = field(default_factory=dict)
 
@@ -202,6 +206,7 @@ class ExperienceBatch:
             ref_log_probs=self.padded("ref_log_probs") if has_ref else None,
             values=self.padded("values") if cfg.uses_critic else None,
             kl_coef=kl_coef,
+            step_rewards=self.padded("step_rewards") if self.step_rewards is not None else None,
         )
         new = dataclasses.replace(
             self,

@@ -58,12 +58,16 @@ class Sample:
     input_ids: int (L,) prompt + response tokens. response_length: R, 1 <= R < L; the last
     R tokens are scored. pixel_values: float (N, C * temporal_patch * patch^2) rows of this
     sample's images, in order; image_grid_thw: int (n_images, 3). Both None without images.
+    action_mask: bool (R,) or None (all True): True on response tokens the policy sampled.
+    Image pads are images in the prompt and at response tokens the policy did NOT sample
+    (a multi-turn sample's observations); a sampled pad id is plain text.
     """
 
     input_ids: torch.Tensor
     response_length: int
     pixel_values: torch.Tensor | None = None
     image_grid_thw: torch.Tensor | None = None
+    action_mask: torch.Tensor | None = None
 
 
 @dataclass
@@ -168,7 +172,7 @@ def pack_samples(samples: Sequence[Sample], config, device: torch.device | str |
     vision = getattr(config, "vision_config", None)
     max_pos = getattr(text_cfg, "max_position_embeddings", None)
     vocab = int(text_cfg.vocab_size)
-    ids, lengths, resp, pixels, grids = [], [], [], [], []
+    ids, lengths, resp, pixels, grids, sampled_masks = [], [], [], [], [], []
     for i, s in enumerate(samples):
         if not isinstance(s, Sample):
             raise TypeError(f"samples[{i}] is a {type(s).__name__}, expected models.forward.Sample")
@@ -187,7 +191,16 @@ def pack_samples(samples: Sequence[Sample], config, device: torch.device | str |
             raise ValueError(f"samples[{i}] holds token ids outside the model's vocabulary [0, {vocab})")
         if (s.pixel_values is None) != (s.image_grid_thw is None):
             raise ValueError(f"samples[{i}]: pixel_values and image_grid_thw must be given together (or neither)")
-        prompt = t[: n - r]  # images live in the prompt; a sampled pad token in a response is plain text
+        sampled = torch.zeros(n, dtype=torch.bool)  # a sampled pad token is plain text; other pads are images
+        if s.action_mask is None:
+            sampled[n - r:] = True
+        else:
+            m = s.action_mask
+            if not isinstance(m, torch.Tensor) or m.dtype != torch.bool or tuple(m.shape) != (r,):
+                raise ValueError(f"samples[{i}].action_mask must be a bool ({r},) tensor like its response, "
+                                 f"got {getattr(m, 'dtype', type(m).__name__)} {tuple(getattr(m, 'shape', ()))}")
+            sampled[n - r:] = m.cpu()
+        prompt = t[~sampled]  # the tokens images may sit at: the prompt and the observation turns
         if s.pixel_values is not None:
             if vision is None:
                 raise ValueError(f"samples[{i}] has images but the model ({type(config).__name__}) has no vision tower")
@@ -199,6 +212,7 @@ def pack_samples(samples: Sequence[Sample], config, device: torch.device | str |
         ids.append(t)
         lengths.append(n)
         resp.append(r)
+        sampled_masks.append(sampled)
 
     input_ids = torch.cat(ids)[None]
     cu = cu_seqlens_from_lengths(lengths)
@@ -212,7 +226,7 @@ def pack_samples(samples: Sequence[Sample], config, device: torch.device | str |
     )
     if vision is not None:
         types = mm_token_type_ids_from_input_ids(input_ids, config.image_token_id, config.video_token_id)
-        types[0, labels_at] = 0  # response tokens are text, whatever ids were sampled
+        types[0, torch.cat(sampled_masks)] = 0  # sampled tokens are text, whatever ids were sampled
         if bool((types == 2).any()):
             raise ValueError("video pad tokens found: packed forwards take images only")
         grid = torch.cat(grids) if grids else None
@@ -364,10 +378,11 @@ def packed_values(critic: torch.nn.Module, samples: Sequence[Sample] | PackedInp
 
 
 def samples_from_experience(batch) -> list[Sample]:
-    """``Sample``s (prompt + response) of an ``experience.ExperienceBatch``, images included."""
+    """``Sample``s (prompt + response) of an ``experience.ExperienceBatch``, images (and, through
+    the action mask, images inside multi-turn responses) included."""
     mm = batch.multimodal or [{}] * len(batch)
-    return [Sample(torch.cat((p, r)), int(r.numel()), m.get("pixel_values"), m.get("image_grid_thw"))
-            for p, r, m in zip(batch.prompt_ids, batch.response_ids, mm)]
+    return [Sample(torch.cat((p, r)), int(r.numel()), m.get("pixel_values"), m.get("image_grid_thw"), a.cpu())
+            for p, r, m, a in zip(batch.prompt_ids, batch.response_ids, mm, batch.action_mask)]
 
 
 __all__ = [

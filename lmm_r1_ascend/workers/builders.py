@@ -23,7 +23,9 @@ from lmm_r1_ascend.workers.roles import ActorWorker, CriticWorker, ReferenceWork
 
 BUILTIN_MODELS = {  # names that resolve to models the project ships or builds offline
     "demo-fre": Path(__file__).resolve().parent.parent / "demo" / "assets" / "fre-warmup",
+    "demo-vl": Path(__file__).resolve().parent.parent / "demo" / "assets" / "vl-warmup",
 }
+BUILDER_SCRIPTS = {"demo-fre": "scripts/build_demo_model.py", "demo-vl": "scripts/build_demo_vl_model.py"}
 # Built on first use into the cache (models.shape_models): Qwen2.5-VL-3B widths, random weights;
 # a ':layers=N,vision_layers=M' suffix sets the depths (default 2 and 2).
 BUILTIN_SHAPE_MODELS = ("qwen2.5-vl-3b-shape", "qwen2.5-vl-3b-text-shape")
@@ -49,7 +51,7 @@ def resolve_model_name(name: str) -> str:
     if name in BUILTIN_MODELS:
         path = BUILTIN_MODELS[name]
         if not (path / "config.json").exists():
-            raise SetupError(f"built-in model '{name}' is missing at {path}: run `python scripts/build_demo_model.py`")
+            raise SetupError(f"built-in model '{name}' is missing at {path}: run `python {BUILDER_SCRIPTS[name]}`")
         return str(path)
     if name.partition(":")[0] in BUILTIN_SHAPE_MODELS:
         from lmm_r1_ascend.models.shape_models import ensure_shape_model
@@ -163,4 +165,9 @@ def build_rollout_engine(cfg: TrainConfig, actor_path: str, device: torch.device
     from lmm_r1_ascend.rollout.registry import engine_class
 
     run = EngineRun(seed=cfg.seed, device=cfg.device, n_samples_per_prompt=cfg.algorithm.n_samples_per_prompt)
-    return engine_class(cfg.rollout.engine).from_config(cfg.rollout, run, actor_path, device, dtype)
+    engine = engine_class(cfg.rollout.engine).from_config(cfg.rollout, run, actor_path, device, dtype)
+    if cfg.env.name:  # multi-turn: whole trajectories are played where the engine lives
+        from lmm_r1_ascend.rollout.multi_turn import wrap_multi_turn
+
+        return wrap_multi_turn(engine, cfg.env, cfg.data, actor_path)
+    return engine
