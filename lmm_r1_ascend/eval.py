@@ -117,6 +117,8 @@ def run_eval(args: argparse.Namespace) -> dict:
 
     from lmm_r1_ascend.backends import get_backend
     from lmm_r1_ascend.evaluation.runner import evaluate, format_table
+    from lmm_r1_ascend.evaluation.sokoban_eval import episodes_from_samples, format_sokoban_table, is_sokoban, \
+        sokoban_figures
     from lmm_r1_ascend.rollout.base import SamplingConfig
     from lmm_r1_ascend.trainer.setup import prepare_data, reward_router
 
@@ -146,13 +148,20 @@ def run_eval(args: argparse.Namespace) -> dict:
         cluster = build_components(dataclasses.replace(cfg, data=cfg.data), backend, log=lambda s: None)
         generate, where = cluster.rollout.generate, cluster.rollout.describe()
     reward = reward_router(cfg)
+    kept: list = []  # the samples, for the Sokoban figures (a multi-turn sample's trajectory is on it)
+
+    def generate_and_keep(chunk, sampling_cfg):
+        samples = generate(chunk, sampling_cfg)
+        kept.extend(s for s in samples if is_sokoban(s.prompt.datasource))
+        return samples
+
     bar = None
     if not args.no_progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(prompts), desc="eval", unit="prompt", dynamic_ncols=True)
     try:
-        result = evaluate(prompts, generate=generate, reward=reward, tokenizer=tokenizer, sampling=sampling,
+        result = evaluate(prompts, generate=generate_and_keep, reward=reward, tokenizer=tokenizer, sampling=sampling,
                           batch_prompts=args.batch_prompts, progress=bar.update if bar is not None else None)
     finally:
         if bar is not None:
@@ -160,6 +169,10 @@ def run_eval(args: argparse.Namespace) -> dict:
         for part in (reward, engine, cluster):  # vLLM's engine processes and KV cache go with it
             if part is not None and hasattr(part, "close"):
                 part.close()
+    sokoban = {source: sokoban_figures(eps) for source, eps in episodes_from_samples(
+        kept, lambda s: tokenizer.decode(s.response_ids, skip_special_tokens=True)).items()}
+    for source, figures in sokoban.items():  # compare --metric sokoban/success_rate reads them there
+        result.summary[source].update({f"sokoban/{k}": v for k, v in figures.items()})
     with open(out / "samples.jsonl", "w") as f:
         for rec in result.records:
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
@@ -176,6 +189,9 @@ def run_eval(args: argparse.Namespace) -> dict:
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(format_table(result.summary))
+    if sokoban:
+        mode = f"step by step, env {cfg.env.name}" if cfg.env.name else "single-shot"
+        print(f"Sokoban ({mode}):\n{format_sokoban_table(sokoban)}")
     print(f"{len(prompts)} prompts x {args.n} samples in {result.seconds:.1f} s; wrote {out}/samples.jsonl and "
           f"{out}/summary.json")
     return summary
