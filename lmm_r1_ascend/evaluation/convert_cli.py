@@ -24,10 +24,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--levels", type=int, default=100, help="sokoban: number of held-out levels")
     args = parse_cli(p, argv)
     if args.name == "sokoban":
-        from lmm_r1_ascend.evaluation.sokoban_eval import build_sokoban_eval_set
+        from lmm_r1_ascend.evaluation.sokoban_eval import build_sokoban_eval_set, multiturn_name
 
         out = build_sokoban_eval_set(Path(args.src), n_levels=args.levels, seed=args.seed)
-        print(f"wrote {out}")
+        print(f"wrote {out} (single-shot) and {out.with_name(multiturn_name(out.name))} (step by step: "
+              "eval with env.name=sokoban)")
         return 0
     if not args.out:
         p.error("--out FILE.jsonl is required")

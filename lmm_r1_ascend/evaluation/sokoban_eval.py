@@ -1,7 +1,8 @@
 """A held-out Sokoban level set: generated like the training levels, never one of them.
 
     build_sokoban_eval_set("data/sokoban_eval", n_levels=100, seed=0)
-    # -> data/sokoban_eval/sokoban_eval.jsonl, levels/*.npy, images/*.png, manifest.json
+    # -> data/sokoban_eval/sokoban_eval.jsonl, sokoban_eval_multiturn.jsonl, levels/*.npy, images/*.png,
+    #    manifest.json
 
 Levels come from the training generator (``envs.sokoban_generate.generate_level``), are saved,
 rendered and turned into rows by the same functions as ``python -m lmm_r1_ascend.envs
@@ -83,12 +84,29 @@ def _training_levels(seed: int, n: int, boxes: tuple[int, ...], dim: int) -> fro
                      for b in boxes for i in range(n))
 
 
+def multiturn_name(jsonl_name: str) -> str:
+    """The step-by-step rows' file next to the single-shot ``jsonl_name``."""
+    return jsonl_name.removesuffix(".jsonl") + "_multiturn.jsonl"
+
+
+def multiturn_row(row: dict) -> dict:
+    """A single-shot row made a step-by-step one on the same level: the multi-turn task's system
+    and user text, no image (the board is the `sokoban` env's first observation), as
+    envs/sokoban_env.write_multiturn_dataset writes training rows."""
+    from lmm_r1_ascend.envs.sokoban_env import MULTITURN_USER_PROMPT
+    from lmm_r1_ascend.envs.sokoban_generate import SYSTEM_PROMPT
+
+    message = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": MULTITURN_USER_PROMPT}]
+    return {**row, "message": json.dumps(message, ensure_ascii=False)}
+
+
 def build_sokoban_eval_set(out_dir: str | Path, n_levels: int = 100, seed: int = 0, *,
                            num_boxes: int | Sequence[int] = 2, dim: int = 7, cell: int = 32,
                            train_seed: int | None = TRAIN_DEFAULT_SEED, train_levels: int = 2048,
                            exclude: Iterable[str | Path] = (), jsonl_name: str = "sokoban_eval.jsonl",
                            max_draws_per_level: int = 50) -> Path:
-    """Write `n_levels` held-out levels into `out_dir`; return the jsonl path.
+    """Write `n_levels` held-out levels into `out_dir`; return the (single-shot) jsonl path. The same
+    levels as step-by-step rows go to `multiturn_name(jsonl_name)` beside it (for env.name=sokoban).
 
     num_boxes: boxes per level (2: small-v0, 3: small-v1); a sequence cycles over levels.
     dim, cell: room side and pixels per cell, as in the generate CLI.
@@ -129,13 +147,15 @@ def build_sokoban_eval_set(out_dir: str | Path, n_levels: int = 100, seed: int =
         rows.append(row)
     out.mkdir(parents=True, exist_ok=True)
     path = out / jsonl_name
-    with open(path, "w", encoding="utf-8") as f:
+    multiturn = out / multiturn_name(jsonl_name)
+    with open(path, "w", encoding="utf-8") as f, open(multiturn, "w", encoding="utf-8") as g:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            g.write(json.dumps(multiturn_row(row), ensure_ascii=False) + "\n")
     manifest = {"levels": n_levels, "seed": seed, "eval_stream": EVAL_STREAM, "num_boxes": boxes, "dim": dim,
                 "cell": cell, "train_seed": train_seed, "train_levels": train_levels,
                 "excluded_from_files": n_excluded, "blocked_levels": n_blocked, "rejected_draws": rejected,
-                "datasource": DATASOURCE, "jsonl": jsonl_name}
+                "datasource": DATASOURCE, "jsonl": jsonl_name, "jsonl_multiturn": multiturn.name}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return path
 

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from lmm_r1_ascend.eval import main as eval_main
-from lmm_r1_ascend.evaluation.sokoban_eval import build_sokoban_eval_set
+from lmm_r1_ascend.evaluation.sokoban_eval import build_sokoban_eval_set, multiturn_name
 
 pytestmark = pytest.mark.slow  # two evals of a tiny VL model: ~1 min of CPU each on a busy machine
 
@@ -28,7 +28,7 @@ def test_sokoban_figures_in_both_modes(tmp_path, capsys):
     assert single["sokoban/success_rate"] == single["accuracy"]
     assert single["sokoban/invalid_action_rate"] == pytest.approx(1 - single["format_rate"])
     assert "Sokoban (single-shot)" in capsys.readouterr().out
-    multi = _eval(tmp_path, data, "multi", "env.name=sokoban", "env.max_turns=3", "env.kwargs={max_invalid: 3}")
+    multi = _eval(tmp_path, data.with_name(multiturn_name(data.name)), "multi", "env.name=sokoban", "env.max_turns=3", "env.kwargs={max_invalid: 3}")
     assert multi["sokoban/episodes"] == 2 and 1 <= multi["sokoban/mean_turns"] <= 3
     assert 0 <= multi["sokoban/invalid_action_rate"] <= 1 and 0 <= multi["sokoban/success_rate"] <= 1
     assert "Sokoban (step by step, env sokoban)" in capsys.readouterr().out

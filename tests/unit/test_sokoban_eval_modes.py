@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -15,7 +16,7 @@ from lmm_r1_ascend.envs.sokoban import load_level
 from lmm_r1_ascend.envs.sokoban_env import SokobanEnv
 from lmm_r1_ascend.envs.sokoban_solver import solve
 from lmm_r1_ascend.evaluation.sokoban_eval import Episode, build_sokoban_eval_set, episodes_from_samples, \
-    format_sokoban_table, multi_turn_episode, single_shot_episode, sokoban_figures
+    format_sokoban_table, multi_turn_episode, multiturn_name, single_shot_episode, sokoban_figures
 
 NONSENSE = "I would rather not play."
 
@@ -32,6 +33,18 @@ def levels(tmp_path_factory):
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     rooms = [load_level(r["env_path"]) for r in rows]
     return [(r, room, solve(room)) for r, room in zip(rows, rooms)]
+
+
+def test_the_step_by_step_rows_are_the_same_levels(levels):
+    from lmm_r1_ascend.envs.sokoban_env import MULTITURN_USER_PROMPT
+
+    path = Path(levels[0][0]["env_path"]).parents[1] / multiturn_name("sokoban_eval.jsonl")
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["env_path"] for r in rows] == [r["env_path"] for r, _, _ in levels]
+    assert {r["datasource"] for r in rows} == {"sokoban_eval"}
+    for r in rows:
+        system, user = json.loads(r["message"])
+        assert user == {"role": "user", "content": MULTITURN_USER_PROMPT}  # text only: the env shows the board
 
 
 def test_single_shot_figures(levels):
@@ -107,3 +120,48 @@ def test_episodes_from_samples_covers_both_modes(levels):
                                                trajectory=None)], decode=lambda s: "")
     with pytest.raises(ValueError, match="no Sokoban episodes"):
         sokoban_figures([])
+
+
+@pytest.mark.slow  # the tiny VL tokenizer and image processor over 2 x 3 trajectories: ~15 s on a busy CPU
+def test_step_by_step_eval_through_the_multi_turn_rollout(levels):
+    """The eval's real path: trajectories played by rollout/multi_turn.py over an engine's
+    generate() (here a scripted one answering with token ids), then the figures."""
+    from lmm_r1_ascend.data import PromptDataset, load_processors
+    from lmm_r1_ascend.models.tiny import ensure_tiny_model
+    from lmm_r1_ascend.rollout.base import SamplingConfig, make_sample
+    from lmm_r1_ascend.rollout.multi_turn import MultiTurnLimits, MultiTurnRollout, guarded_env_factory
+    from lmm_r1_ascend.rollout.turn_template import TurnTemplate
+
+    tok, proc = load_processors(ensure_tiny_model("tiny-qwen2.5-vl"))
+    path = Path(levels[0][0]["env_path"]).parents[1] / multiturn_name("sokoban_eval.jsonl")
+    prompts = list(PromptDataset([str(path)], tok, proc, shuffle=False))
+    plans = {row["env_path"]: plan for row, _, plan in levels}
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    k = 2
+
+    def play(script, max_turns):
+        turns: dict[str, int] = {}
+
+        def generate(items, cfg):  # one turn of each live trajectory
+            out = []
+            for i, it in enumerate(items):
+                t = turns[it.meta["env_path"]] = turns.get(it.meta["env_path"], -1) + 1
+                ids = tok(script(plans[it.meta["env_path"]], t), add_special_tokens=False)["input_ids"] + [im_end]
+                out.append(make_sample(i, 0, it, ids, [0.0] * len(ids), [im_end]))
+            return out
+
+        limits = MultiTurnLimits(max_turns=max_turns, max_response_tokens=8000)
+        tpl = TurnTemplate(tok, proc)
+        rollout = MultiTurnRollout(generate, guarded_env_factory("sokoban", {"moves_per_turn": k, "cell": 16}, limits),
+                                   tpl, limits, vision_ids=[tpl.image_token_id])
+        samples = rollout.run(prompts, SamplingConfig(n=1, max_new_tokens=64, seed=0))
+        decode = lambda s: tok.decode(s.response_ids, skip_special_tokens=True)  # noqa: E731
+        return sokoban_figures(episodes_from_samples(samples, decode)["sokoban_eval"])
+
+    solved = play(lambda plan, t: answer(plan[k * t:k * t + k]), max_turns=5)
+    lengths = [len(p) for p in plans.values()]
+    assert solved["success_rate"] == 1.0 and solved["invalid_action_rate"] == 0.0
+    assert solved["mean_steps"] == pytest.approx(sum(lengths) / 3)
+    assert solved["mean_turns"] == pytest.approx(sum(math.ceil(n / k) for n in lengths) / 3)
+    bad = play(lambda plan, t: NONSENSE, max_turns=3)
+    assert (bad["success_rate"], bad["invalid_action_rate"], bad["mean_steps"], bad["mean_turns"]) == (0, 1, 0, 3)
