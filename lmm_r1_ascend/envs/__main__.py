@@ -23,6 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--dim", type=int, default=7, help="room side (7 in the recipe)")
     g.add_argument("--cell", type=int, default=32, help="pixels per cell in the PNG")
     g.add_argument("--jsonl", default="sokoban.jsonl", help="name of the jsonl file inside --out")
+    g.add_argument("--multiturn", action="store_true",
+                   help="rows for step-by-step play (env.name=sokoban): instructions only, the board is the env's")
     s = sub.add_parser("solve", help="print the BFS-shortest plan of a level")
     s.add_argument("--level", required=True)
     r = sub.add_parser("render", help="render a level to PNG")
@@ -32,7 +34,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_cli(ap, argv)
     try:
         if args.cmd == "generate":
-            rows = write_dataset(args.out, args.n, args.boxes, args.seed, args.dim, args.cell, args.jsonl)
+            if args.multiturn:
+                from lmm_r1_ascend.envs.sokoban_env import write_multiturn_dataset
+
+                rows = write_multiturn_dataset(args.out, args.n, args.boxes, args.seed, args.dim, args.cell, args.jsonl)
+            else:
+                rows = write_dataset(args.out, args.n, args.boxes, args.seed, args.dim, args.cell, args.jsonl)
             print(json.dumps({"levels": len(rows), "jsonl": f"{args.out}/{args.jsonl}",
                               "min_actions": [r["min_actions"] for r in rows]}))
         elif args.cmd == "solve":

@@ -83,12 +83,12 @@ def score_outputs(outputs: Sequence[RewardOutput], inputs: Sequence[RewardInput]
 def trajectory_output(sample: RolloutSample) -> RewardOutput:
     """A multi-turn sample's reward (rollout/multi_turn.py): its return, the sum of the env's per-turn
     rewards. Components (metrics reward/<name>): env_return, turns, success, invalid_actions. Status:
-    success, env_error, or how the trajectory ended (done, max_turns, token_budget, ...)."""
+    solved (the last step says solved or success), env_error, or how the trajectory ended (done, max_turns, token_budget, ...)."""
     t = sample.trajectory
     invalid = sum(bool(i.get("invalid_action", False)) for i in t.infos)
     comps = {"env_return": t.total_reward, "turns": float(len(t.turn_ends)), "success": float(t.success),
              "invalid_actions": float(invalid)}
-    status = "env_error" if t.env_error else ("success" if t.success else t.end_reason)
+    status = "env_error" if t.env_error else ("solved" if t.success else t.end_reason)
     return RewardOutput(total=t.total_reward, components=comps, status=status, detail=t.env_error,
                         info={"end_reason": t.end_reason})
 

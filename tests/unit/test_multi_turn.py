@@ -126,7 +126,7 @@ def test_sokoban_rewards_turns_and_credit(setup):
         r = step_rewards(s)
         assert float(r.sum()) == pytest.approx(t.total_reward) and set(r.nonzero().flatten().tolist()) <= set(t.turn_ends)
     scored = score_samples(samples, reward=None, tokenizer=tok)
-    assert scored.totals.tolist() == pytest.approx([sum(want)] * 2) and scored.statuses == ["success"] * 2
+    assert scored.totals.tolist() == pytest.approx([sum(want)] * 2) and scored.statuses == ["solved"] * 2
     assert scored.info["reward_turns"].tolist() == [len(chunks)] * 2
     assert len(step_rewards_of(samples)) == 2
 
