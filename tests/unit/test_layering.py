@@ -16,7 +16,7 @@ PACKAGE_DIRS = {"lmm_r1_ascend": ROOT / "lmm_r1_ascend", "lmm_r1_ascend.backends
 CORE = {"algorithms", "config", "data", "demo", "engines", "envs", "evaluation", "experience", "models", "rewards",
         "rollout"}
 LAYERS = {"kernels": 0, "backends": 1, **{name: 2 for name in CORE}, "workers": 3, "distributed": 4,
-          "trainer": 5, "parity": 5}
+          "trainer": 5, "parity": 5, "experiment": 6}  # experiment/: a CLI package (runs train and eval)
 CLI_LAYER = 6  # lmm_r1_ascend/<name>.py at the top: train, doctor, plot, reward
 
 
