@@ -111,7 +111,19 @@ def markdown(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def draw_png(header: list[str], rows: list[list[str]], path: Path, title: str) -> Path:
+def delta_colour(cell: str) -> str | None:
+    """A cell's background: green for a positive delta `(+1.2)`, red for a negative one, none for
+    a zero delta `(+0.0)` or a cell without one."""
+    if re.search(r"\([+-]0(\.0*)?\)", cell):
+        return None
+    return "#e3f4e3" if "(+" in cell else "#f8e1e1" if "(-" in cell else None
+
+
+def draw_png(header: list[str], rows: list[list[str]], path: Path, title: str,
+             plain_columns: frozenset[int] = frozenset()) -> Path:
+    """Draw the table into `path`: a positive delta's cell green, a negative one's red, a zero
+    delta's and those of `plain_columns` (indices into header, e.g. lengths, where more is not
+    better) uncoloured."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -126,11 +138,9 @@ def draw_png(header: list[str], rows: list[list[str]], path: Path, title: str) -
     for (r, c), cell in tab.get_celld().items():
         if r == 0:
             cell.set_text_props(weight="bold")
-        text = cell.get_text().get_text()
-        if "(+" in text:
-            cell.set_facecolor("#e3f4e3")
-        elif "(-" in text:
-            cell.set_facecolor("#f8e1e1")
+        colour = None if c in plain_columns else delta_colour(cell.get_text().get_text())
+        if colour:
+            cell.set_facecolor(colour)
     ax.set_title(title, fontsize=11)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -65,5 +65,6 @@ def write(rows: list[tuple[str, dict[str, dict[str, float]]]], n: int, kinds: li
     md = f"{title}\n\n{text}\n" + (f"\n{note}\n" if note else "")
     (out / "table.md").write_text(md)
     (out / "table.json").write_text(json.dumps({"title": title, "rows": raw}, indent=2) + "\n")
-    png = draw_png(header, cells, out / "table.png", title)
+    plain = frozenset(i for i, head in enumerate(header) if "length" in head)  # longer is not better
+    png = draw_png(header, cells, out / "table.png", title, plain_columns=plain)
     return out / "table.md", png, md

@@ -186,3 +186,11 @@ def test_an_out_path_that_is_a_file_is_one_line(tmp_path, capsys):
     assert main(["two-stage", "--out", str(blocker / "exp")]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: --out {blocker / 'exp'}: cannot write there") and err.count("\n") == 1
+
+
+def test_table_cells_are_coloured_by_the_sign_of_their_delta_and_zero_deltas_stay_plain():
+    from lmm_r1_ascend.evaluation.compare import delta_colour
+
+    assert delta_colour("44.5 (+24.2)") == "#e3f4e3" and delta_colour("12.0 (-28.0)") == "#f8e1e1"
+    assert delta_colour("0.0 (+0.0)") is None and delta_colour("3.0 (-0.0)") is None and delta_colour("20.3") is None
+    assert delta_colour("1.0 (+0.05)") == "#e3f4e3"
