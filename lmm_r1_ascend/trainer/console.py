@@ -9,39 +9,18 @@ wall time) and where everything is, with the commands that plot and evaluate the
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import statistics
-import struct
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
+from lmm_r1_ascend.backends import Backend
 from lmm_r1_ascend.config import TrainConfig
 from lmm_r1_ascend.trainer import checkpoint as ckpt
+from lmm_r1_ascend.trainer.model_facts import model_dir, parameter_count
 
 LABEL = 11  # width of the header's left column
-
-
-def parameter_count(model_dir: str | os.PathLike) -> int | None:
-    """Parameters in a checkpoint directory, read from its safetensors headers (no weights are
-    loaded); None when it has no safetensors files."""
-    total, found = 0, False
-    for path in sorted(Path(model_dir).glob("*.safetensors")):
-        try:
-            with open(path, "rb") as f:
-                (size,) = struct.unpack("<Q", f.read(8))
-                header = json.loads(f.read(size))
-        except (OSError, ValueError, struct.error):  # unreadable: the header says "size unknown", loading will say why
-            return None
-        found = True
-        for name, spec in header.items():
-            if name != "__metadata__":
-                n = 1
-                for dim in spec["shape"]:
-                    n *= dim
-                total += n
-    return total if found else None
 
 
 def human_count(n: int | None) -> str:
@@ -76,15 +55,7 @@ def data_counts(counts: dict[str, int]) -> str:
     return text
 
 
-def model_dir(cfg: TrainConfig) -> Path:
-    """The actor's local checkpoint directory, as the run resolves it (tiny models: their cache)."""
-    from lmm_r1_ascend.models.loading import resolve_model_path
-    from lmm_r1_ascend.workers.builders import resolve_actor_path
-
-    return Path(resolve_model_path(resolve_actor_path(cfg)))
-
-
-def run_header(cfg: TrainConfig, *, backend: Any, counts: dict[str, int], placement: str, rollout: str = "",
+def run_header(cfg: TrainConfig, *, backend: Backend, counts: dict[str, int], placement: str, rollout: str = "",
                steps: int | None = None, eval_prompts: int | None = None, title: str = "train") -> list[str]:
     """The run's header lines (at most ~10, so it fits on a first screen with what follows).
 

@@ -86,8 +86,8 @@ class SFTTrainer(PPOTrainer):
         lp = torch.cat(self.parts.cluster.actor_log_probs(self.eval_batch))
         return float(sft_loss(lp, torch.ones_like(lp, dtype=torch.bool), cu_seqlens=self.eval_batch.response_cu_seqlens()))
 
-    def _validate(self, step: int, bar) -> dict[str, float]:
-        metrics = super()._validate(step, bar)
+    def _validate(self, step: int) -> dict[str, float]:
+        metrics = super()._validate(step)
         loss = self.held_out_loss()
         if loss is not None:
             metrics["eval/loss"] = loss

@@ -13,12 +13,12 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from lmm_r1_ascend.config import TrainConfig
 from lmm_r1_ascend.evaluation.runner import EvalResult, evaluate
 from lmm_r1_ascend.rollout.base import SamplingConfig
-from lmm_r1_ascend.trainer.setup import prompt_dataset
+from lmm_r1_ascend.trainer.setup import Components, prompt_dataset
 
 EVAL_SEED_OFFSET = 7_777_777  # eval seeds never equal a training draw's (those are seed * 100003 + step + ...)
 
@@ -33,7 +33,7 @@ def eval_line(step: int, metrics: dict[str, float], prompts: int, n: int) -> str
 
 
 class Validator:
-    def __init__(self, cfg: TrainConfig, parts: Any, out: Path, log: Callable[[str], None] = print):
+    def __init__(self, cfg: TrainConfig, parts: Components, out: Path, log: Callable[[str], None] = print):
         self.cfg, self.parts, self.out, self.log = cfg, parts, out, log
         e = cfg.eval
         dataset = prompt_dataset(cfg, list(cfg.data.eval_data), parts.tokenizer, parts.image_processor, shuffle=False)

@@ -6,7 +6,8 @@ import torch
 from safetensors.torch import save_file
 
 from lmm_r1_ascend.config import load_config
-from lmm_r1_ascend.trainer.console import data_counts, human_count, parameter_count, run_summary
+from lmm_r1_ascend.trainer.console import data_counts, human_count, run_summary
+from lmm_r1_ascend.trainer.model_facts import parameter_count
 
 
 def test_parameter_count_reads_safetensors_headers(tmp_path):
