@@ -196,3 +196,36 @@ def test_bad_input_is_one_clear_line(setup):
             0, {"room": np.array([[0] * 5, [0, 5, 4, 2, 0], [0] * 5])}).images[0],)), None)
     with pytest.raises(ValueError, match="unknown environment"):
         guarded_env_factory("nope", {}, MultiTurnLimits())
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["env.name=nope"], "env.name: unknown environment 'nope'"),
+    (["env.max_turns=0"], "env.max_turns must be an int >= 1"),
+    (["env.timeout_s=0"], "env.timeout_s must be a number > 0"),
+    (["reward.overlong_shaping=true", "reward.overlong_buffer_len=8"], "overlong_shaping"),
+    (["rollout.engine=vllm", "env.max_images=9"], "limit_mm_per_prompt"),
+])
+def test_env_config_is_checked(overrides, message):
+    from lmm_r1_ascend.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=message):
+        load_config("demo_sokoban_multiturn", overrides=overrides)
+    assert load_config("demo_sokoban_multiturn").env.kwargs == {"moves_per_turn": 3, "max_invalid": 3, "cell": 16}
+
+
+def test_the_run_config_wraps_the_engine(setup):
+    import torch as _torch
+
+    from lmm_r1_ascend.config import load_config
+    from lmm_r1_ascend.rollout.multi_turn import MultiTurnEngine
+    from lmm_r1_ascend.workers.builders import build_rollout_engine
+
+    cfg = load_config("demo_sokoban_multiturn", overrides=["env.max_turns=2", "env.kwargs={cell: 16, max_invalid: 5}"])
+    path = str(ensure_tiny_model("tiny-qwen2.5-vl"))
+    engine = build_rollout_engine(cfg, path, _torch.device("cpu"), _torch.float32)
+    assert isinstance(engine, MultiTurnEngine) and engine.rollout.limits.max_turns == 2
+    samples = engine.generate(setup[2][:1], SamplingConfig(n=2, max_new_tokens=4, seed=0))
+    assert [len(s.trajectory.turn_ends) for s in samples] == [2, 2]  # 5 invalid turns allowed: max_turns ends it
+    assert engine.error_metrics() == {}
+    cfg.env.name = ""
+    assert not isinstance(build_rollout_engine(cfg, path, _torch.device("cpu"), _torch.float32), MultiTurnEngine)
