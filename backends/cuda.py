@@ -55,7 +55,7 @@ class CudaBackend(AcceleratorBackend):
                        dtype: torch.dtype | None = None) -> KernelSet:
         """dtype: the model's; the flash kernels take fp16/bf16 only, so a float32 model falls
         back to the reference attention (with that reason) instead of failing at the first call."""
-        from lmm_r1_ascend.kernels import attention as att
+        from lmm_r1_ascend.kernels import attention_cuda as att
 
         overrides = check_overrides(overrides)
 

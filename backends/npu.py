@@ -169,7 +169,7 @@ def npu_kernels(ops: ModuleType, ops_label: str, overrides: dict[str, str] | Non
 
     ops_label: how reasons name `ops` ("torch_npu", "emulated (...)"); overrides: {op: name}.
     """
-    from lmm_r1_ascend.kernels.attention import varlen_attention_npu_fusion
+    from lmm_r1_ascend.kernels.attention_npu import varlen_attention_npu_fusion
     from lmm_r1_ascend.kernels.npu_fused import apply_npu_fused_ops
 
     overrides = check_overrides(overrides)

@@ -16,28 +16,24 @@ so neither does the reference, to keep CPU tests honest about that).
 Sequences never see each other: token i of a sequence attends keys of the same sequence
 only (and, when causal, only keys at positions <= i).
 
-Implementations: reference (per-sequence SDPA, any device, differentiable), batched
-(sequences bucketed by length, one masked SDPA per bucket: the CPU default), flash_attn
-(flash_attn_varlen_func, CUDA), torch_varlen (torch.nn.attention.varlen.varlen_attn, CUDA),
-npu_fusion (``ops.npu_fusion_attention`` in TND layout; ``ops`` is torch_npu or
-lmm_r1_ascend.kernels.npu_emulation). Nothing here runs at import time.
+Implementations: here the portable ones, reference (per-sequence SDPA, any device,
+differentiable) and batched (sequences bucketed by length, one masked SDPA per bucket: the
+CPU default); in kernels/attention_cuda.py flash_attn (flash_attn_varlen_func) and
+torch_varlen (torch.nn.attention.varlen.varlen_attn); in kernels/attention_npu.py npu_fusion
+(``ops.npu_fusion_attention`` in TND layout; ``ops`` is torch_npu or
+lmm_r1_ascend.kernels.npu_emulation). They share validate_inputs and softmax_scale from
+here. Nothing here runs at import time.
 """
 
 from __future__ import annotations
 
-import functools
-import importlib
-import importlib.util
-import inspect
 import math
 
 import torch
 import torch.nn.functional as F
 
-_COMPRESSED_MASK_SIZE = 2048
 
-
-def _validate(q, k, v, cu_seqlens, max_seqlen, cu_seqlens_host, need_host: bool) -> list[int] | None:
+def validate_inputs(q, k, v, cu_seqlens, max_seqlen, cu_seqlens_host, need_host: bool) -> list[int] | None:
     """Check the contract; return the host boundaries [0, e1, ..., T] if known or needed."""
     for name, x in (("q", q), ("k", k), ("v", v)):
         if not isinstance(x, torch.Tensor) or x.dim() != 3:
@@ -78,15 +74,15 @@ def _validate(q, k, v, cu_seqlens, max_seqlen, cu_seqlens_host, need_host: bool)
     return bounds
 
 
-def _scale(q: torch.Tensor, scale: float | None) -> float:
+def softmax_scale(q: torch.Tensor, scale: float | None) -> float:
     return 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
 
 
 def varlen_attention_reference(q, k, v, cu_seqlens, max_seqlen, *, scale=None, causal=True, return_lse=False,
                                cu_seqlens_host=None):
     """Per-sequence SDPA: correct and differentiable on every device (a Python loop over sequences)."""
-    bounds = _validate(q, k, v, cu_seqlens, max_seqlen, cu_seqlens_host, need_host=True)
-    scale = _scale(q, scale)
+    bounds = validate_inputs(q, k, v, cu_seqlens, max_seqlen, cu_seqlens_host, need_host=True)
+    scale = softmax_scale(q, scale)
     gqa = q.shape[1] != k.shape[1]
     outs, lses = [], []
     for s, e in zip(bounds, bounds[1:]):
@@ -206,8 +202,8 @@ def varlen_attention_batched(q, k, v, cu_seqlens, max_seqlen, *, scale=None, cau
     padded query rows are dropped, so they pass no gradient back. Valid outputs equal the
     reference's up to float rounding.
     """
-    bounds = _validate(q, k, v, cu_seqlens, max_seqlen, cu_seqlens_host, need_host=True)
-    scale = _scale(q, scale)
+    bounds = validate_inputs(q, k, v, cu_seqlens, max_seqlen, cu_seqlens_host, need_host=True)
+    scale = softmax_scale(q, scale)
     gqa = q.shape[1] != k.shape[1]
     lengths = [e - s for s, e in zip(bounds, bounds[1:])]
     buckets = length_buckets(lengths, _WASTE_BUDGET_ELEMENTS / (q.shape[1] * q.shape[2]))
@@ -247,173 +243,3 @@ def varlen_attention_batched(q, k, v, cu_seqlens, max_seqlen, *, scale=None, cau
     if not return_lse:
         return out
     return out, torch.index_select(torch.cat(lses) if len(lses) > 1 else lses[0], 0, scatter)
-
-
-# ---------------------------------------------------------------- flash-attn (CUDA)
-
-def probe_flash_attn(device_type: str) -> tuple[bool, str]:
-    """Whether flash_attn_varlen_func can serve this device type, and why (not)."""
-    if device_type != "cuda":
-        return False, f"flash_attn needs CUDA, device type is {device_type!r}"
-    if importlib.util.find_spec("flash_attn") is None:
-        return False, "flash_attn is not installed (pip install flash-attn, see requirements-cuda.txt)"
-    try:
-        flash_attn = importlib.import_module("flash_attn")
-        getattr(flash_attn, "flash_attn_varlen_func")
-    except Exception as exc:  # a build for another torch / CUDA raises ImportError or OSError
-        return False, f"flash_attn is installed but does not import: {type(exc).__name__}: {exc}"
-    if not torch.cuda.is_available():
-        return False, "flash_attn is importable but no CUDA device is visible"
-    return True, f"flash_attn {getattr(flash_attn, '__version__', '?')} flash_attn_varlen_func"
-
-
-def _check_half(q: torch.Tensor, name: str) -> None:
-    if q.device.type != "cuda":
-        raise ValueError(f"{name} runs on CUDA tensors only, got {q.device}; use varlen_attention_reference")
-    if q.dtype not in (torch.float16, torch.bfloat16):
-        raise TypeError(f"{name} supports float16/bfloat16 only, got {q.dtype}; cast or use the reference")
-
-
-def varlen_attention_flash_attn(q, k, v, cu_seqlens, max_seqlen, *, scale=None, causal=True, return_lse=False,
-                                cu_seqlens_host=None):
-    """flash-attn 2 ``flash_attn_varlen_func`` (CUDA, fp16/bf16; GQA native)."""
-    bounds = _validate(q, k, v, cu_seqlens, max_seqlen, cu_seqlens_host, need_host=False)
-    _check_half(q, "flash_attn")
-    try:
-        from flash_attn import flash_attn_varlen_func
-    except ImportError as exc:
-        raise RuntimeError(f"flash_attn is not importable ({exc}); use another attention implementation") from exc
-    res = flash_attn_varlen_func(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, dropout_p=0.0,
-                                 softmax_scale=_scale(q, scale), causal=causal, return_attn_probs=return_lse)
-    if not return_lse:
-        return res
-    out, lse = res[0], res[1].detach().float()
-    if lse.dim() == 2:  # flash-attn >= 2.4 varlen: (Hq, T)
-        return out, lse.transpose(0, 1).contiguous()
-    # older flash-attn: padded (B, Hq, max_seqlen); unpad per sequence
-    bounds = bounds if bounds is not None else cu_seqlens.tolist()
-    return out, torch.cat([lse[i, :, : e - s].transpose(0, 1) for i, (s, e) in enumerate(zip(bounds, bounds[1:]))])
-
-
-# ---------------------------------------------------------------- torch.nn.attention.varlen (CUDA)
-
-def _varlen_attn_fn():
-    from torch.nn.attention.varlen import varlen_attn
-
-    return varlen_attn
-
-
-def probe_torch_varlen(device_type: str) -> tuple[bool, str]:
-    """Whether torch.nn.attention.varlen.varlen_attn works here: import, signature, a tiny CUDA call."""
-    if device_type != "cuda":
-        return False, f"torch.nn.attention.varlen needs CUDA, device type is {device_type!r}"
-    try:
-        params = inspect.signature(_varlen_attn_fn()).parameters
-    except (ImportError, AttributeError) as exc:
-        return False, f"torch {torch.__version__} has no torch.nn.attention.varlen.varlen_attn ({exc})"
-    if "window_size" not in params and "is_causal" not in params:
-        return False, "varlen_attn has neither is_causal nor window_size: unknown signature"
-    if not torch.cuda.is_available():
-        return False, "torch.nn.attention.varlen is present but no CUDA device is visible"
-    try:  # flash kernels need sm80+ and a build that includes them: try one tiny call
-        x = torch.zeros(2, 1, 8, device="cuda", dtype=torch.float16)
-        cu = torch.tensor([0, 2], device="cuda", dtype=torch.int32)
-        varlen_attention_torch_varlen(x, x, x, cu, 2, cu_seqlens_host=[0, 2])
-    except Exception as exc:
-        return False, f"varlen_attn failed on this GPU: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-    flag = "window_size=(-1, 0)" if "window_size" in params else "is_causal=True"
-    return True, f"torch {torch.__version__} varlen_attn (causal via {flag})"
-
-
-def varlen_attention_torch_varlen(q, k, v, cu_seqlens, max_seqlen, *, scale=None, causal=True, return_lse=False,
-                                  cu_seqlens_host=None):
-    """PyTorch's own varlen flash kernel (CUDA, fp16/bf16). The causal flag is probed per call."""
-    _validate(q, k, v, cu_seqlens, max_seqlen, cu_seqlens_host, need_host=False)
-    _check_half(q, "torch_varlen")
-    fn = _varlen_attn_fn()
-    params = inspect.signature(fn).parameters
-    kwargs = {}
-    if "window_size" in params:  # torch >= 2.11
-        kwargs["window_size"] = (-1, 0) if causal else (-1, -1)
-    elif "is_causal" in params:  # torch 2.9 / 2.10
-        kwargs["is_causal"] = causal
-    else:
-        raise RuntimeError("torch.nn.attention.varlen.varlen_attn has neither is_causal nor window_size")
-    scale = _scale(q, scale)
-    if "scale" in params:
-        kwargs["scale"] = scale
-    else:  # old signature: fixed 1/sqrt(D), so fold the wanted scale into q
-        q = q * (scale * math.sqrt(q.shape[-1]))
-    if q.shape[1] != k.shape[1]:
-        if "enable_gqa" in params:
-            kwargs["enable_gqa"] = True
-        else:
-            group = q.shape[1] // k.shape[1]
-            k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
-    if return_lse:
-        from torch.nn.attention.varlen import AuxRequest
-
-        kwargs["return_aux"] = AuxRequest(lse=True)
-    res = fn(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, **kwargs)
-    if not return_lse:
-        return res
-    out, lse = res
-    lse = lse.detach().float()
-    # The kernel returns (Hq, T) although some docs say (T, Hq); accept both.
-    if lse.shape == (q.shape[1], q.shape[0]):
-        lse = lse.transpose(0, 1).contiguous()
-    return out, lse
-
-
-# ---------------------------------------------------------------- npu_fusion_attention (Ascend or emulated)
-
-@functools.lru_cache(maxsize=8)
-def compressed_causal_mask(device: torch.device) -> torch.Tensor:
-    """The (2048, 2048) bool mask sparse_mode 2/3 expect (True = masked), built once per device."""
-    size = _COMPRESSED_MASK_SIZE
-    return torch.triu(torch.ones(size, size, dtype=torch.bool, device=device), diagonal=1)
-
-
-# The documented varlen limit of npu_fusion_attention: actual_seq_qlen holds at most 1K entries
-# (torch_npu/_op_plugin_docs.py). Longer lists are served by one call per group of sequences.
-NPU_MAX_VARLEN_SEQS = 1024
-
-
-def varlen_attention_npu_fusion(q, k, v, cu_seqlens, max_seqlen, *, scale=None, causal=True, return_lse=False,
-                                cu_seqlens_host=None, ops):
-    """``ops.npu_fusion_attention`` in TND layout (sparse_mode=3 + compressed mask when causal).
-
-    ops: a namespace with npu_fusion_attention (the torch_npu module, or
-    lmm_r1_ascend.kernels.npu_emulation). actual_seq_qlen/kvlen are the cumulative ends
-    without the leading zero, as a host tuple (from cu_seqlens_host when given: no sync).
-    softmax_layout="TND" makes softmax_max / softmax_sum (T, Hq, 8) in TND order (the op's
-    default is NTD order in a tensor of that same shape). A row of more than 1024 sequences
-    (the op's varlen limit) runs as one call per group of 1024 sequences.
-    """
-    bounds = _validate(q, k, v, cu_seqlens, max_seqlen, cu_seqlens_host, need_host=True)
-    scale = _scale(q, scale)
-    if len(bounds) - 1 <= NPU_MAX_VARLEN_SEQS:
-        return _npu_fusion_call(ops, q, k, v, tuple(bounds[1:]), scale, causal, return_lse)
-    outs, lses = [], []
-    for g in range(0, len(bounds) - 1, NPU_MAX_VARLEN_SEQS):
-        group = bounds[g:g + NPU_MAX_VARLEN_SEQS + 1]
-        s, e = group[0], group[-1]
-        res = _npu_fusion_call(ops, q[s:e], k[s:e], v[s:e], tuple(b - s for b in group[1:]), scale, causal,
-                               return_lse)
-        outs.append(res[0] if return_lse else res)
-        if return_lse:
-            lses.append(res[1])
-    return (torch.cat(outs), torch.cat(lses)) if return_lse else torch.cat(outs)
-
-
-def _npu_fusion_call(ops, q, k, v, ends: tuple[int, ...], scale: float, causal: bool, return_lse: bool):
-    mask = compressed_causal_mask(q.device) if causal else None  # None = not causal
-    res = ops.npu_fusion_attention(
-        q, k, v, q.shape[1], "TND", atten_mask=mask, scale=scale, keep_prob=1.0,
-        actual_seq_qlen=ends, actual_seq_kvlen=ends, sparse_mode=3 if causal else 0, softmax_layout="TND")
-    out = res[0]
-    if not return_lse:
-        return out
-    # (T, Hq, 8) in TND order: the value replicated over the trailing 8
-    smax, ssum = res[1].detach().float()[..., 0], res[2].detach().float()[..., 0]
-    return out, smax + torch.log(ssum)

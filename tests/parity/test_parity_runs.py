@@ -158,7 +158,7 @@ def test_planted_divergence_fails_against_the_golden(run, capsys, plant):
 
 
 def _break_npu_op(monkeypatch, rewrite) -> list[int]:
-    """Rewrite the arguments kernels/attention.py's npu_fusion wrapper passes to
+    """Rewrite the arguments kernels/attention_npu.py's npu_fusion wrapper passes to
     ops.npu_fusion_attention, as a wrapper with the bug would pass them (test-only patch of the
     emulated op namespace the npu-emulated backend calls). Returns a call counter."""
     from lmm_r1_ascend.kernels import npu_emulation

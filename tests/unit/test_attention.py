@@ -15,12 +15,14 @@ import torch
 import torch.nn.functional as F
 
 from lmm_r1_ascend.kernels import attention as att
+from lmm_r1_ascend.kernels import attention_cuda as att_cuda
+from lmm_r1_ascend.kernels import attention_npu as att_npu
 from lmm_r1_ascend.kernels import npu_emulation
 
 IMPLS = {
     "batched": att.varlen_attention_batched,
     "reference": att.varlen_attention_reference,
-    "npu_fusion_emulated": functools.partial(att.varlen_attention_npu_fusion, ops=npu_emulation),
+    "npu_fusion_emulated": functools.partial(att_npu.varlen_attention_npu_fusion, ops=npu_emulation),
 }
 
 # Tolerances against the float64 formula, by input dtype: (output, gradients).
@@ -200,8 +202,8 @@ def test_npu_fusion_calls_the_op_by_the_documented_contract(rng_seed):
 
     q, k, v = torch.randn(7, 4, 16), torch.randn(7, 2, 16), torch.randn(7, 2, 16)
     cu = torch.tensor([0, 3, 4, 7], dtype=torch.int32)
-    att.varlen_attention_npu_fusion(q, k, v, cu, 3, ops=SpyOps, cu_seqlens_host=[0, 3, 4, 7])
-    att.varlen_attention_npu_fusion(q, k, v, cu, 3, ops=SpyOps, causal=False)
+    att_npu.varlen_attention_npu_fusion(q, k, v, cu, 3, ops=SpyOps, cu_seqlens_host=[0, 3, 4, 7])
+    att_npu.varlen_attention_npu_fusion(q, k, v, cu, 3, ops=SpyOps, causal=False)
     (args, kw), (_, kw_nc) = calls
     assert args[3:] == (4, "TND")
     assert kw["actual_seq_qlen"] == (3, 4, 7) and kw["actual_seq_kvlen"] == (3, 4, 7)
@@ -210,7 +212,7 @@ def test_npu_fusion_calls_the_op_by_the_documented_contract(rng_seed):
     mask = kw["atten_mask"]
     assert mask.dtype == torch.bool and torch.equal(mask, torch.ones(2048, 2048, dtype=torch.bool).triu(1))
     assert kw_nc["atten_mask"] is None  # non-causal: no mask at all
-    assert att.compressed_causal_mask(q.device) is mask  # built once per device
+    assert att_npu.compressed_causal_mask(q.device) is mask  # built once per device
     assert kw["softmax_layout"] == "TND"  # the lse is read as (T, N); the op's default is NTD order
 
 
@@ -226,9 +228,9 @@ def test_npu_fusion_splits_rows_past_the_varlen_sequence_limit(rng_seed, monkeyp
             calls.append(kwargs["actual_seq_qlen"])
             return npu_emulation.npu_fusion_attention(*args, **kwargs)
 
-    monkeypatch.setattr(att, "NPU_MAX_VARLEN_SEQS", 2)
+    monkeypatch.setattr(att_npu, "NPU_MAX_VARLEN_SEQS", 2)
     q, k, v, cu, bounds = random_batch(n_seqs=5)
-    assert_matches_naive(functools.partial(att.varlen_attention_npu_fusion, ops=CountingOps), q, k, v, cu, bounds,
+    assert_matches_naive(functools.partial(att_npu.varlen_attention_npu_fusion, ops=CountingOps), q, k, v, cu, bounds,
                          causal=causal)
     lengths = [b - a for a, b in zip(bounds, bounds[1:])]
     assert [len(c) for c in calls] == [2, 2, 1]
@@ -236,11 +238,11 @@ def test_npu_fusion_splits_rows_past_the_varlen_sequence_limit(rng_seed, monkeyp
 
 
 def test_accelerator_only_implementations_refuse_cpu_clearly():
-    for probe in (att.probe_flash_attn, att.probe_torch_varlen):
+    for probe in (att_cuda.probe_flash_attn, att_cuda.probe_torch_varlen):
         ok, why = probe("cpu")
         assert ok is False and "CUDA" in why
     q = torch.randn(4, 2, 8)
     cu = torch.tensor([0, 4], dtype=torch.int32)
-    for fn in (att.varlen_attention_flash_attn, att.varlen_attention_torch_varlen):
+    for fn in (att_cuda.varlen_attention_flash_attn, att_cuda.varlen_attention_torch_varlen):
         with pytest.raises(ValueError, match="CUDA tensors only"):
             fn(q, q, q, cu, 4)

@@ -18,12 +18,13 @@ import pytest
 import torch
 
 from lmm_r1_ascend.kernels import attention as att
+from lmm_r1_ascend.kernels import attention_cuda as att_cuda
 
 pytestmark = pytest.mark.cuda
 
 IMPLS = {
-    "flash_attn": (att.probe_flash_attn, att.varlen_attention_flash_attn),
-    "torch_varlen": (att.probe_torch_varlen, att.varlen_attention_torch_varlen),
+    "flash_attn": (att_cuda.probe_flash_attn, att_cuda.varlen_attention_flash_attn),
+    "torch_varlen": (att_cuda.probe_torch_varlen, att_cuda.varlen_attention_torch_varlen),
 }
 # Floors on the max error relative to max(|reference|, 1). fp16 has 11 bits (half ulp
 # 4.9e-4), bf16 8 bits (3.9e-3); outputs are rounded once, gradients several times and

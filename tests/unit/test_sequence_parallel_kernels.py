@@ -22,6 +22,7 @@ from _mp_deadline import spawn_until
 
 from lmm_r1_ascend.kernels import attention as A
 from lmm_r1_ascend.kernels import npu_emulation
+from lmm_r1_ascend.kernels.attention_npu import varlen_attention_npu_fusion
 from lmm_r1_ascend.kernels.ring_attention import plan_step, ring_attention
 from lmm_r1_ascend.kernels.sequence_split import owner_of_positions, split_packed
 from lmm_r1_ascend.kernels.ulysses import check_heads, ulysses_attention
@@ -30,7 +31,7 @@ TIMEOUT_S = 60.0
 INNER = {
     "reference": A.varlen_attention_reference,
     "batched": A.varlen_attention_batched,
-    "npu_emulated": functools.partial(A.varlen_attention_npu_fusion, ops=npu_emulation),
+    "npu_emulated": functools.partial(varlen_attention_npu_fusion, ops=npu_emulation),
 }
 # (lengths, Hq, Hkv, D): one chunk = ceil(n / 2sp) tokens
 SHAPES = [

@@ -21,7 +21,8 @@ import yaml
 
 import npu_contract
 import npu_paths
-from lmm_r1_ascend.kernels.attention import NPU_MAX_VARLEN_SEQS, varlen_attention_reference
+from lmm_r1_ascend.kernels.attention import varlen_attention_reference
+from lmm_r1_ascend.kernels.attention_npu import NPU_MAX_VARLEN_SEQS
 
 pytestmark = pytest.mark.vendor
 
@@ -73,7 +74,7 @@ def test_more_than_1024_sequences_run_as_one_call_per_1024(schema_bound_npu):
 def test_rows_over_the_varlen_limit_are_split_per_group(schema_bound_npu, monkeypatch, rng_seed):
     """The split at the call site, with the limit lowered to 2 sequences: 5 sequences -> 3 calls,
     outputs, lse and gradients equal to the reference's."""
-    import lmm_r1_ascend.kernels.attention as A
+    import lmm_r1_ascend.kernels.attention_npu as A
 
     monkeypatch.setattr(A, "NPU_MAX_VARLEN_SEQS", 2)
     before = npu_contract.CALLS["npu_fusion_attention"]
@@ -83,7 +84,7 @@ def test_rows_over_the_varlen_limit_are_split_per_group(schema_bound_npu, monkey
 
 @pytest.mark.parametrize("lengths, heads", [((5, 2, 9), 4), ((1, 3), 4), ((1,), 1)])  # T != N, T == N, T == N == 1
 def test_tnd_softmax_layout_is_read_as_requested(schema_bound_npu, lengths, heads, rng_seed):
-    """kernels/attention.py passes softmax_layout="TND" and reads (T, N); its lse equals the reference's."""
+    """kernels/attention_npu.py passes softmax_layout="TND" and reads (T, N); its lse equals the reference's."""
     npu_paths.check_packed_attention(lengths=lengths, hq=heads, hkv=1, d=8, seed=rng_seed)
 
 
