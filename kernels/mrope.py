@@ -92,6 +92,28 @@ def mrope_position_ids(
     Returns:
         int64 ``(3, 1, T)`` (or ``(4, 1, T)``) on ``mm_token_type_ids``'s device.
     """
+    types, lens = _check_types(mm_token_type_ids, lengths, spatial_merge_size)
+    device = types.device
+    types = types.cpu()
+    grids, seconds = _check_grids(image_grid_thw, video_grid_thw, spatial_merge_size, second_per_grid_ts)
+    intervals = {IMAGE: [1] * len(grids[IMAGE]), VIDEO: [tokens_per_second * sec for sec in seconds]}
+    used = {IMAGE: 0, VIDEO: 0}  # vision items consumed so far, in packed order across samples
+    pieces: list[torch.Tensor] = []
+    for s, (a, b) in enumerate(itertools.pairwise([0, *itertools.accumulate(lens)])):
+        pieces += _sample_positions(s, types[a:b], grids, used, merge=spatial_merge_size, intervals=intervals)
+    for kind, name in ((IMAGE, "image"), (VIDEO, "video")):
+        if used[kind] != len(grids[kind]):
+            raise ValueError(f"found {used[kind]} {name} spans but {name}_grid_thw has {len(grids[kind])} rows")
+
+    pos = torch.cat(pieces, dim=1)
+    if with_text_positions:
+        pos = torch.cat((position_ids_from_lengths(lens).unsqueeze(0), pos))
+    return pos.unsqueeze(1).to(device)
+
+
+def _check_types(mm_token_type_ids: torch.Tensor, lengths: Sequence[int] | None,
+                 spatial_merge_size: int) -> tuple[torch.Tensor, list[int]]:
+    """The token types as a 1-D integer tensor (on their device) and the sample lengths, checked."""
     types = mm_token_type_ids
     if types.dim() == 2 and types.shape[0] == 1:
         types = types[0]
@@ -106,20 +128,24 @@ def mrope_position_ids(
     lens = validate_lengths([total] if lengths is None else lengths)
     if sum(lens) != total:
         raise ValueError(f"lengths sum to {sum(lens)} but mm_token_type_ids has {total} tokens")
-    device = types.device
-    types = types.cpu()
     bad = ~((types == TEXT) | (types == IMAGE) | (types == VIDEO))
     if bad.any():
         i = int(torch.nonzero(bad)[0])
         raise ValueError(f"mm_token_type_ids[{i}] = {int(types[i])}: allowed values are 0 text, 1 image, 2 video")
+    return types, lens
 
+
+def _check_grids(image_grid_thw: torch.Tensor | None, video_grid_thw: torch.Tensor | None, merge: int,
+                 second_per_grid_ts: torch.Tensor | Sequence[float] | None) -> tuple[dict[int, list], list]:
+    """{IMAGE: [(t, h, w), ...], VIDEO: [...]} checked against the merge size, and each video's
+    seconds per temporal grid (default 1)."""
     grids = {IMAGE: _grid_list(image_grid_thw, "image_grid_thw"), VIDEO: _grid_list(video_grid_thw, "video_grid_thw")}
     for kind, name in ((IMAGE, "image_grid_thw"), (VIDEO, "video_grid_thw")):
         for k, (t, h, w) in enumerate(grids[kind]):
-            if min(t, h, w) < 1 or h % spatial_merge_size or w % spatial_merge_size:
+            if min(t, h, w) < 1 or h % merge or w % merge:
                 raise ValueError(
                     f"{name}[{k}] = {(t, h, w)}: t, h, w must be >= 1 with h and w divisible by "
-                    f"spatial_merge_size={spatial_merge_size}"
+                    f"spatial_merge_size={merge}"
                 )
     n_videos = len(grids[VIDEO])
     if second_per_grid_ts is None:
@@ -128,45 +154,42 @@ def mrope_position_ids(
         seconds = list(second_per_grid_ts)  # 0-d tensors kept as tensors: the model multiplies by them
         if len(seconds) != n_videos:
             raise ValueError(f"second_per_grid_ts has {len(seconds)} entries for {n_videos} videos")
-    used = {IMAGE: 0, VIDEO: 0}
+    return grids, seconds
 
+
+def _sample_positions(s: int, types: torch.Tensor, grids: dict[int, list], used: dict[int, int], *, merge: int,
+                      intervals: dict[int, list]) -> list[torch.Tensor]:
+    """int64 (3, n) position pieces of sample s (its token types: types), from 0; takes its vision
+    items' grids from grids[kind][used[kind]:] and advances used. intervals[kind][k]: the
+    temporal step of vision item k (1 for images)."""
     pieces: list[torch.Tensor] = []
-    for s, (a, b) in enumerate(itertools.pairwise([0, *itertools.accumulate(lens)])):
-        current = 0
-        for kind, start, end in _runs(types[a:b]):
-            n = end - start
-            if kind == TEXT:
-                pieces.append((torch.arange(n) + current).expand(3, n))
-                current += n
-                continue
-            name = "image" if kind == IMAGE else "video"
-            k = used[kind]
-            if k >= len(grids[kind]):
-                raise ValueError(
-                    f"sample {s} has more {name} spans than {name}_grid_thw rows ({len(grids[kind])}); "
-                    f"each {name} needs one (t, h, w) row, in packed order"
-                )
-            grid = grids[kind][k]
-            expected = grid[0] * grid[1] * grid[2] // spatial_merge_size**2
-            if n != expected:
-                raise ValueError(
-                    f"sample {s}: the {name} span at token {start} has {n} tokens but {name}_grid_thw[{k}] = "
-                    f"{grid} needs {expected} (t*h*w / spatial_merge_size^2); adjacent {name}s must be "
-                    "separated by at least one text token"
-                )
-            interval = 1 if kind == IMAGE else tokens_per_second * seconds[k]
-            pos, advance = _vision_positions(current, grid, spatial_merge_size, interval)
-            pieces.append(pos)
-            current += advance
-            used[kind] += 1
-    for kind, name in ((IMAGE, "image"), (VIDEO, "video")):
-        if used[kind] != len(grids[kind]):
-            raise ValueError(f"found {used[kind]} {name} spans but {name}_grid_thw has {len(grids[kind])} rows")
-
-    pos = torch.cat(pieces, dim=1)
-    if with_text_positions:
-        pos = torch.cat((position_ids_from_lengths(lens).unsqueeze(0), pos))
-    return pos.unsqueeze(1).to(device)
+    current = 0
+    for kind, start, end in _runs(types):
+        n = end - start
+        if kind == TEXT:
+            pieces.append((torch.arange(n) + current).expand(3, n))
+            current += n
+            continue
+        name = "image" if kind == IMAGE else "video"
+        k = used[kind]
+        if k >= len(grids[kind]):
+            raise ValueError(
+                f"sample {s} has more {name} spans than {name}_grid_thw rows ({len(grids[kind])}); "
+                f"each {name} needs one (t, h, w) row, in packed order"
+            )
+        grid = grids[kind][k]
+        expected = grid[0] * grid[1] * grid[2] // merge**2
+        if n != expected:
+            raise ValueError(
+                f"sample {s}: the {name} span at token {start} has {n} tokens but {name}_grid_thw[{k}] = "
+                f"{grid} needs {expected} (t*h*w / spatial_merge_size^2); adjacent {name}s must be "
+                "separated by at least one text token"
+            )
+        pos, advance = _vision_positions(current, grid, merge, intervals[kind][k])
+        pieces.append(pos)
+        current += advance
+        used[kind] += 1
+    return pieces
 
 
 def _grid_list(grid_thw: torch.Tensor | None, name: str) -> list[tuple[int, int, int]]:
