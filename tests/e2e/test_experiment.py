@@ -68,7 +68,7 @@ def _experiment(out: Path, *extra: str) -> list[str]:
             *SFT_SMALL, *extra]
 
 
-@pytest.mark.slow  # 3 training runs and 6 evaluations as subprocesses: ~2-4 min on 2 busy cores
+@pytest.mark.slow  # 2 training runs (one resumed) and 6 evaluations as subprocesses: 6 min at load ~9 on 2 cores
 def test_sigterm_during_a_variant_stops_it_with_a_checkpoint_and_the_rerun_resumes_only_the_unfinished(tmp_path):
     cmd = _experiment(tmp_path, "--variants", "fre_text", "fre_multi", "--steps", "4")
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
