@@ -229,3 +229,19 @@ def test_the_run_config_wraps_the_engine(setup):
     assert engine.error_metrics() == {}
     cfg.env.name = ""
     assert not isinstance(build_rollout_engine(cfg, path, _torch.device("cpu"), _torch.float32), MultiTurnEngine)
+
+
+def test_vllm_continuation_sends_ids_with_one_pad_per_image(setup):
+    """The vLLM engine's token-in input (no vLLM needed: the method only reshapes ids)."""
+    from lmm_r1_ascend.data.types import PromptItem
+    from lmm_r1_ascend.rollout.vllm_engine import VLLMRolloutEngine
+
+    eng = VLLMRolloutEngine.__new__(VLLMRolloutEngine)
+    eng.is_multimodal, eng.image_token_id = True, 5
+    imgs = ["a", "b"]
+    item = PromptItem(prompt_ids=[1, 5, 5, 5, 2, 7, 5, 5, 3], prompt_text="", images=imgs, meta={TOKEN_IN: True})
+    assert eng._prompt_input(0, item) == {"prompt_token_ids": [1, 5, 2, 7, 5, 3], "multi_modal_data": {"image": imgs}}
+    assert eng._prompt_input(0, PromptItem(prompt_ids=[1, 2], prompt_text="", meta={TOKEN_IN: True})) == {
+        "prompt_token_ids": [1, 2]}
+    with pytest.raises(ValueError, match="2 runs of image pads for 1 images"):
+        eng._prompt_input(0, PromptItem(prompt_ids=[5, 1, 5], prompt_text="", images=["a"], meta={TOKEN_IN: True}))
