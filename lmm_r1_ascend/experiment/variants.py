@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -84,7 +84,6 @@ class VariantRun:
     eval_argvs: dict[str, list[str]]      # "text" / "image" -> arguments of `python -m lmm_r1_ascend.eval`
     needs: str | None                     # the variant whose run this one starts from
     fingerprint: str = ""
-    extra: dict = field(default_factory=dict)
 
     @property
     def run_dir(self) -> Path:
