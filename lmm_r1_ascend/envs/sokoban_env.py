@@ -4,7 +4,8 @@ Each turn the policy answers in the single-shot task's format (rewards/sokoban.p
 ``parse_actions``: one each of <think></think><answer></answer>, the answer a
 comma-separated list of up / down / left / right) with 1 to ``moves_per_turn`` moves.
 The environment applies them with the gym-sokoban push rules (envs/sokoban.py) and shows
-the rendered board (and, with ``show_grid=True``, the board as a text grid too).
+the rendered board (and, with ``show_grid=True``, the board as a text grid too; with
+``image=False`` the text grid alone, for text-only models).
 
 Per turn:
 - valid answer: the moves are applied in order (the turn stops early once the room is
@@ -70,21 +71,25 @@ class SokobanEnv(Environment):
     max_invalid: invalid turns that end the episode.
     invalid_penalty: the reward of an invalid turn.
     show_grid: also put the text grid in every observation.
+    image: show the rendered board (False: the text grid alone, for text-only models).
     cell: rendered pixels per room cell (>= 8).
     """
 
     def __init__(self, moves_per_turn: int = 3, max_moves: int = 120, max_invalid: int = 3,
-                 invalid_penalty: float = STEP_PENALTY, show_grid: bool = False, cell: int = 32) -> None:
+                 invalid_penalty: float = STEP_PENALTY, show_grid: bool = False, image: bool = True,
+                 cell: int = 32) -> None:
         for key, v, lo in (("moves_per_turn", moves_per_turn, 1), ("max_moves", max_moves, 1),
                            ("max_invalid", max_invalid, 1), ("cell", cell, 8)):
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise ValueError(f"sokoban env: {key} must be an int >= {lo}, got {v!r}")
         if isinstance(invalid_penalty, bool) or not isinstance(invalid_penalty, (int, float)):
             raise ValueError(f"sokoban env: invalid_penalty must be a number, got {invalid_penalty!r}")
-        if not isinstance(show_grid, bool):
-            raise ValueError(f"sokoban env: show_grid must be a bool, got {show_grid!r}")
+        for key, v in (("show_grid", show_grid), ("image", image)):
+            if not isinstance(v, bool):
+                raise ValueError(f"sokoban env: {key} must be a bool, got {v!r}")
         self.moves_per_turn, self.max_moves, self.max_invalid = moves_per_turn, max_moves, max_invalid
-        self.invalid_penalty, self.show_grid, self.cell = float(invalid_penalty), show_grid, cell
+        self.invalid_penalty, self.show_grid, self.image, self.cell = float(invalid_penalty), show_grid or not image, \
+            image, cell
         self.game: Sokoban | None = None
         self.invalid = 0
 
@@ -92,7 +97,7 @@ class SokobanEnv(Environment):
         room = self.game.room_state
         if self.show_grid:
             text = f"{text}\n{grid_text(room)}"
-        return Observation(text=text, images=(render_room(room, self.cell),))
+        return Observation(text=text, images=(render_room(room, self.cell),) if self.image else ())
 
     def reset(self, seed: int, task: Mapping[str, Any]) -> Observation:
         """Load the task's level (the seed is unused: Sokoban is deterministic)."""

