@@ -12,6 +12,11 @@ holds small CPU tensors; the workers own the models.
 With rollout.async_mode one_step_off | bounded the engine actors generate the next batches
 while the ranks train (trainer/async_rollout.py): the step takes a batch generated ahead,
 and pushes the new weights without waiting for the engines.
+
+Beside the loop, one object per job: Checkpointer (trainer/checkpointer.py: resume, save,
+the failed-save count), Validator (trainer/validation.py: the held-out evaluation), Progress
+(trainer/progress.py: the bar and the per-step lines), SkipRuns (trainer/skips.py: the stop
+after too many skipped optimizer steps in a row).
 """
 
 from __future__ import annotations
