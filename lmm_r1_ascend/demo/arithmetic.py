@@ -10,7 +10,8 @@ overlap whatever the seed or sizes. The same seed gives the same problems.
 
 Rows follow RECIPE.md: ``message`` is a JSON *string* of [system, user] turns, ``answer`` is
 ``"$\\boxed{N}$"``, ``response`` is the worked reference response (what the SFT stage trains on),
-``datasource`` is ``"demo_arithmetic"``. Image rows (for the MGT demo)
+``datasource`` is ``"demo_arithmetic"`` (``"demo_arithmetic_images"`` for image rows, so validation on both
+held-out sets reports text and image accuracy apart: eval/<datasource>/accuracy). Image rows (for the MGT demo)
 have user content ``[{"type": "image", "image": "images/<name>.png"}, {"type": "text", ...}]``
 with the path relative to the jsonl file.
 
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Iterable
 
 DATASOURCE = "demo_arithmetic"
+IMAGE_DATASOURCE = "demo_arithmetic_images"
 # RECIPE.md's math system prompt, shortened so prompts stay short for a CPU demo (34 tokens with
 # the tiny tokenizer, against ~70 for the full one).
 DEMO_SYSTEM_PROMPT = (
@@ -176,20 +178,28 @@ def problem_row(problem: Problem, *, image: str | None = None,
     """One LMM-R1 jsonl row (``message`` is a JSON string, as in the paper's data files)."""
     msgs = problem_messages(problem, image=image, system_prompt=system_prompt)
     return {"message": json.dumps(msgs, ensure_ascii=False), "answer": problem.label,
-            "response": worked_response(problem), "question": problem.expression, "datasource": DATASOURCE}
+            "response": worked_response(problem), "question": problem.expression,
+            "datasource": DATASOURCE if image is None else IMAGE_DATASOURCE}
+
+
+def image_layout(problem: Problem, size: tuple[int, int] = (224, 56), font_size: int = 30):
+    """Where ``render_problem_image`` draws: (text ``23 + 58 = ?``, top-left xy, PIL font), centred."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    draw = ImageDraw.Draw(Image.new("RGB", size, "white"))
+    font = ImageFont.load_default(size=font_size)
+    text = f"{problem.expression} = ?"
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    return text, ((size[0] - (right - left)) / 2 - left, (size[1] - (bottom - top)) / 2 - top), font
 
 
 def render_problem_image(problem: Problem, size: tuple[int, int] = (224, 56), font_size: int = 30):
     """The expression drawn as ``23 + 58 = ?`` in black on white: a PIL RGB image of ``size`` (w, h)."""
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw
 
+    text, xy, font = image_layout(problem, size, font_size)
     image = Image.new("RGB", size, "white")
-    draw = ImageDraw.Draw(image)
-    font = ImageFont.load_default(size=font_size)
-    text = f"{problem.expression} = ?"
-    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-    xy = ((size[0] - (right - left)) / 2 - left, (size[1] - (bottom - top)) / 2 - top)
-    draw.text(xy, text, fill="black", font=font)
+    ImageDraw.Draw(image).text(xy, text, fill="black", font=font)
     return image
 
 

@@ -74,8 +74,10 @@ def test_rows_follow_the_lmm_r1_format(rng_seed):
         assert row["answer"] == f"$\\boxed{{{_value(p.expression)}}}$"
         assert row["response"] == ar.worked_response(p)  # the SFT stage's reference (data.response_key)
         assert row["datasource"] == "demo_arithmetic"
-        img = json.loads(ar.problem_row(p, image="images/x.png")["message"])[1]["content"]
+        image_row = ar.problem_row(p, image="images/x.png")
+        img = json.loads(image_row["message"])[1]["content"]
         assert [part["type"] for part in img] == ["image", "text"] and img[0]["image"] == "images/x.png"
+        assert image_row["datasource"] == "demo_arithmetic_images"  # validation reports images apart from text
 
 
 def test_math_reward_scores_right_and_wrong_responses(reward, rng_seed):
