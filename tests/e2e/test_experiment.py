@@ -96,7 +96,7 @@ def test_sigterm_during_a_variant_stops_it_with_a_checkpoint_and_the_rerun_resum
     assert [r[0] for r in _table_rows((tmp_path / "table.md").read_text())[1:]] == ["base", "FRE-Text", "FRE-Multi"]
 
 
-@pytest.mark.slow  # every variant at 2 tiny steps, subprocesses: ~5-8 min on 2 busy cores
+@pytest.mark.slow  # every variant at 2 tiny steps, subprocesses: 11 min on the 2-core VM at load ~10
 def test_every_variant_runs_and_a_failing_variant_is_reported_while_the_others_finish(tmp_path):
     bad = ["--set", "sft_text:data.prompt_data=[/nonexistent/sft.jsonl]"]
     proc = subprocess.run(_experiment(tmp_path, *bad), cwd=ROOT, capture_output=True, text=True, timeout=1200,
