@@ -40,7 +40,7 @@ DEMO_VARIANTS: dict[str, Variant] = {
     "fre_multi": Variant("FRE-Multi", "fre", "demo_fre",
                          ("data.prompt_data=[demo:arithmetic-images]", "data.max_prompt_len=1024")),
     "sft_text": Variant("SFT-Text", "sft", "demo_sft"),
-    "mgt_direct": Variant("MGT (from base)", "mgt", "demo_mgt", init_from="pretrain"),
+    "mgt_direct": Variant("MGT from base", "mgt", "demo_mgt", init_from="pretrain"),
     "mgt_after_fre": Variant("MGT after FRE-Text", "mgt", "demo_mgt", init_from="fre_text"),
     "mgt_after_sft": Variant("MGT after SFT-Text", "mgt", "demo_mgt", init_from="sft_text"),
 }
@@ -55,7 +55,7 @@ PAPER_VARIANTS: dict[str, Variant] = {
     "base": Variant("Qwen2.5-VL-3B", None),
     "fre_text": Variant("FRE-Text", "fre", "fre_text", data="text"),
     "mgt_after_fre": Variant("MGT-Geo after FRE-Text", "mgt", "mgt_geo", init_from="fre_text", data="mgt"),
-    "mgt_direct": Variant("MGT-Geo (from base)", "mgt", "mgt_geo", init_from="pretrain", data="mgt"),
+    "mgt_direct": Variant("MGT-Geo from base", "mgt", "mgt_geo", init_from="pretrain", data="mgt"),
     "fre_multi": Variant("FRE-Multi", "fre", "fre_multi", data="multi"),
     "sft_text": Variant("SFT-Text", "sft", "fre_text", SFT_TEXT, data="sft"),
     "mgt_after_sft": Variant("MGT-Geo after SFT-Text", "mgt", "mgt_geo", init_from="sft_text", data="mgt"),
@@ -65,7 +65,7 @@ PAPER_PLACEMENT = ("distributed.mode=ray", "distributed.train_engine=deepspeed",
                    "distributed.rollout_engines=0", "distributed.colocate_rollout=true", "rollout.engine=vllm")
 PAPER_DATA = {"text": "deepscaler_message.jsonl (DeepScaleR-40K)", "multi": "mathv60k_message.jsonl (VerMulti-65K)",
               "mgt": "mathv_geo_message.jsonl (VerMulti geo, ~15K)",
-              "sft": "DeepScaleR-40K with a reference solution per row (field `response`)"}
+              "sft": "DeepScaleR-40K with a reference solution per row (field response)"}
 
 
 class VariantError(ValueError):

@@ -106,4 +106,4 @@ def test_every_variant_runs_and_a_failing_variant_is_reported_while_the_others_f
     assert len(errors) == 1 and errors[0].startswith("error: variant sft_text failed (exit 2):"), proc.stderr
     assert "[variant 7/7] mgt_after_sft: not run: it starts from sft_text" in proc.stdout
     rows = [r[0] for r in _table_rows((tmp_path / "table.md").read_text())[1:]]
-    assert rows == ["base", "FRE-Text", "FRE-Multi", "MGT (from base)", "MGT after FRE-Text"]
+    assert rows == ["base", "FRE-Text", "FRE-Multi", "MGT from base", "MGT after FRE-Text"]
