@@ -49,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--n", type=int, default=None, help="samples per prompt (pass@n); default 4 (demo), 8 (paper)")
     ev.add_argument("--temperature", type=float, default=1.0)
     ev.add_argument("--seed", type=int, default=42)
-    ev.add_argument("--limit", type=int, default=None, help="prompts per eval set (default 32 at demo scale; all)")
+    ev.add_argument("--limit", type=int, default=None, help="prompts per eval set (default 64 of the demo's 97; all at paper scale)")
     ev.add_argument("--max-new-tokens", type=int, default=None, help="default 40 (demo), 4096 (paper)")
     ev.add_argument("--eval-engine", default=None, help="hf or vllm (default hf at demo scale, vllm at paper scale)")
     pa = t.add_argument_group("paper scale")
@@ -125,7 +125,7 @@ def _plan(args, out: Path):
     if n < 1 or (args.steps is not None and args.steps < 1) or (args.limit is not None and args.limit < 1):
         raise UserError("--n, --steps and --limit must be >= 1")
     max_new = args.max_new_tokens or (4096 if paper else 40)
-    limit = args.limit if args.limit is not None else (None if paper else 32)
+    limit = args.limit if args.limit is not None else (None if paper else 64)
     device = args.device or ("auto" if paper else "cpu")
     eval_args = ["--n", str(n), "--temperature", str(args.temperature), "--seed", str(args.seed),
                  "--max-new-tokens", str(max_new), "--engine", args.eval_engine or ("vllm" if paper else "hf"), "--device", device]

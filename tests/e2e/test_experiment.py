@@ -21,7 +21,7 @@ import pytest
 from lmm_r1_ascend.experiment.__main__ import main
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = ["--steps", "2", "--n", "2", "--limit", "2", "--max-new-tokens", "8",
+TINY = ["--model", "tiny-qwen2.5-vl", "--steps", "2", "--n", "2", "--limit", "2", "--max-new-tokens", "8",
         "--set", "rollout.rollout_batch_size=2", "--set", "rollout.max_new_tokens=8", "--set", "trainer.save_steps=1",
         "--set", "reward.workers=0", "--set", "trainer.max_tokens_per_micro_batch=2048"]
 RL_SMALL = [x for v in ("fre_text", "fre_multi", "mgt_direct", "mgt_after_fre", "mgt_after_sft")
