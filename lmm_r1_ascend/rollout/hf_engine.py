@@ -2,7 +2,9 @@
 
 Works on any device torch and transformers run on (the default engine on CPU). Prompts
 are repeated n times (prompt-major), left-padded into batches of at most
-`max_batch_rows` rows, and sampled with the model's KV cache. For Qwen2-VL-style models
+`max_batch_rows` rows, and sampled with the model's KV cache. Text prompts repeated in a
+batch are prefilled once each and their KV cache copied to every sample (_shared_prefix_cache:
+n x fewer prefill rows, the same numbers as prefilling the full batch). For Qwen2-VL-style models
 the batch carries pixel_values / image_grid_thw (concatenated in row order) and
 mm_token_type_ids (0 text, 1 image, 2 video), which transformers 5.x needs to build the
 3-D mRoPE positions; generate() extends mm_token_type_ids with zeros as tokens are added.
@@ -20,6 +22,7 @@ replaced by a neutral one: sampling is governed by SamplingConfig alone.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 from collections.abc import Iterable, Sequence
 
@@ -134,7 +137,6 @@ class HFRolloutEngine(RolloutEngine):
         """Sample one left-padded batch. Returns response ids (B, L) int64 and log-probs (B, L) float32."""
         from transformers import GenerationConfig
 
-        inputs = self._collate(rows)
         sampling = (dict(do_sample=False, temperature=None, top_p=None, top_k=None) if cfg.greedy else
                     dict(do_sample=True, temperature=float(cfg.temperature), top_p=float(cfg.top_p),
                          top_k=0 if cfg.top_k == -1 else cfg.top_k))
@@ -143,7 +145,13 @@ class HFRolloutEngine(RolloutEngine):
             min_new_tokens=cfg.min_new_tokens or None, eos_token_id=stop_ids, pad_token_id=self.pad_id,
             repetition_penalty=1.0, use_cache=True, return_dict_in_generate=True, output_logits=True,
         )
-        out = self.model.generate(**inputs, generation_config=gen_cfg)
+        shared = self._shared_prefix_cache(rows)
+        if shared is not None:
+            inputs, cache = shared
+            out = self.model.generate(**inputs, past_key_values=cache, generation_config=gen_cfg)
+        else:
+            inputs = self._collate(rows)
+            out = self.model.generate(**inputs, generation_config=gen_cfg)
         resp = out.sequences[:, inputs["input_ids"].shape[1]:]
         if resp.shape[1] != len(out.logits):
             raise RuntimeError(f"generate() returned {resp.shape[1]} new tokens but {len(out.logits)} logit steps")
@@ -152,6 +160,44 @@ class HFRolloutEngine(RolloutEngine):
             lsm = F.log_softmax(step_logits.float() / cfg.logprob_temperature, dim=-1)
             logp[:, t] = lsm.gather(1, resp[:, t:t + 1]).squeeze(1)
         return resp.cpu(), logp.cpu()
+
+    def _shared_prefix_cache(self, rows: list[PromptItem]):
+        """Prefill each distinct prompt once, not once per sample: (inputs, cache) for generate(), or None.
+
+        rows repeat each prompt n times (the same PromptItem object). The distinct prompts, left-padded
+        to width W, run one forward over their first W - 1 columns into a DynamicCache, whose rows are
+        then copied out to every sample (cache.batch_select_indices); generate() then computes only the
+        last prompt column before sampling. The positions are generate()'s own (attention-mask cumsum,
+        pads at 0), and causal attention makes columns < W - 1 independent of the last one, so this is
+        the computation generate() would do on the full batch, with n x fewer prefill rows. Text only
+        (images need the VL model's own prefill to place mRoPE positions); None when no prompt repeats,
+        W < 2, or the model's forward takes no logits_to_keep (the prefix's logits are not needed).
+        inputs: input_ids / attention_mask (B, W) int64 on the engine's device, B = len(rows).
+        """
+        firsts: dict[int, PromptItem] = {}  # id -> the prompt, in order of first appearance
+        for p in rows:
+            firsts.setdefault(id(p), p)
+        if len(firsts) == len(rows) or any(p.pixel_values is not None for p in rows):
+            return None
+        params = inspect.signature(self.model.forward).parameters
+        if "logits_to_keep" not in params:
+            return None
+        position = {key: u for u, key in enumerate(firsts)}
+        index = [position[id(p)] for p in rows]
+        unique = self._collate(list(firsts.values()))
+        ids, mask = unique["input_ids"], unique["attention_mask"]
+        if ids.shape[1] < 2:
+            return None
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.config)
+        prefix = {"input_ids": ids[:, :-1], "attention_mask": mask[:, :-1]}
+        if "position_ids" in params:
+            prefix["position_ids"] = (mask[:, :-1].cumsum(-1) - 1).masked_fill(mask[:, :-1] == 0, 0)
+        self.model(**prefix, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        select = torch.tensor(index, device=ids.device)
+        cache.batch_select_indices(select)
+        return {"input_ids": ids[select], "attention_mask": mask[select]}, cache
 
     def _collate(self, rows: list[PromptItem]) -> dict[str, torch.Tensor]:
         """Left-pad prompt ids; add pixel_values, image_grid_thw and mm_token_type_ids when images are present."""
