@@ -1,4 +1,4 @@
-"""``python -m lmm_r1_ascend.envs {generate,solve,render} ...``: the Sokoban CLI."""
+"""``python -m lmm_r1_ascend.envs {generate,solve,render,football} ...``: the Sokoban CLI (and Football task rows)."""
 
 from __future__ import annotations
 
@@ -31,6 +31,12 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--level", required=True)
     r.add_argument("--out", required=True)
     r.add_argument("--cell", type=int, default=32)
+    f = sub.add_parser("football", help="write task rows for the Football env (env.name=football)")
+    f.add_argument("--out", required=True, help="output folder")
+    f.add_argument("--n", type=int, default=64, help="number of episodes (rows)")
+    f.add_argument("--scenario", default="academy_run_to_score_with_keeper", help="a gfootball scenario")
+    f.add_argument("--actions-per-turn", type=int, default=1, help="as the env's actions_per_turn")
+    f.add_argument("--jsonl", default="football.jsonl", help="name of the jsonl file inside --out")
     args = parse_cli(ap, argv)
     try:
         if args.cmd == "generate":
@@ -42,6 +48,11 @@ def main(argv: list[str] | None = None) -> int:
                 rows = write_dataset(args.out, args.n, args.boxes, args.seed, args.dim, args.cell, args.jsonl)
             print(json.dumps({"levels": len(rows), "jsonl": f"{args.out}/{args.jsonl}",
                               "min_actions": [r["min_actions"] for r in rows]}))
+        elif args.cmd == "football":
+            from lmm_r1_ascend.envs.football import write_football_tasks
+
+            rows = write_football_tasks(args.out, args.n, args.scenario, args.actions_per_turn, args.jsonl)
+            print(json.dumps({"episodes": len(rows), "jsonl": f"{args.out}/{args.jsonl}", "scenario": args.scenario}))
         elif args.cmd == "solve":
             plan = solve(load_level(args.level))
             print(json.dumps({"level": args.level, "solvable": plan is not None,

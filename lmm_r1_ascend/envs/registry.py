@@ -26,7 +26,7 @@ from typing import Any
 from lmm_r1_ascend.envs.base import Environment
 
 _ENVS: dict[str, type[Environment]] = {}
-_BUILTIN_MODULES: tuple[str, ...] = ("lmm_r1_ascend.envs.sokoban_env",)
+_BUILTIN_MODULES: tuple[str, ...] = ("lmm_r1_ascend.envs.sokoban_env", "lmm_r1_ascend.envs.football")
 _builtins_loaded = False
 
 
