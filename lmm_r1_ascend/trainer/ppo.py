@@ -39,6 +39,7 @@ from lmm_r1_ascend.distributed.rollout_client import staleness_bound
 from lmm_r1_ascend.distributed.worker_group import WorkerDiedError
 from lmm_r1_ascend.engines.base import NonFiniteError
 from lmm_r1_ascend.experience import ExperienceBatch
+from lmm_r1_ascend.experience.multi_turn import step_rewards_of
 from lmm_r1_ascend.rewards.scoring import Scored, reward_metrics
 from lmm_r1_ascend.rollout.base import RolloutSample, SamplingConfig
 from lmm_r1_ascend.trainer.async_rollout import AsyncRollout, staleness_metrics
@@ -274,7 +275,10 @@ class PPOTrainer:
         return samples, scored
 
     def _experience(self, samples: list[RolloutSample], rewards: torch.Tensor, info: dict) -> ExperienceBatch:
+        # multi-turn samples also carry each turn's env reward at its last sampled token (gae / reinforce
+        # credit it where it was earned; outcome estimators use `rewards`, the return)
         return ExperienceBatch(
+            step_rewards=step_rewards_of(samples),
             prompt_ids=[s.prompt_ids for s in samples], response_ids=[s.response_ids for s in samples],
             action_mask=[s.action_mask for s in samples], log_probs=[s.logprobs for s in samples],
             rewards=rewards, group_ids=torch.tensor([s.prompt_index for s in samples]),
