@@ -78,7 +78,8 @@ class Trajectory:
     for each turn. actions: each turn's decoded text, as the env got it. infos: each step's info.
     pixel_values float32 (patches, D) / image_grid_thw int64 (n, 3): every image of the sequence
     in order (None without images); images: the same as resized PIL images. end_reason: see
-    END_REASONS. env_error: the guard's line when the episode ended on an env error.
+    END_REASONS. env_error: the guard's line when the episode ended on an env error, env_error_kind
+    its kind (envs/guard.py ERROR_KINDS; the trainer logs env/errors/<kind> from it).
     """
 
     turn_ends: list[int] = field(default_factory=list)
@@ -90,6 +91,7 @@ class Trajectory:
     image_grid_thw: torch.Tensor | None = None
     end_reason: str = ""
     env_error: str = ""
+    env_error_kind: str = ""
     env_seed: int = 0
 
     @property
@@ -154,7 +156,6 @@ class MultiTurnRollout:
                  vision_ids: Iterable[int] = ()):
         self.generate, self.new_env, self.template, self.limits = generate, new_env, template, limits
         self.vision_ids = {int(t) for t in vision_ids}
-        self.error_counts: Counter[str] = Counter()  # the guards' counts (guarded_env_factory's `counts`)
 
     def _open(self, i: int, j: int, p: PromptItem, cfg: SamplingConfig) -> _Open:
         gp = self.template.generation_prompt_ids()
@@ -172,7 +173,7 @@ class MultiTurnRollout:
             obs = env.reset(seed, task)
         except EnvError as e:  # the sample is kept: its first turn is sampled from the row alone, reward 0
             t.context = list(p.prompt_ids)
-            t.traj.env_error = str(e)
+            t.traj.env_error, t.traj.env_error_kind = str(e), e.kind
             return t
         turn = self.template.observation(obs, None, f"prompts[{i}] first observation")
         if len(t.traj.images) + len(turn.images) > self.limits.max_images:
@@ -227,6 +228,7 @@ class MultiTurnRollout:
         t.traj.infos.append(dict(result.info))
         if result.info.get("env_error"):
             t.traj.env_error = str(result.info["env_error"])
+            t.traj.env_error_kind = str(result.info.get("env_error_kind", "env_error"))
             return t.end("env_error")
         if result.done:
             return t.end("done")
@@ -255,16 +257,23 @@ class MultiTurnRollout:
             finish_reason=t.finish_reason, prompt=t.prompt, trajectory=t.traj)
 
 
-def guarded_env_factory(name: str, kwargs: dict[str, Any], limits: MultiTurnLimits,
-                        counts: Counter | None = None) -> Callable[[], Environment]:
+def guarded_env_factory(name: str, kwargs: dict[str, Any], limits: MultiTurnLimits) -> Callable[[], Environment]:
     """new_env() for MultiTurnRollout: make_env(name, **kwargs) inside a GuardedEnv with the limits."""
     make_env(name, **kwargs).close()  # bad names / kwargs fail here, once, before any rollout
 
     def new_env() -> Environment:
         return GuardedEnv(make_env(name, **kwargs), timeout_s=limits.timeout_s, max_images=limits.max_images,
-                          max_image_pixels=limits.max_image_pixels, counts=counts)
+                          max_image_pixels=limits.max_image_pixels)
 
     return new_env
+
+
+def env_error_metrics(samples: Sequence[RolloutSample]) -> dict[str, float]:
+    """env/errors/<kind>: how many of these samples' episodes ended on an environment error of each kind
+    (counted from the samples, so it holds wherever the trajectories were played); {} when none did."""
+    kinds = Counter(s.trajectory.env_error_kind or "env_error" for s in samples
+                    if s.trajectory is not None and s.trajectory.env_error)
+    return error_metrics(kinds)
 
 
 class MultiTurnEngine(RolloutEngine):
@@ -280,10 +289,6 @@ class MultiTurnEngine(RolloutEngine):
 
     def generate(self, prompts: list[PromptItem], cfg: SamplingConfig) -> list[RolloutSample]:
         return self.rollout.run(prompts, cfg)
-
-    def error_metrics(self) -> dict[str, float]:
-        """env/errors/<kind> counts since the engine was built."""
-        return error_metrics(self.rollout.error_counts)
 
     def update_weights(self, named_tensors, *, meta=None) -> int:
         return self.engine.update_weights(named_tensors, meta=meta)
@@ -320,8 +325,6 @@ def wrap_multi_turn(engine: RolloutEngine, env_cfg, data_cfg, model_path: str) -
     template = TurnTemplate(tokenizer, image_processor, data_cfg.min_pixels, data_cfg.max_pixels)
     vision = [template.image_token_id, tokenizer.convert_tokens_to_ids("<|video_pad|>")]
     vision = [t for t in vision if t is not None and t != tokenizer.unk_token_id]
-    counts: Counter = Counter()
-    rollout = MultiTurnRollout(engine.generate, guarded_env_factory(env_cfg.name, dict(env_cfg.kwargs), limits, counts),
+    rollout = MultiTurnRollout(engine.generate, guarded_env_factory(env_cfg.name, dict(env_cfg.kwargs), limits),
                                template, limits, vision_ids=vision)
-    rollout.error_counts = counts
     return MultiTurnEngine(engine, rollout)

@@ -42,6 +42,7 @@ from lmm_r1_ascend.experience import ExperienceBatch
 from lmm_r1_ascend.experience.multi_turn import step_rewards_of
 from lmm_r1_ascend.rewards.scoring import Scored, reward_metrics
 from lmm_r1_ascend.rollout.base import RolloutSample, SamplingConfig
+from lmm_r1_ascend.rollout.multi_turn import env_error_metrics
 from lmm_r1_ascend.trainer.async_rollout import AsyncRollout, staleness_metrics
 from lmm_r1_ascend.trainer.checkpointer import Checkpointer
 from lmm_r1_ascend.trainer.dry_run import check_rewards
@@ -293,6 +294,7 @@ class PPOTrainer:
         lengths = torch.tensor([int(s.response_ids.numel()) for s in drawn], dtype=torch.float32)
         metrics = {
             **reward_metrics(drawn, got.drawn_scored),
+            **env_error_metrics(drawn),
             "response_length/mean": float(lengths.mean()), "response_length/max": float(lengths.max()),
             "response_length/clip_ratio": sum(s.finish_reason == "length" for s in drawn) / len(drawn),
             **length_by_source(drawn),

@@ -22,7 +22,9 @@ from lmm_r1_ascend.experience.multi_turn import step_rewards, step_rewards_of
 from lmm_r1_ascend.models.tiny import ensure_tiny_model
 from lmm_r1_ascend.rewards.scoring import score_samples
 from lmm_r1_ascend.rollout.base import TOKEN_IN, SamplingConfig, make_sample
-from lmm_r1_ascend.rollout.multi_turn import MultiTurnLimits, MultiTurnRollout, guarded_env_factory
+from lmm_r1_ascend.rollout.multi_turn import (
+    MultiTurnLimits, MultiTurnRollout, env_error_metrics, guarded_env_factory,
+)
 from lmm_r1_ascend.rollout.turn_template import TurnTemplate
 
 LOGP = -0.25  # what the scripted policy reports for every sampled token
@@ -179,6 +181,8 @@ def test_env_errors_keep_the_sample(setup, where):
         assert ("no level here" if where == "reset" else "the simulator crashed") in t.env_error
     scored = score_samples(samples, reward=None, tokenizer=setup[0])
     assert scored.statuses == ["env_error"] * 2 and scored.totals.tolist() == [0.0, 0.0]
+    # the trainer's env/errors/<kind>, counted from the samples (any placement): both episodes, kind exception
+    assert env_error_metrics(samples) == {"env/errors/exception": 2.0}
 
 
 def test_bad_input_is_one_clear_line(setup):
@@ -226,7 +230,7 @@ def test_the_run_config_wraps_the_engine(setup):
     assert isinstance(engine, MultiTurnEngine) and engine.rollout.limits.max_turns == 2
     samples = engine.generate(setup[2][:1], SamplingConfig(n=2, max_new_tokens=4, seed=0))
     assert [len(s.trajectory.turn_ends) for s in samples] == [2, 2]  # 5 invalid turns allowed: max_turns ends it
-    assert engine.error_metrics() == {}
+    assert env_error_metrics(samples) == {}
     cfg.env.name = ""
     assert not isinstance(build_rollout_engine(cfg, path, _torch.device("cpu"), _torch.float32), MultiTurnEngine)
 
