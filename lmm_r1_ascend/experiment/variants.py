@@ -32,14 +32,13 @@ class Variant:
     data: str | None = None
 
 
-# Demo scale: the tiny VL model on the demo's arithmetic (text rows, and the same problems drawn as images).
-DEMO_MODEL = "tiny-qwen2.5-vl"
+# Demo scale: the VL warm-up demo model (demo-vl) on the demo's arithmetic, as text and drawn as images.
+DEMO_MODEL = "demo-vl"
 DEMO_VARIANTS: dict[str, Variant] = {
     "base": Variant("base", None),
-    "fre_text": Variant("FRE-Text", "fre", "demo_fre"),
-    "fre_multi": Variant("FRE-Multi", "fre", "demo_fre",
-                         ("data.prompt_data=[demo:arithmetic-images]", "data.max_prompt_len=1024")),
-    "sft_text": Variant("SFT-Text", "sft", "demo_sft"),
+    "fre_text": Variant("FRE-Text", "fre", "demo_fre_vl"),
+    "fre_multi": Variant("FRE-Multi", "fre", "demo_fre_multi"),  # half text, half image rows
+    "sft_text": Variant("SFT-Text", "sft", "demo_sft_vl"),
     "mgt_direct": Variant("MGT from base", "mgt", "demo_mgt", init_from="pretrain"),
     "mgt_after_fre": Variant("MGT after FRE-Text", "mgt", "demo_mgt", init_from="fre_text"),
     "mgt_after_sft": Variant("MGT after SFT-Text", "mgt", "demo_mgt", init_from="sft_text"),
