@@ -253,13 +253,25 @@ def validate(cfg: TrainConfig) -> TrainConfig:
 def _validate_env(cfg: TrainConfig) -> None:
     """env.*: the multi-turn rollout's limits, a known environment, and the settings it cannot run with."""
     e = cfg.env
+    if e.file and not e.name:
+        raise ConfigError(f"env.file={e.file} is set but env.name is empty: name the environment it registers")
     if not e.name:
         return
-    from lmm_r1_ascend.envs.registry import env_names
+    from lmm_r1_ascend.envs.registry import env_names, load_env_file
     from lmm_r1_ascend.rollout.multi_turn import MultiTurnLimits
 
-    if e.name not in env_names():
-        raise ConfigError(f"env.name: unknown environment '{e.name}'; registered: {', '.join(env_names())}")
+    if e.file:  # the user's file runs here, as it will in every process that plays the env
+        try:
+            names = load_env_file(e.file)
+        except ValueError as exc:
+            raise ConfigError(f"env.file: {exc}") from None
+        e.file = str(Path(e.file).expanduser().resolve())  # engine actors elsewhere load the very same file
+        if e.name not in names:
+            raise ConfigError(f"env.name: '{e.name}' is not registered by env.file {e.file}; it registers: "
+                              f"{', '.join(names)}")
+    elif e.name not in env_names():
+        raise ConfigError(f"env.name: unknown environment '{e.name}'; registered: {', '.join(env_names())} "
+                          "(your own environment: env.file=PATH.py)")
     try:
         MultiTurnLimits(e.max_turns, e.max_images, e.max_image_pixels, e.max_response_tokens, e.timeout_s)
     except ValueError as exc:

@@ -119,6 +119,9 @@ class EnvConfig:
       each sample is a trajectory: the policy answers, the environment steps on the answer and its
       observation (text and/or images) becomes the next user turn, until the env says done,
       max_turns turns, or the response budget; the env's summed rewards are the sample's reward.
+    file: a Python file of your own environments (envs/registry.py load_env_file), imported before
+      env.name is looked up, in every process that plays the env: IMPORTING IT RUNS ITS CODE, as for a
+      custom reward file; env.name must be one of the names it registers. "": built-in envs only.
     kwargs: the environment's constructor arguments (e.g. sokoban: moves_per_turn, max_moves, show_grid).
     max_turns: policy turns per trajectory. max_images: images in one whole sequence (prompt and
       observations); max_image_pixels: pixels (w x h) of one observation image before resizing.
@@ -127,6 +130,7 @@ class EnvConfig:
     """
 
     name: str = ""
+    file: str = ""
     kwargs: dict[str, Any] = field(default_factory=dict)
     max_turns: int = 5
     max_images: int = 8

@@ -315,10 +315,14 @@ class MultiTurnEngine(RolloutEngine):
 
 
 def wrap_multi_turn(engine: RolloutEngine, env_cfg, data_cfg, model_path: str) -> MultiTurnEngine:
-    """`engine` playing env_cfg's environment (config.schema.EnvConfig); observation images are
-    resized within data_cfg's min_pixels / max_pixels like prompt images."""
+    """`engine` playing env_cfg's environment (config.schema.EnvConfig; env_cfg.file is loaded first,
+    so engine actors and eval find a user's env); observation images are resized within data_cfg's
+    min_pixels / max_pixels like prompt images."""
     from lmm_r1_ascend.data import load_processors
+    from lmm_r1_ascend.envs.registry import load_env_file
 
+    if env_cfg.file:  # every process that plays the env imports the user's file (RUNS ITS CODE) itself
+        load_env_file(env_cfg.file)
     tokenizer, image_processor = load_processors(model_path)
     limits = MultiTurnLimits(env_cfg.max_turns, env_cfg.max_images, env_cfg.max_image_pixels,
                              env_cfg.max_response_tokens, env_cfg.timeout_s)

@@ -96,3 +96,25 @@ def test_the_documented_example_runs(tmp_path):
     env.reset(0, {"secret": 2})
     bad = env.step("no answer here")
     assert bad.info["invalid_action"] is True and bad.reward == 0.0 and not bad.done
+
+
+def test_the_config_key_loads_the_file_and_checks_the_name(tmp_path, monkeypatch):
+    """env.file: the loader imports the file before it looks env.name up, makes the path absolute
+    (engine actors may start in another directory), and each mistake is one line."""
+    from lmm_r1_ascend.config import ConfigError, load_config
+
+    write(tmp_path, "my_envs.py", GOOD.format(name="echo-config-test"))
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(overrides=["env.name=echo-config-test", "env.file=my_envs.py"])
+    assert cfg.env.file == str((tmp_path / "my_envs.py").resolve())
+    for overrides, fragment in [
+        (["env.name=echo-config-test", "env.file=missing.py"], "env.file: custom environment file not found"),
+        (["env.name=sokoban", "env.file=my_envs.py"],
+         f"env.name: 'sokoban' is not registered by env.file {(tmp_path / 'my_envs.py').resolve()}; "
+         "it registers: echo-config-test"),
+        (["env.file=my_envs.py"], "env.file=my_envs.py is set but env.name is empty"),
+        (["env.name=nope"], "unknown environment 'nope'; registered: .* \\(your own environment: env.file=PATH.py\\)"),
+    ]:
+        with pytest.raises(ConfigError, match=fragment) as err:
+            load_config(overrides=overrides)
+        assert "\n" not in str(err.value)

@@ -235,6 +235,51 @@ def test_the_run_config_wraps_the_engine(setup):
     assert not isinstance(build_rollout_engine(cfg, path, _torch.device("cpu"), _torch.float32), MultiTurnEngine)
 
 
+ENV_FILE = """
+from PIL import Image
+from lmm_r1_ascend.envs.base import Environment, Observation, StepResult
+from lmm_r1_ascend.envs.registry import register_env
+
+@register_env("countdown-file-test")
+class Countdown(Environment):
+    def __init__(self, turns=2):
+        self.turns = turns
+    def reset(self, seed, task):
+        self.left = self.turns
+        return Observation(text=f"countdown {self.left}", images=(Image.new("RGB", (28, 28), "red"),))
+    def step(self, action_text):
+        self.left -= 1
+        return StepResult(Observation(text=f"countdown {self.left}"), 0.5, self.left == 0, {"success": True})
+"""
+
+
+def test_env_file_reaches_the_engine(setup, tmp_path, monkeypatch):
+    """env.file: build_rollout_engine imports the user's file itself (a Ray engine actor is a fresh
+    process in its own directory; here the registry forgets the loader's import and the working
+    directory changes), and the file's environment plays the trajectory."""
+    import sys
+
+    from lmm_r1_ascend.config import load_config
+    from lmm_r1_ascend.envs import registry
+    from lmm_r1_ascend.workers.builders import build_rollout_engine
+
+    (tmp_path / "my_envs.py").write_text(ENV_FILE)
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config("demo_sokoban_multiturn", overrides=["env.name=countdown-file-test", "env.file=my_envs.py"])
+    cfg.env.kwargs = {"turns": 2}
+    module = registry._ENVS["countdown-file-test"].__module__
+    monkeypatch.setattr(registry, "_ENVS", {n: c for n, c in registry._ENVS.items() if n != "countdown-file-test"})
+    monkeypatch.delitem(sys.modules, module)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    engine = build_rollout_engine(cfg, str(ensure_tiny_model("tiny-qwen2.5-vl")), torch.device("cpu"), torch.float32)
+    [s] = engine.generate(setup[2][:1], SamplingConfig(n=1, max_new_tokens=4, seed=0))
+    tok = setup[0]
+    assert "countdown 2" in tok.decode(s.prompt_ids) and "countdown 1" in tok.decode(s.response_ids)
+    assert s.trajectory.turn_rewards == [0.5, 0.5] and s.trajectory.end_reason == "done" and s.trajectory.success
+    assert len(s.trajectory.images) == setup[2][0].num_images + 1  # the row's board and the file env's picture
+
+
 def test_vllm_continuation_sends_ids_with_one_pad_per_image(setup):
     """The vLLM engine's token-in input (no vLLM needed: the method only reshapes ids)."""
     from lmm_r1_ascend.data.types import PromptItem
