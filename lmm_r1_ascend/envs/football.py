@@ -48,10 +48,21 @@ ACTIONS = ("idle", "left", "top_left", "top", "top_right", "right", "bottom_righ
            "sliding", "dribble", "release_dribble", "builtin_ai")  # gfootball's "v2" action set, in its order
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
 FIRST_TEXT = ("You control the active player of the yellow team (the one with the ball or nearest to it) and "
-              "attack the goal on the right. Each turn give 1 to {k} actions from: {names}, as "
-              "<think> ... </think><answer> action, action </answer>. I show you the game after them.")
+              "attack the goal on the right. Each turn give {how_many} from: {names}, as "
+              "<think> ... </think><answer> {example} </answer>. I show you the game after {them}.")
 _display: subprocess.Popen | None = None
 _idle: list[tuple[str, subprocess.Popen, Connection, Connection]] = []  # game processes a closed env left running
+
+
+def how_many_actions(k: int) -> str:
+    """How many actions a turn may name, as the prompts say it: "1 action", or "1 to k actions"."""
+    return "1 action" if k == 1 else f"1 to {k} actions"
+
+
+def first_text(k: int) -> str:
+    """The first observation's text for ``k`` actions per turn."""
+    return FIRST_TEXT.format(how_many=how_many_actions(k), names=", ".join(ACTIONS),
+                             example="action" if k == 1 else "action, action", them="it" if k == 1 else "them")
 
 
 def parse_football_actions(text: str, limit: int) -> list[str] | None:
@@ -172,7 +183,7 @@ class FootballEnv(Environment):
         _, frame, self.facts = self._ask("reset", scenario, int(seed) % (2**31), self.rewards, self.render_width,
                                          self.max_side)
         self.frame, self.invalid, self.frames = Image.fromarray(frame), 0, 0
-        return self._observation(FIRST_TEXT.format(k=self.actions_per_turn, names=", ".join(ACTIONS)))
+        return self._observation(first_text(self.actions_per_turn))
 
     def step(self, action_text: str) -> StepResult:
         if self.frame is None:
@@ -182,7 +193,7 @@ class FootballEnv(Environment):
             self.invalid += 1
             info = {"invalid_action": True, "score": self.facts["score"], "success": False, "frames": self.frames,
                     "actions": []}
-            text = (f"Invalid answer: give 1 to {self.actions_per_turn} actions from the list as "
+            text = (f"Invalid answer: give {how_many_actions(self.actions_per_turn)} from the list as "
                     "<answer> action </answer>. Nothing happened.")
             return StepResult(self._observation(text), 0.0, self.invalid >= self.max_invalid, info)
         indices = [ACTIONS.index(n) for n in names for _ in range(self.frames_per_action)]
@@ -203,10 +214,16 @@ class FootballEnv(Environment):
 
 FOOTBALL_USER_PROMPT = (
     "You play a football game over several turns, seen from the broadcast camera. Your team wears yellow and "
-    "attacks the goal on the right; you control the active player. Each turn, think, then give 1 to {k} actions "
-    "as a comma-separated list, for example <think> the goal is open </think><answer> shot </answer>; after "
+    "attacks the goal on the right; you control the active player. Each turn, think, then give {how_many}"
+    "{as_list}, for example <think> the goal is open </think><answer> shot </answer>; after "
     "each answer I show the game again."
 )
+
+
+def football_user_prompt(k: int) -> str:
+    """The task rows' user prompt for ``k`` actions per turn."""
+    as_list = "" if k == 1 else " as a comma-separated list"
+    return FOOTBALL_USER_PROMPT.format(how_many=how_many_actions(k), as_list=as_list)
 
 
 def write_football_tasks(out_dir, n: int, scenario: str = "academy_empty_goal_close", actions_per_turn: int = 1,
@@ -221,7 +238,7 @@ def write_football_tasks(out_dir, n: int, scenario: str = "academy_empty_goal_cl
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     message = json.dumps([{"role": "system", "content": SYSTEM_PROMPT},
-                          {"role": "user", "content": FOOTBALL_USER_PROMPT.format(k=actions_per_turn)}])
+                          {"role": "user", "content": football_user_prompt(actions_per_turn)}])
     rows = [{"message": message, "answer": "", "datasource": "football", "scenario": scenario,
              "question": f"football_{scenario}_{i:05d}"} for i in range(n)]
     out = Path(out_dir)

@@ -79,5 +79,25 @@ def test_task_rows_from_the_cli(tmp_path, capsys):
     rows = [json.loads(line) for line in (tmp_path / "football.jsonl").read_text().splitlines()]
     assert [r["scenario"] for r in rows] == ["academy_3_vs_1_with_keeper"] * 2 and rows[0]["datasource"] == "football"
     system, user = json.loads(rows[0]["message"])
-    assert "1 actions" in user["content"] and "<answer>" in system["content"]
+    assert "give 1 action, for example" in user["content"] and "<answer>" in system["content"]
+    assert "1 to 1" not in user["content"] and "comma-separated" not in user["content"]
+    assert main(["football", "--out", str(tmp_path), "--n", "1", "--actions-per-turn", "3"]) == 0
+    user = json.loads(json.loads((tmp_path / "football.jsonl").read_text())["message"])[1]
+    assert "give 1 to 3 actions as a comma-separated list" in user["content"]
     assert isinstance(make_env("football", max_side=64), FootballEnv)  # registered as a built-in, game not started
+
+
+@pytest.mark.parametrize("k, says, not_says", [
+    (1, ["give 1 action from:", "<answer> action </answer>", "the game after it."], "1 to 1"),
+    (2, ["give 1 to 2 actions from:", "<answer> action, action </answer>", "the game after them."], "1 action "),
+])
+def test_the_env_says_how_many_actions(k, says, not_says):
+    """The first observation and the invalid-answer text, with the game faked (no gfootball needed)."""
+    import numpy as np
+
+    env = FootballEnv(actions_per_turn=k)
+    env._ask = lambda *msg: ("ok", np.zeros((9, 16, 3), np.uint8), {"score": [0, 0], "steps_left": 5})
+    first = env.reset(0, {}).text
+    assert all(s in first for s in says) and not_says not in first
+    invalid = env.step("no answer").observation.text
+    assert f"give {'1 action' if k == 1 else f'1 to {k} actions'} from the list" in invalid and not_says not in invalid
