@@ -112,3 +112,31 @@ def test_shipped_model_is_small_resolves_and_its_figures_are_pinned():
     assert 0.0 < image["read_right"] < text["read_right"]
     assert image["pass@8"] > 2 * image["pass@1"] and text["pass@8"] > 2 * text["pass@1"]  # room for RL
     assert image["pass@1"] < text["pass@1"]
+
+
+VL_RECIPES = {"demo_fre_vl": "fre", "demo_mgt": "mgt", "demo_fre_multi": "fre", "demo_sft_vl": "sft"}
+
+
+def test_vl_demo_recipes_run_on_demo_vl_and_validate_on_both_held_out_sets():
+    from lmm_r1_ascend.config import load_config
+
+    for name, stage in VL_RECIPES.items():
+        cfg = load_config(name)
+        assert (cfg.stage, cfg.model.pretrain) == (stage, "demo-vl"), name
+        assert cfg.data.eval_data == ["demo:arithmetic-eval", "demo:arithmetic-images-eval"], name
+        assert cfg.eval.limit == 0, name  # a limit counts over the sets in order: it would cut the image set
+    fre, mgt = load_config("demo_fre_vl"), load_config("demo_mgt")
+    assert mgt.model.init_from == fre.output_dir  # MGT continues the VL FRE demo
+    assert mgt.data.prompt_data == ["demo:arithmetic-images"] and fre.data.prompt_data == ["demo:arithmetic"]
+    assert load_config("demo_fre_multi").data.prompt_data == ["demo:arithmetic", "demo:arithmetic-images"]
+
+
+@shipped
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(VL_RECIPES))
+def test_vl_demo_recipes_pass_the_dry_run(name, tmp_path):
+    """Every row of every data file checked, images decoded (~1 min each on the busy 2-core VM)."""
+    from lmm_r1_ascend.train import main as train_main
+
+    extra = ["model.init_from=pretrain"] if name == "demo_mgt" else []  # no FRE run here
+    assert train_main(["--recipe", name, "--dry-run", *extra, f"output_dir={tmp_path}"]) == 0
