@@ -110,45 +110,46 @@ def _resolve_data(entries: list[str], out: Path) -> list[str]:
     return materialise_eval(entries, out / "data")
 
 
-def run_eval(args: argparse.Namespace) -> dict:
+def _first_prompts(dataset, limit: int | None) -> list:
+    """The dataset's prompts in order, only the first `limit` when given (after bad rows are dropped)."""
+    prompts = []
+    for item in dataset:
+        prompts.append(item)
+        if limit is not None and len(prompts) >= limit:
+            break
+    return prompts
+
+
+def _sampler(cfg, backend, actor_path: str) -> tuple:
+    """(generate, where, engine, cluster): the rollout engine in this process (distributed.mode=local),
+    else the training placement's ranks and engine actors, as a run would start them."""
     import dataclasses
 
     import torch
 
-    from lmm_r1_ascend.backends import get_backend
-    from lmm_r1_ascend.evaluation.runner import evaluate, format_table
-    from lmm_r1_ascend.evaluation.sokoban_eval import episodes_from_samples, format_sokoban_table, is_sokoban, \
-        sokoban_figures
-    from lmm_r1_ascend.rollout.base import SamplingConfig
-    from lmm_r1_ascend.trainer.setup import prepare_data, reward_router
-
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    cfg = eval_config(args, _resolve_data(list(args.data), out))
-    sampling = SamplingConfig(n=args.n, temperature=args.temperature, top_p=args.top_p,
-                              max_new_tokens=args.max_new_tokens, seed=args.seed)
-    backend = get_backend(cfg.device)
-    backend.seed_everything(cfg.seed)
-    actor_path, tokenizer, _, dataset = prepare_data(cfg, shuffle=False)
-    prompts = []
-    for item in dataset:
-        prompts.append(item)
-        if args.limit is not None and len(prompts) >= args.limit:
-            break
-    cluster = engine = None
     if cfg.distributed.mode == "local":
         from lmm_r1_ascend.workers.builders import build_rollout_engine
 
         dtype = backend.default_dtype if cfg.model.dtype == "auto" else getattr(torch, cfg.model.dtype)
         engine = build_rollout_engine(cfg, actor_path, backend.device(0), dtype)
-        generate, where = engine.generate, f"{cfg.rollout.engine} engine in this process"
-    else:  # the training placement: ranks and engine actors, as a run would start them
-        from lmm_r1_ascend.trainer.setup import build_components
+        return engine.generate, f"{cfg.rollout.engine} engine in this process", engine, None
+    from lmm_r1_ascend.trainer.setup import build_components
 
-        cluster = build_components(dataclasses.replace(cfg, data=cfg.data), backend, log=lambda s: None)
-        generate, where = cluster.rollout.generate, cluster.rollout.describe()
+    cluster = build_components(dataclasses.replace(cfg, data=cfg.data), backend, log=lambda s: None)
+    return cluster.rollout.generate, cluster.rollout.describe(), None, cluster
+
+
+def _sample_and_score(args: argparse.Namespace, cfg, backend, actor_path: str, prompts: list, tokenizer, sampling):
+    """Generate and score every prompt (evaluation.runner.evaluate); returns (result, kept, where): kept
+    are the Sokoban rows' samples (a multi-turn sample's trajectory is on it), where says what sampled.
+    The reward, the engine and the cluster are closed at the end, also on failure."""
+    from lmm_r1_ascend.evaluation.runner import evaluate
+    from lmm_r1_ascend.evaluation.sokoban_eval import is_sokoban
+    from lmm_r1_ascend.trainer.setup import reward_router
+
+    generate, where, engine, cluster = _sampler(cfg, backend, actor_path)
     reward = reward_router(cfg)
-    kept: list = []  # the samples, for the Sokoban figures (a multi-turn sample's trajectory is on it)
+    kept: list = []
 
     def generate_and_keep(chunk, sampling_cfg):
         samples = generate(chunk, sampling_cfg)
@@ -169,24 +170,59 @@ def run_eval(args: argparse.Namespace) -> dict:
         for part in (reward, engine, cluster):  # vLLM's engine processes and KV cache go with it
             if part is not None and hasattr(part, "close"):
                 part.close()
+    return result, kept, where
+
+
+def _add_sokoban_figures(result, kept: list, tokenizer) -> dict:
+    """{datasource: Sokoban figures} of the kept samples, also stored as sokoban/<figure> in
+    result.summary (compare --metric sokoban/success_rate reads them there)."""
+    from lmm_r1_ascend.evaluation.sokoban_eval import episodes_from_samples, sokoban_figures
+
     sokoban = {source: sokoban_figures(eps) for source, eps in episodes_from_samples(
         kept, lambda s: tokenizer.decode(s.response_ids, skip_special_tokens=True)).items()}
-    for source, figures in sokoban.items():  # compare --metric sokoban/success_rate reads them there
+    for source, figures in sokoban.items():
         result.summary[source].update({f"sokoban/{k}": v for k, v in figures.items()})
+    return sokoban
+
+
+def _stamp(args: argparse.Namespace, cfg, backend, actor_path: str, dataset, sampling, result, where: str) -> dict:
+    """What the figures were measured on: model, data, engine, sampling, versions, date."""
+    import dataclasses
+
+    return {
+        "model": actor_path, "model_hash": _model_hash(actor_path),
+        "data": [{"path": p, "sha256": _sha256(Path(p))} for p in cfg.data.prompt_data],
+        "data_counts": dataset.counts, "engine": cfg.rollout.engine, "where": where, "device": backend.name,
+        "sampling": dataclasses.asdict(sampling), "limit": args.limit, "seconds": round(result.seconds, 3),
+        "versions": _versions(), "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def run_eval(args: argparse.Namespace) -> dict:
+    """Load the data, sample and score every prompt, write samples.jsonl and summary.json into
+    --out, print the tables; returns the summary."""
+    from lmm_r1_ascend.backends import get_backend
+    from lmm_r1_ascend.evaluation.runner import format_table
+    from lmm_r1_ascend.evaluation.sokoban_eval import format_sokoban_table
+    from lmm_r1_ascend.rollout.base import SamplingConfig
+    from lmm_r1_ascend.trainer.setup import prepare_data
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = eval_config(args, _resolve_data(list(args.data), out))
+    sampling = SamplingConfig(n=args.n, temperature=args.temperature, top_p=args.top_p,
+                              max_new_tokens=args.max_new_tokens, seed=args.seed)
+    backend = get_backend(cfg.device)
+    backend.seed_everything(cfg.seed)
+    actor_path, tokenizer, _, dataset = prepare_data(cfg, shuffle=False)
+    prompts = _first_prompts(dataset, args.limit)
+    result, kept, where = _sample_and_score(args, cfg, backend, actor_path, prompts, tokenizer, sampling)
+    sokoban = _add_sokoban_figures(result, kept, tokenizer)
     with open(out / "samples.jsonl", "w") as f:
         for rec in result.records:
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-    summary = {
-        "format": "lmm-r1-eval/1",
-        "figures": result.summary,
-        "stamp": {
-            "model": actor_path, "model_hash": _model_hash(actor_path),
-            "data": [{"path": p, "sha256": _sha256(Path(p))} for p in cfg.data.prompt_data],
-            "data_counts": dataset.counts, "engine": cfg.rollout.engine, "where": where, "device": backend.name,
-            "sampling": dataclasses.asdict(sampling), "limit": args.limit, "seconds": round(result.seconds, 3),
-            "versions": _versions(), "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        },
-    }
+    summary = {"format": "lmm-r1-eval/1", "figures": result.summary,
+               "stamp": _stamp(args, cfg, backend, actor_path, dataset, sampling, result, where)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(format_table(result.summary))
     if sokoban:
