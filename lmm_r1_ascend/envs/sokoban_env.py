@@ -34,7 +34,13 @@ from lmm_r1_ascend.envs.sokoban import BOX, BOX_ON_TARGET, FLOOR, PLAYER, STEP_P
 from lmm_r1_ascend.envs.sokoban_render import render_room
 
 GRID_CHARS = {WALL: "#", FLOOR: "_", TARGET: "O", BOX_ON_TARGET: "√", BOX: "X", PLAYER: "P"}
-FIRST_TEXT = "This is the board now. Give 1 to {k} moves."
+FIRST_TEXT = "This is the board now. Give {moves}."
+
+
+def moves_phrase(k: int) -> str:
+    """How many moves a turn may give, in words: "1 move" or "1 to k moves"."""
+    return "1 move" if k == 1 else f"1 to {k} moves"
+
 MULTITURN_USER_PROMPT = (
     "You play Sokoban, seen from above, over several turns. Dark grey cells are walls, light grey cells "
     "are floor, red squares are targets, brown squares are boxes, green squares are boxes already on a "
@@ -103,7 +109,7 @@ class SokobanEnv(Environment):
         """Load the task's level (the seed is unused: Sokoban is deterministic)."""
         self.game = Sokoban(level_from_task(task), max_steps=self.max_moves)
         self.invalid = 0
-        return self._observation(FIRST_TEXT.format(k=self.moves_per_turn))
+        return self._observation(FIRST_TEXT.format(moves=moves_phrase(self.moves_per_turn)))
 
     def step(self, action_text: str) -> StepResult:
         from lmm_r1_ascend.rewards.sokoban import parse_actions
@@ -114,7 +120,7 @@ class SokobanEnv(Environment):
         if actions is None or not 1 <= len(actions) <= self.moves_per_turn:
             self.invalid += 1
             done = self.invalid >= self.max_invalid
-            text = (f"Invalid answer: give 1 to {self.moves_per_turn} moves as <answer> up, left </answer>. "
+            text = (f"Invalid answer: give {moves_phrase(self.moves_per_turn)} as <answer> up, left </answer>. "
                     f"The board is unchanged; {self.max_moves - self.game.steps} moves left.")
             info = {"invalid_action": True, "steps": self.game.steps, "solved": False, "moves": []}
             return StepResult(self._observation(text), self.invalid_penalty, done, info)

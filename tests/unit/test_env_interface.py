@@ -116,3 +116,12 @@ def test_sokoban_text_only_observations(level):
     assert res.observation.images == () and "\n#" in res.observation.text
     with pytest.raises(ValueError, match="image must be a bool"):
         make_env("sokoban", image="no")
+
+
+@pytest.mark.parametrize("k, phrase", [(1, "Give 1 move."), (2, "Give 1 to 2 moves."), (5, "Give 1 to 5 moves.")])
+def test_sokoban_prompts_say_how_many_moves(level, k, phrase):
+    room, _ = level
+    env = make_env("sokoban", moves_per_turn=k)
+    assert phrase in env.reset(0, {"room": room}).text
+    bad = env.step("no answer").observation.text
+    assert bad.startswith(f"Invalid answer: give {phrase.removeprefix('Give ').rstrip('.')} as <answer>")
