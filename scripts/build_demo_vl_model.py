@@ -191,6 +191,11 @@ class Encoder:
         pads = int(grid.prod()) // self.processor.merge_size ** 2
         return [x for t in ids for x in ([t] * pads if t == self.pad_id else [t])]
 
+    def token_types(self, ids: torch.Tensor) -> dict:
+        """mm_token_type_ids (B, T) int64, 1 on image pads: without it transformers' Qwen2.5-VL gives
+        image tokens 1-D positions instead of mRoPE's 3-D ones (what the trainer and rollouts use)."""
+        return {"mm_token_type_ids": (ids == self.pad_id).long()}
+
     def images(self, problems: list[Problem]) -> dict:
         """pixel_values (sum P, D) and image_grid_thw (N, 3) of the problems' images, in order."""
         if not problems:
@@ -246,7 +251,7 @@ def sft_loss(model, enc: Encoder, prompts: list[list[int]], targets: list[str], 
     """Mean token cross-entropy of one right-padded batch (labels on the responses only), plus
     aux_weight x the reading probe's loss on its images; image rows' pixels go in order of appearance."""
     ids, mask, labels = text_builder.sft_batch(enc.tokenizer, prompts, targets)
-    extra = enc.images(image_problems)
+    extra = {**enc.images(image_problems), **enc.token_types(ids)}
     captured = {}
     hook = None
     if probe is not None and image_problems:
@@ -334,7 +339,8 @@ def sample(model, enc: Encoder, problems: list[Problem], image: bool, n: int, ma
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
     sampling = {} if greedy else {"temperature": 1.0, "top_k": 0, "top_p": 1.0}
     out = model.generate(
-        input_ids=ids, attention_mask=mask, **(enc.images(problems) if image else {}), do_sample=not greedy,
+        input_ids=ids, attention_mask=mask, **({**enc.images(problems), **enc.token_types(ids)} if image else {}),
+        do_sample=not greedy,
         max_new_tokens=max_new_tokens, num_return_sequences=n, pad_token_id=tok.pad_token_id,
         eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"), **sampling,
     )

@@ -37,6 +37,7 @@ def test_builder_prompts_are_the_trainers(build, tmp_path):
     """The builder trains on exactly the token ids the trainer's data pipeline makes of an image row
     (chat template, pad expansion) and the same pixels: an independent path through data/templating."""
     from lmm_r1_ascend.data.dataset import PromptDataset
+    from lmm_r1_ascend.data.templating import mm_token_type_ids
 
     tok, proc = build.text_builder.load_tokenizer(), build.image_processor()
     enc = build.Encoder(tok, proc)
@@ -48,6 +49,8 @@ def test_builder_prompts_are_the_trainers(build, tmp_path):
         assert item.prompt_ids == enc.prompt(problem, image=True)
         pixels, grid = enc.pixels(problem)
         assert torch.equal(item.image_grid_thw, grid) and torch.equal(item.pixel_values, pixels)
+        types = enc.token_types(torch.tensor([item.prompt_ids]))["mm_token_type_ids"][0].tolist()
+        assert types == mm_token_type_ids(item.prompt_ids, enc.pad_id)  # so training uses mRoPE's 3-D positions
         assert grid.tolist() == [[1, 4, 16]]  # 224x56 -> 16x4 patches of 14 -> 8x2 = 16 merged tokens
         assert item.prompt_ids.count(tok.convert_tokens_to_ids("<|image_pad|>")) == 16
 
