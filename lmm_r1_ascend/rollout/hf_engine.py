@@ -4,7 +4,7 @@ Works on any device torch and transformers run on (the default engine on CPU). P
 are repeated n times (prompt-major), left-padded into batches of at most
 `max_batch_rows` rows, and sampled with the model's KV cache. Text prompts repeated in a
 batch are prefilled once each and their KV cache copied to every sample (_shared_prefix_cache:
-n x fewer prefill rows, the same numbers as prefilling the full batch). For Qwen2-VL-style models
+n x fewer prefill rows, the same numbers as prefilling the full batch; text models only). For Qwen2-VL-style models
 the batch carries pixel_values / image_grid_thw (concatenated in row order) and
 mm_token_type_ids (0 text, 1 image, 2 video), which transformers 5.x needs to build the
 3-D mRoPE positions; generate() extends mm_token_type_ids with zeros as tokens are added.
@@ -169,16 +169,18 @@ class HFRolloutEngine(RolloutEngine):
         then copied out to every sample (cache.batch_select_indices); generate() then computes only the
         last prompt column before sampling. The positions are generate()'s own (attention-mask cumsum,
         pads at 0), and causal attention makes columns < W - 1 independent of the last one, so this is
-        the computation generate() would do on the full batch, with n x fewer prefill rows. Text only
-        (images need the VL model's own prefill to place mRoPE positions); None when no prompt repeats,
+        the computation generate() would do on the full batch, with n x fewer prefill rows. Text models
+        only: a VL model (Qwen2.5-VL) places mRoPE positions in its own prefill and keeps their offsets
+        (rope_deltas) for the decode steps, so a prefix forward of another batch shape would leave them
+        stale (a crash once an image batch ran before). None for those, when no prompt repeats,
         W < 2, or the model's forward takes no logits_to_keep (the prefix's logits are not needed).
         inputs: input_ids / attention_mask (B, W) int64 on the engine's device, B = len(rows).
         """
         firsts: dict[int, PromptItem] = {}  # id -> the prompt, in order of first appearance
         for p in rows:
             firsts.setdefault(id(p), p)
-        if len(firsts) == len(rows) or any(p.pixel_values is not None for p in rows):
-            return None
+        if len(firsts) == len(rows) or hasattr(self.model.config, "vision_config"):
+            return None  # VL models keep per-batch mRoPE state (rope_deltas) that a separate prefix forward leaves stale
         params = inspect.signature(self.model.forward).parameters
         if "logits_to_keep" not in params:
             return None

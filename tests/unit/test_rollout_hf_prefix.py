@@ -60,3 +60,23 @@ def test_no_sharing_without_repeats_or_with_one_column(engine):
     inputs, cache = engine._shared_prefix_cache([items[0]] * 2 + [items[1]] * 2)
     assert inputs["input_ids"].shape == (4, 11) and cache.get_seq_length() == 10
     assert torch.equal(inputs["attention_mask"].sum(1), torch.tensor([5, 5, 11, 11]))
+
+
+def test_vl_model_text_samples_after_an_image_batch(tmp_path):
+    """Regression: on Qwen2.5-VL the shared prefill left the model's mRoPE offsets (rope_deltas) of the
+    previous batch in place, and text prompts with n > 1 after an image batch crashed. VL models keep
+    generate()'s own full-batch prefill."""
+    from lmm_r1_ascend.data import PromptDataset, load_processors
+    from lmm_r1_ascend.demo.arithmetic import write_demo_dataset
+
+    path = ensure_tiny_model("tiny-qwen2.5-vl", cache_dir=tmp_path / "tiny")
+    tok, proc = load_processors(path)
+    files = write_demo_dataset(tmp_path / "data", n_train=2, n_eval=2, images=True)
+    images = list(PromptDataset([str(files["train_images"])], tok, proc, shuffle=False))
+    texts = list(PromptDataset([str(files["train"])], tok, proc, shuffle=False))
+    vl = HFRolloutEngine(path, max_batch_rows=8)
+    assert vl._shared_prefix_cache([texts[0]] * 2 + [texts[1]] * 2) is None
+    cfg = SamplingConfig(n=2, temperature=1.0, max_new_tokens=4, seed=0)
+    assert len(vl.generate(images, cfg)) == 4
+    out = vl.generate(texts, cfg)
+    assert [(s.prompt_index, s.sample_index) for s in out] == [(0, 0), (0, 1), (1, 0), (1, 1)]
