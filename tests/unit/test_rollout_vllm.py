@@ -60,18 +60,10 @@ def test_vllm_engine_without_vllm_is_a_clear_error(tmp_path):
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
-    from transformers import AutoConfig, Qwen2ForCausalLM
+    from tiny_variants import save_tiny_qwen2_head32
 
-    src = ensure_tiny_model("tiny-qwen2", cache_dir=tmp_path_factory.mktemp("tiny_cache"))
-    out = tmp_path_factory.mktemp("tiny_qwen2_hd32")
-    config = AutoConfig.from_pretrained(src)
-    config.num_attention_heads, config.num_key_value_heads = 2, 1  # head_dim 64 / 2 = 32
-    torch.manual_seed(0)
-    Qwen2ForCausalLM(config).save_pretrained(out)
-    for f in src.iterdir():
-        if f.name.startswith("tokenizer") or f.name in ("chat_template.jinja", "generation_config.json"):
-            shutil.copy(f, out / f.name)
-    return out
+    return save_tiny_qwen2_head32(tmp_path_factory.mktemp("tiny_qwen2_hd32"),
+                                  cache_dir=tmp_path_factory.mktemp("tiny_cache"))
 
 
 @pytest.fixture(scope="module")
