@@ -3,7 +3,7 @@ rerun, how failures and signals end a variant, the table's deltas, the paper-sca
 
 The runner is driven by a recording executor that stands in for the train / eval subprocesses (it
 writes what they would: an hf/ export, an eval summary), so each rule is checked in milliseconds;
-tests/e2e/test_experiment.py runs the real commands.
+tests/e2e/test_experiment_cli.py runs the real commands.
 """
 
 from __future__ import annotations
