@@ -99,7 +99,7 @@ class _KillAfter(PPOTrainer):
         return super().train_step()
 
 
-@pytest.mark.parametrize("victim", ["train", "rollout"])
+@pytest.mark.parametrize("victim", ["train", pytest.param("rollout", marks=pytest.mark.slow)])  # rollout: 39 s, slow
 def test_a_killed_worker_under_async_stops_clearly_and_the_run_resumes(small_config, tmp_path, ray_cluster, victim):
     extra = ["rollout.async_mode=one_step_off", "trainer.max_steps=4", "trainer.save_steps=1"]
     killer = type("Kill", (_KillAfter,), {"victim": victim})

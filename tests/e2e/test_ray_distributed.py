@@ -56,6 +56,7 @@ def test_two_ranks_follow_the_single_process_run(small_config, tmp_path, ray_clu
     _assert_same_steps(history, single_process)
 
 
+@pytest.mark.slow  # 56 s; colocated and engine-actor placements are each compared with one process by the tests above
 def test_an_engine_in_every_rank_matches_as_many_engine_actors(small_config, tmp_path, ray_cluster):
     """colocate_rollout=true (the paper's layout: each rank's process hosts an engine, in-place
     sync) against 2 engine actors fed by broadcast: the same prompt split and seeds, so the same

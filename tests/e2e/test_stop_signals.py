@@ -180,6 +180,7 @@ def test_a_second_signal_exits_at_once_keeping_the_last_good_checkpoint(tmp_path
     _no_partial_checkpoint(out)
 
 
+@pytest.mark.slow  # 79 s; the local signal tests cover the stop protocol, this one its Ray + async placement
 def test_ray_async_sigterm_during_generation_stops_the_ranks_and_engines_and_resumes(tmp_path):
     """distributed.mode=ray, one rank and one engine actor (one_step_off): the driver stops after the
     step, the engines' in-flight draw is dropped (the checkpoint's data position is before it), the
