@@ -184,6 +184,7 @@ def _table(runs, settings, out: Path, scale: str) -> str | None:
 
 def two_stage(args) -> int:
     from lmm_r1_ascend.experiment.runner import Executor, InProcessExecutor, run_all
+    from lmm_r1_ascend.trainer.stop import exit_code
 
     out = Path(args.out).resolve()
     _writable(out)
@@ -213,7 +214,7 @@ def two_stage(args) -> int:
     if outcome.stopped is not None:
         print(f"stopped by {signal.Signals(outcome.stopped).name}: rerun the same command to resume",
               file=sys.stderr)
-        return 128 + outcome.stopped
+        return exit_code(outcome.stopped)
     for name, (rc, line) in outcome.failures.items():
         print(f"error: variant {name} failed (exit {rc}): {line}", file=sys.stderr)
     return 1 if outcome.failures or any(s == "blocked" for s in outcome.status.values()) else 0

@@ -34,9 +34,9 @@ from pathlib import Path
 from typing import Callable
 
 from lmm_r1_ascend.experiment.variants import VariantRun
+from lmm_r1_ascend.trainer.stop import SIGNALS, exit_code, restore
 
 MODULES = {"train": "lmm_r1_ascend.train", "eval": "lmm_r1_ascend.eval"}
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def command_line(module: str, argv: list[str]) -> str:
@@ -81,7 +81,7 @@ class InProcessExecutor(Executor):
         main = importlib.import_module(MODULES[module]).main
         with open(log, "w") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
             rc = main(list(argv))
-        if rc in tuple(128 + int(s) for s in SIGNALS) and self.signum is None:
+        if rc in tuple(exit_code(s) for s in SIGNALS) and self.signum is None:
             self.signum = rc - 128  # the run stopped on a signal of its own handling
         return rc
 
@@ -197,8 +197,7 @@ def run_all(runs: list[VariantRun], out: Path, executor: Executor,
             say(f"{head}: done in {_fmt(wall)} ({parts}); elapsed {_fmt(time.perf_counter() - started_all)}")
         return outcome
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        restore(previous)
 
 
 def _trained(run: VariantRun) -> bool:
