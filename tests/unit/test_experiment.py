@@ -93,9 +93,13 @@ def test_a_signal_stops_the_variant_under_way_and_the_rerun_resumes_it_and_runs_
     assert killed.calls[-1] == ("fre_multi", "train") and ("sft_text", "train") not in killed.calls
     assert "stopped by SIGTERM" in lines[-1] and "rerun the same command" in lines[-1]
     assert not is_done(runs[2]) and (tmp_path / "fre_multi" / "started.json").exists()
+    checkpoint = tmp_path / "fre_multi" / "run" / "ckpt" / "global_step1"  # what the stopped run wrote
+    checkpoint.mkdir(parents=True)
     rerun = Recording()
     outcome = run_all(_runs(tmp_path, ["fre_text", "fre_multi", "sft_text"]), tmp_path, rerun, _quiet)
-    assert {f for f, _ in rerun.calls} == {"fre_multi", "sft_text"}  # base and fre_text are not rerun
+    assert rerun.calls == [("fre_multi", "train"), ("fre_multi", "eval"), ("fre_multi", "eval"),
+                           ("sft_text", "train"), ("sft_text", "eval"), ("sft_text", "eval")]  # base, fre_text not rerun
+    assert checkpoint.is_dir()  # resumed in place: the variant's folder was not cleared
     assert outcome.status == {"base": "skipped", "fre_text": "skipped", "fre_multi": "done", "sft_text": "done"}
     train = next(x for x in (tmp_path / "commands.log").read_text().splitlines()[::-1] if "fre_multi train" in x)
     assert f"output_dir={tmp_path / 'fre_multi' / 'run'}" in train  # the same run directory: its checkpoint
@@ -139,9 +143,11 @@ def test_the_table_has_a_row_per_variant_and_deltas_equal_the_direct_subtraction
     assert [c[0] for c in cells] == ["base", "FRE-Text"]
     assert cells[0][1] == "20.3" and cells[1][1] == "44.5 (+24.2)"  # 100 * (0.4453 - 0.2031)
     assert cells[1][6] == "12.0 (-28.0)"
-    for (head, kind, fig, scale), cell in zip(T.columns(4, ["text", "image"]), cells[1][1:]):
-        delta = scale * (figs["FRE-Text"][kind][fig] - figs["base"][kind][fig])
-        assert cell.endswith(f"({delta:+.1f})") and raw[1][head]["delta"] == pytest.approx(delta)
+    for (head, kind, fig, scale), base, cell in zip(T.columns(4, ["text", "image"]), cells[0][1:], cells[1][1:]):
+        value, ref = figs["FRE-Text"][kind][fig], figs["base"][kind][fig]
+        delta = scale * (value - ref)
+        assert base == f"{scale * ref:.1f}" and raw[0][head] == {"value": pytest.approx(scale * ref), "delta": None}
+        assert cell == f"{scale * value:.1f} ({delta:+.1f})" and raw[1][head]["delta"] == pytest.approx(delta)
     md, png, text = T.write(rows, 4, ["text", "image"], tmp_path, "title")
     assert md.read_text().count("\n| ") == 3 and png.stat().st_size > 1000
 
