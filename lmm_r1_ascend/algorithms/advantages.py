@@ -114,14 +114,20 @@ def token_rewards(
     r = rewards
     if reward_clip_range is not None:
         r = r.clamp(reward_clip_range[0], reward_clip_range[1])
-    dtype = torch.promote_types(r.dtype, kl.dtype) if kl is not None else r.dtype
-    out = torch.zeros(action_mask.shape, dtype=dtype, device=action_mask.device)
+    last = last_action_index(action_mask)
+    scalar = torch.where(last >= 0, r, torch.zeros_like(r))
+    placed = torch.zeros(action_mask.shape, dtype=r.dtype, device=action_mask.device)
+    placed = placed.scatter_add(1, last.clamp(min=0).unsqueeze(1), scalar.unsqueeze(1))
+    return _with_kl(placed, action_mask, kl, kl_coef)
+
+
+def _with_kl(placed: torch.Tensor, action_mask: torch.Tensor, kl: torch.Tensor | None,
+             kl_coef: float) -> torch.Tensor:
+    """``placed`` (B, L) rewards minus ``kl_coef * kl`` on action tokens; 0 at masked positions."""
+    dtype = torch.promote_types(placed.dtype, kl.dtype) if kl is not None else placed.dtype
+    out = placed.to(dtype)
     if kl is not None and kl_coef != 0:
         out = out - kl_coef * kl.to(dtype)
-    last = last_action_index(action_mask)
-    has = last >= 0
-    scalar = torch.where(has, r.to(dtype), torch.zeros_like(r, dtype=dtype))
-    out = out.scatter_add(1, last.clamp(min=0).unsqueeze(1), scalar.unsqueeze(1))
     return torch.where(action_mask, out, torch.zeros_like(out))
 
 
@@ -135,18 +141,17 @@ def step_token_rewards(
 ) -> torch.Tensor:
     """Per-token rewards of multi-turn samples: ``-kl_coef * kl`` on every action token plus each
     turn's (clipped) environment reward where ``step_rewards`` (B, L) holds it (a turn's last
-    sampled token). A reward on a masked position is a caller error (ValueError): environment
-    tokens earn nothing. Returns (B, L), 0 at masked positions."""
+    sampled token; a turn reward of exactly 0 is no reward and is not clipped). A reward on a
+    masked position is a caller error (ValueError): environment tokens earn nothing. Returns
+    (B, L), 0 at masked positions."""
     _check_token_tensors(action_mask, step_rewards=step_rewards, kl=kl)
     if bool((step_rewards[~action_mask] != 0).any()):
         raise ValueError("step_rewards has a reward on a masked (environment) token; put each turn's reward on "
                          "its last sampled token")
-    r = step_rewards if reward_clip_range is None else step_rewards.clamp(*reward_clip_range)
-    dtype = torch.promote_types(r.dtype, kl.dtype) if kl is not None else r.dtype
-    out = r.to(dtype)
-    if kl is not None and kl_coef != 0:
-        out = out - kl_coef * kl.to(dtype)
-    return torch.where(action_mask, out, torch.zeros_like(out))
+    r = step_rewards
+    if reward_clip_range is not None:  # clip the rewards only: a clamp of the zeros between them would
+        r = torch.where(r != 0, r.clamp(*reward_clip_range), r)  # pay a range without 0 on every token
+    return _with_kl(r, action_mask, kl, kl_coef)
 
 
 def discounted_returns(token_rewards: torch.Tensor, action_mask: torch.Tensor, gamma: float) -> torch.Tensor:

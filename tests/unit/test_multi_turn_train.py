@@ -162,6 +162,10 @@ def test_per_turn_rewards_and_outcome_credit():
     totals = step.sum(-1)
     tok = step_token_rewards(step, mask, reward_clip_range=(-10.0, 10.0))
     assert tok[0, 7] == 10.0 and tok[0, 1] == 1.0 and tok[1, 3] == 2.0 and bool((tok[~mask] == 0).all())
+    # a clip range without 0 clips the turns' rewards only, never the sampled tokens between them
+    clipped = torch.zeros(mask.shape)
+    clipped[0, 1], clipped[0, 5], clipped[0, 7], clipped[1, 0], clipped[1, 3] = 1.0, 0.6, 1.5, 0.6, 1.5
+    assert torch.equal(step_token_rewards(step, mask, reward_clip_range=(0.6, 1.5)), clipped)
     bad = step.clone()
     bad[0, 2] = 1.0
     with pytest.raises(ValueError, match="environment"):
