@@ -227,11 +227,12 @@ class PPOTrainer:
                 elif upd is not None:
                     c.rollout.sync_weights()
         self.step += 1
-        metrics = self._rollout_metrics(got, version, depth)
+        lengths = torch.tensor([int(s.response_ids.numel()) for s in got.drawn], dtype=torch.float32)
+        metrics = self._rollout_metrics(got, lengths, version, depth)
         self.step_skips = {}
         if upd is not None:
             metrics.update(self._update_metrics(upd, stale=bool(metrics.get("rollout/staleness_max"))))
-        metrics.update(self._speed_metrics(got.drawn, timings))
+        metrics.update(self._speed_metrics(got.drawn, float(lengths.sum()), timings))
         return self._with_common_metrics(metrics)
 
     def _timer(self, timings: dict[str, float]) -> Timed:
@@ -287,11 +288,10 @@ class PPOTrainer:
             info=info)
 
     # ------------------------------------------------------------------ one step's metrics
-    def _rollout_metrics(self, got: Collected, version: int, depth: int) -> dict[str, float]:
-        """What the policy did: rewards and lengths of every sample drawn this step, dynamic sampling,
-        staleness and the rollout engine's own figures."""
+    def _rollout_metrics(self, got: Collected, lengths: torch.Tensor, version: int, depth: int) -> dict[str, float]:
+        """What the policy did: rewards and lengths (`lengths`: response tokens of each drawn sample) of
+        every sample drawn this step, dynamic sampling, staleness and the rollout engine's own figures."""
         drawn = got.drawn
-        lengths = torch.tensor([int(s.response_ids.numel()) for s in drawn], dtype=torch.float32)
         metrics = {
             **reward_metrics(drawn, got.drawn_scored),
             **env_error_metrics(drawn),
@@ -320,8 +320,8 @@ class PPOTrainer:
                 metrics[f"{role}/skipped_steps"] = sum(self.step_skips[role])
         return metrics
 
-    def _speed_metrics(self, drawn: list[RolloutSample], timings: dict[str, float]) -> dict[str, float]:
-        gen_tokens = float(torch.tensor([int(s.response_ids.numel()) for s in drawn], dtype=torch.float32).sum())
+    def _speed_metrics(self, drawn: list[RolloutSample], gen_tokens: float,
+                       timings: dict[str, float]) -> dict[str, float]:
         prompt_tokens = sum(int(s.prompt_ids.numel()) for s in drawn)
         # async: timing/rollout is only the wait for samples generated ahead; the engines' own time counts
         gen_s = self.async_rollout.pop_generation_s() if self.async_rollout is not None else timings["timing/rollout"]
