@@ -85,6 +85,13 @@ def unique_labels(candidates: list[list[str]]) -> list[str]:
     return out
 
 
+def format_cell(value: float, base: float | None, scale: float = 100.0) -> str:
+    """One cell: `scale * value` to one decimal and, given a base, its delta `scale * (value - base)`
+    in parentheses (`34.6 (+16.0)`), the delta taken from the unrounded figures."""
+    text = f"{scale * value:.1f}"
+    return text if base is None else f"{text} ({scale * (value - base):+.1f})"
+
+
 def table_rows(runs: list[tuple[str, dict]], metric: str) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the comparison; a missing cell is '-'."""
     sources = sorted({s for _, fig in runs for s in fig}, key=lambda s: (s == "all", s))
@@ -95,12 +102,7 @@ def table_rows(runs: list[tuple[str, dict]], metric: str) -> tuple[list[str], li
         cells = [source]
         for i, (_, fig) in enumerate(runs):
             value = fig.get(source, {}).get(metric)
-            if value is None:
-                cells.append("-")
-            elif i == 0 or base is None:
-                cells.append(f"{100 * value:.1f}")
-            else:
-                cells.append(f"{100 * value:.1f} ({100 * (value - base):+.1f})")
+            cells.append("-" if value is None else format_cell(value, None if i == 0 else base))
         rows.append(cells)
     return header, rows
 

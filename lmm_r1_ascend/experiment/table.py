@@ -2,8 +2,8 @@
 response length, each cell with its delta against the base model (the first row).
 
 It reads the eval summaries through evaluation/compare.py (load_summary) and writes them with its
-markdown() and draw_png(), so the cells read like `eval compare`'s: `34.6 (+16.0)`, percentages
-for rates, tokens for lengths, the delta being value - base of the unrounded figures.
+format_cell(), markdown() and draw_png(), so the cells read like `eval compare`'s: `34.6 (+16.0)`,
+percentages for rates, tokens for lengths, the delta being value - base of the unrounded figures.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lmm_r1_ascend.evaluation.compare import draw_png, load_summary, markdown
+from lmm_r1_ascend.evaluation.compare import draw_png, format_cell, load_summary, markdown
 
 
 def columns(n: int, kinds: list[str]) -> list[tuple[str, str, str, float]]:
@@ -40,18 +40,12 @@ def build(rows: list[tuple[str, dict[str, dict[str, float]]]], cols: list[tuple[
         line, numbers = [label], {"variant": label}
         for head, kind, figure, scale in cols:
             value = figs.get(kind, {}).get(figure)
-            ref = base.get(kind, {}).get(figure)
+            ref = base.get(kind, {}).get(figure) if i > 0 else None
             if value is None:
                 line.append("-")
                 continue
-            digits = 1
-            text = f"{scale * value:.{digits}f}"
-            delta = None
-            if i > 0 and ref is not None:
-                delta = scale * (value - ref)
-                text += f" ({delta:+.{digits}f})"
-            line.append(text)
-            numbers[head] = {"value": scale * value, "delta": delta}
+            line.append(format_cell(value, ref, scale))
+            numbers[head] = {"value": scale * value, "delta": None if ref is None else scale * (value - ref)}
         cells.append(line)
         raw.append(numbers)
     return header, cells, raw
