@@ -19,7 +19,7 @@ What counts as bad (the error kinds):
 
 Reset failures raise ``EnvError`` (one line; ``kind`` is one of the above) and are
 counted: there is no episode yet, so there is no StepResult to end. The rollout turns
-the EnvError into a failed sample (reward 0, counted), so the sample is not lost.
+the EnvError into a failed sample (reward 0, its kind on the sample), so the sample is not lost.
 
 Hangs. Each reset / step runs in a fresh daemon *thread*, and the caller waits at most
 ``timeout_s`` for it. A thread rather than a process because environments hold state
@@ -33,9 +33,10 @@ the env, and ``close`` does not call the inner env's ``close`` (the hung call ma
 be inside it). Build a new env for the next episode. Environments that can hang in C
 code holding the GIL cannot be bounded this way; run those in their own process.
 
-Counts. ``error_counts`` (a Counter of kind -> n) is per GuardedEnv; pass one shared
-``counts`` Counter to several GuardedEnvs to add all of their errors into it as well
-(e.g. one per rollout batch). ``error_metrics(counts)`` names them ``env/errors/<kind>``.
+Counts. ``error_counts`` (a Counter of kind -> n) is per GuardedEnv. The trainer counts
+errors from the samples instead (each carries its episode's error kind, wherever it was
+played: rollout/multi_turn.py ``env_error_metrics``); ``error_metrics(counts)`` names
+them ``env/errors/<kind>``.
 """
 
 from __future__ import annotations
@@ -84,13 +85,11 @@ class GuardedEnv(Environment):
     timeout_s: the longest one reset / step may take (> 0).
     max_images: most images one observation may carry (>= 0).
     max_image_pixels: most pixels (width x height) one image may have (>= 1).
-    counts: an optional shared Counter that also receives every error.
     """
 
     name = "guarded"
 
-    def __init__(self, env: Environment, *, timeout_s: float, max_images: int, max_image_pixels: int,
-                 counts: Counter | None = None) -> None:
+    def __init__(self, env: Environment, *, timeout_s: float, max_images: int, max_image_pixels: int) -> None:
         if not isinstance(env, Environment):
             raise TypeError(f"GuardedEnv wraps an Environment, got {type(env).__name__}")
         if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not timeout_s > 0:
@@ -102,7 +101,6 @@ class GuardedEnv(Environment):
         self.env_name = getattr(type(env), "name", None) or type(env).__name__
         self.timeout_s, self.max_images, self.max_image_pixels = float(timeout_s), max_images, max_image_pixels
         self.error_counts: Counter[str] = Counter()
-        self.shared_counts = counts
         self.abandoned: str | None = None  # the timeout message, once a call hung
 
     # -- the guarded calls ---------------------------------------------------------------
@@ -144,8 +142,6 @@ class GuardedEnv(Environment):
     # -- helpers -------------------------------------------------------------------------
     def _count(self, kind: str) -> None:
         self.error_counts[kind] += 1
-        if self.shared_counts is not None:
-            self.shared_counts[kind] += 1
 
     def _call(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
         """fn(*args) on a daemon thread, waiting at most timeout_s; _Failure on error / hang."""

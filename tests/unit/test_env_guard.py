@@ -36,9 +36,9 @@ class Scripted(Environment):
         self.closed = True
 
 
-def guard(env, counts=None, **kw):
+def guard(env, **kw):
     args = {"timeout_s": TIMEOUT, "max_images": 2, "max_image_pixels": 64 * 64, **kw}
-    return GuardedEnv(env, counts=counts, **args)
+    return GuardedEnv(env, **args)
 
 
 def assert_terminal_error(result, kind, *fragments):
@@ -110,8 +110,7 @@ def test_hang_past_timeout_abandons_the_env():
         release.wait(5.0)
         return StepResult(Observation(text="late"), 1.0, False)
 
-    counts = Counter()
-    env = guard(Scripted(step_does=hang), counts=counts)
+    env = guard(Scripted(step_does=hang))
     t0 = time.perf_counter()
     assert_terminal_error(env.step("a"), "timeout", "scripted.step did not return within 0.2 s")
     assert TIMEOUT <= time.perf_counter() - t0 < TIMEOUT + 1.0
@@ -125,10 +124,11 @@ def test_hang_past_timeout_abandons_the_env():
     release.set()
     assert calls == ["a"] and not env.inner.closed
     assert env.error_counts == Counter({"timeout": 1, "abandoned": 2})
-    # a second env sharing the counter adds to it
-    other = guard(Scripted(step_does=lambda text: None), counts=counts)
+    # a second env counts its own errors; error_metrics names the kinds of both
+    other = guard(Scripted(step_does=lambda text: None))
     assert_terminal_error(other.step("x"), "bad_type", "returned a NoneType")
-    assert error_metrics(counts) == {"env/errors/abandoned": 2.0, "env/errors/bad_type": 1.0,
+    assert other.error_counts == Counter({"bad_type": 1})
+    assert error_metrics(env.error_counts + other.error_counts) == {"env/errors/abandoned": 2.0, "env/errors/bad_type": 1.0,
                                      "env/errors/timeout": 1.0}
 
 
