@@ -224,7 +224,10 @@ def is_sokoban(datasource: str) -> bool:
 def episodes_from_samples(samples: Iterable[Any], decode: Callable[[Any], str]) -> dict[str, list[Episode]]:
     """{datasource: episodes} for the Sokoban samples (RolloutSamples) of an eval: a multi-turn
     sample (``.trajectory`` set, rollout/multi_turn.py) from its per-turn infos, a single-shot one
-    by simulating ``decode(sample)`` on the level its row names (meta env_path)."""
+    by simulating ``decode(sample)`` on the level its row names (envs/sokoban_env.level_from_task, as
+    the step-by-step env reads it: meta env_path / level)."""
+    from lmm_r1_ascend.envs.sokoban_env import level_from_task
+
     out: dict[str, list[Episode]] = {}
     for s in samples:
         if not is_sokoban(s.prompt.datasource):
@@ -233,10 +236,11 @@ def episodes_from_samples(samples: Iterable[Any], decode: Callable[[Any], str]) 
         if traj is not None:
             ep = multi_turn_episode(traj.infos, traj.env_error)
         else:
-            path = s.prompt.meta.get("env_path") or s.prompt.meta.get("level")
-            if not path:
-                raise ValueError(f"Sokoban row {s.prompt.meta.get('source', '?')} names no level (env_path)")
-            ep = single_shot_episode(load_level(path), decode(s))
+            try:
+                room = level_from_task(s.prompt.meta)
+            except ValueError as err:
+                raise ValueError(f"Sokoban row {s.prompt.meta.get('source', '?')}: {err}") from None
+            ep = single_shot_episode(room, decode(s))
         out.setdefault(s.prompt.datasource, []).append(ep)
     return out
 
