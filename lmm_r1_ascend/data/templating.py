@@ -128,21 +128,31 @@ class PromptTemplate:
             return PromptItem(prompt_ids=list(plan.ids), prompt_text=plan.prompt_text, label=raw.label,
                               datasource=raw.datasource, meta=meta)
         images = [self.geometry.resize(load_rgb(p, raw.source), raw.source) for p in plan.image_paths]
-        out = self.image_processor(images=images, do_resize=False, return_tensors="pt")
-        pixel_values = out["pixel_values"].to(torch.float32)
-        grid = out["image_grid_thw"].to(torch.int64)
-        counts = (grid.prod(dim=-1) // self.geometry.merge_size ** 2).tolist()
+        pixel_values, grid, counts = self.process_images(images)
         if counts != plan.pad_counts:  # the file changed between indexing and loading
             raise DataError(raw.source, "image_changed",
                             f"image sizes changed since the data was indexed ({plan.pad_counts} pads "
                             f"expected, {counts} now); rebuild the dataset", hint="")
-        ids, k = [], 0
-        for t in plan.ids:
-            if t == self.image_token_id:
-                ids.extend([t] * counts[k])
-                k += 1
-            else:
-                ids.append(t)
+        ids = self.expand_pads(plan.ids, counts)
         meta["image_paths"] = [str(p) for p in plan.image_paths]
         return PromptItem(prompt_ids=ids, prompt_text=plan.prompt_text, images=images, pixel_values=pixel_values,
                           image_grid_thw=grid, label=raw.label, datasource=raw.datasource, meta=meta)
+
+    def process_images(self, images: list) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """Resized images through the image processor: pixel_values float32 (patches, D),
+        image_grid_thw int64 (n, 3), and each image's pad count after expansion."""
+        out = self.image_processor(images=images, do_resize=False, return_tensors="pt")
+        grid = out["image_grid_thw"].to(torch.int64)
+        counts = (grid.prod(dim=-1) // self.geometry.merge_size ** 2).tolist()
+        return out["pixel_values"].to(torch.float32), grid, counts
+
+    def expand_pads(self, ids: list[int], counts: list[int]) -> list[int]:
+        """``ids`` with its k-th image pad repeated counts[k] times."""
+        out, k = [], 0
+        for t in ids:
+            if t == self.image_token_id:
+                out.extend([t] * counts[k])
+                k += 1
+            else:
+                out.append(t)
+        return out

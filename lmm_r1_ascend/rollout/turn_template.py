@@ -23,8 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lmm_r1_ascend.data.images import ImageGeometry
-from lmm_r1_ascend.data.templating import IMAGE_PAD
+from lmm_r1_ascend.data.templating import IMAGE_PAD, PromptTemplate
 from lmm_r1_ascend.envs.base import Observation
 
 _Q, _A = "QUESTIONPLACEHOLDER", "ANSWERPLACEHOLDER"
@@ -49,11 +48,9 @@ class TurnTemplate:
     def __init__(self, tokenizer, image_processor=None, min_pixels: int | None = None,
                  max_pixels: int | None = None):
         self.tokenizer = tokenizer
-        self.image_processor = image_processor
-        self.geometry = (ImageGeometry.from_processor(image_processor, min_pixels, max_pixels)
-                         if image_processor is not None else None)
-        pad = tokenizer.convert_tokens_to_ids(IMAGE_PAD)
-        self.image_token_id = pad if pad is not None and pad != tokenizer.unk_token_id else None
+        # the data pipeline's own image handling (resize bounds, image processor, pad expansion)
+        self.prompt_template = PromptTemplate(tokenizer, image_processor, min_pixels=min_pixels, max_pixels=max_pixels)
+        self.geometry, self.image_token_id = self.prompt_template.geometry, self.prompt_template.image_token_id
         history = [{"role": "user", "content": _Q}, {"role": "assistant", "content": _A}]
         self._history = history
         prefix = self._render(history, generation_prompt=False)
@@ -107,14 +104,5 @@ class TurnTemplate:
         if not obs.images:
             return TurnIds(ids, [], None, None)
         images = [self.geometry.resize(im.convert("RGB"), where) for im in obs.images]
-        out = self.image_processor(images=images, do_resize=False, return_tensors="pt")
-        grid = out["image_grid_thw"].to(torch.int64)
-        counts = (grid.prod(-1) // self.geometry.merge_size ** 2).tolist()
-        expanded, k = [], 0
-        for t in ids:
-            if t == self.image_token_id:
-                expanded.extend([t] * counts[k])
-                k += 1
-            else:
-                expanded.append(t)
-        return TurnIds(expanded, images, out["pixel_values"].to(torch.float32), grid)
+        pixel_values, grid, counts = self.prompt_template.process_images(images)
+        return TurnIds(self.prompt_template.expand_pads(ids, counts), images, pixel_values, grid)
