@@ -99,6 +99,11 @@ def any_in_interfaces(root: Path) -> list[str]:
 def registry_names(root: Path) -> dict[str, set[str]]:
     """The checkout's own names, imported from root (run with that checkout first on sys.path)."""
     sys.path.insert(0, str(root))
+    import lmm_r1_ascend
+
+    # backends/ and kernels/ sit beside the package (pyproject's package-dir mapping): without this
+    # an installed checkout's mapping would serve lmm_r1_ascend.backends from that checkout, not root
+    lmm_r1_ascend.__path__.append(str(root))
     from lmm_r1_ascend.algorithms.losses import POLICY_LOSSES
     from lmm_r1_ascend.backends import backend_names
     from lmm_r1_ascend.engines.registry import TRAIN_ENGINES
