@@ -104,6 +104,12 @@ class HFRolloutEngine(RolloutEngine):
         vision = getattr(config, "vision_config", None)
         self.merge_size = getattr(vision, "spatial_merge_size", 2) if vision is not None else None
         self.max_batch_rows = max_batch_rows
+        # the shared prefill's model facts, decided once here rather than per generate call: the forward's
+        # parameter names for a text model whose forward takes logits_to_keep; None (no sharing) for VL
+        # models and the rest (why: _shared_prefix_cache)
+        forward = inspect.signature(self.model.forward).parameters
+        self._prefix_forward_args = (frozenset(forward) if vision is None and "logits_to_keep" in forward
+                                     else None)
 
     @classmethod
     def from_config(cls, rollout: RolloutConfig, run: EngineRun, model_path: str, device: torch.device,
@@ -173,16 +179,17 @@ class HFRolloutEngine(RolloutEngine):
         only: a VL model (Qwen2.5-VL) places mRoPE positions in its own prefill and keeps their offsets
         (rope_deltas) for the decode steps, so a prefix forward of another batch shape would leave them
         stale (a crash once an image batch ran before). None for those, when no prompt repeats,
-        W < 2, or the model's forward takes no logits_to_keep (the prefix's logits are not needed).
+        W < 2, or the model's forward takes no logits_to_keep (the prefix's logits are not needed):
+        the model facts are decided once at load (_prefix_forward_args).
         inputs: input_ids / attention_mask (B, W) int64 on the engine's device, B = len(rows).
         """
+        params = self._prefix_forward_args
+        if params is None:
+            return None
         firsts: dict[int, PromptItem] = {}  # id -> the prompt, in order of first appearance
         for p in rows:
             firsts.setdefault(id(p), p)
-        if len(firsts) == len(rows) or hasattr(self.model.config, "vision_config"):
-            return None  # VL models keep per-batch mRoPE state (rope_deltas) that a separate prefix forward leaves stale
-        params = inspect.signature(self.model.forward).parameters
-        if "logits_to_keep" not in params:
+        if len(firsts) == len(rows):
             return None
         position = {key: u for u, key in enumerate(firsts)}
         index = [position[id(p)] for p in rows]
