@@ -8,29 +8,26 @@ fits when it does not), then every command in the order the experiment runs them
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from lmm_r1_ascend.config.cli import OVERRIDE
 from lmm_r1_ascend.experiment.runner import command_line
 from lmm_r1_ascend.experiment.variants import PAPER_DATA, VariantRun
 
-
-@dataclass
-class Verdict:
-    total_gb: float
-    device_memory_gb: float
-    fits: bool
-    change: str
-
-    def __str__(self) -> str:
-        if self.fits:
-            return f"fits ({self.total_gb:.1f} of {self.device_memory_gb:g} GB)"
-        return f"does NOT fit ({self.total_gb:.1f} of {self.device_memory_gb:g} GB): {self.change}"
+if TYPE_CHECKING:
+    from lmm_r1_ascend.plan import Estimate
 
 
-def verdict(run: VariantRun, *, devices: int, device_memory_gb: float, backend: str) -> Verdict:
+def _verdict_text(est: Estimate) -> str:
+    if est.fits:
+        return f"fits ({est.total_gb:.1f} of {est.device_memory_gb:g} GB)"
+    return f"does NOT fit ({est.total_gb:.1f} of {est.device_memory_gb:g} GB): {est.change}"
+
+
+def verdict(run: VariantRun, *, devices: int, device_memory_gb: float, backend: str) -> Estimate:
     """The planner's estimate for the training run of `run` (plan.py's estimate and smallest_change,
-    as `python -m lmm_r1_ascend.plan` computes them)."""
+    as `python -m lmm_r1_ascend.plan` computes them; `change` set when it does not fit)."""
     from lmm_r1_ascend.config import load_config
     from lmm_r1_ascend.engines.registry import DATA_PARALLEL_ENGINE, train_engine_class
     from lmm_r1_ascend.plan import estimate, shape_of, smallest_change
@@ -42,12 +39,13 @@ def verdict(run: VariantRun, *, devices: int, device_memory_gb: float, backend: 
         cfg = replace(cfg, distributed=replace(cfg.distributed, train_engine=DATA_PARALLEL_ENGINE))
     shape = shape_of(cfg.model.pretrain)
     est = estimate(cfg, devices=devices, device_memory_gb=device_memory_gb, backend=backend, shape=shape)
-    change = "" if est.fits else smallest_change(cfg, devices=devices, device_memory_gb=device_memory_gb,
-                                                 backend=backend, shape=shape)
-    return Verdict(est.total_gb, device_memory_gb, est.fits, change)
+    if not est.fits:
+        est.change = smallest_change(cfg, devices=devices, device_memory_gb=device_memory_gb, backend=backend,
+                                     shape=shape)
+    return est
 
 
-def plan_markdown(runs: list[VariantRun], verdicts: dict[str, Verdict], *, model: str, devices: int,
+def plan_markdown(runs: list[VariantRun], verdicts: dict[str, Estimate], *, model: str, devices: int,
                   device_memory_gb: float, backend: str, data: dict[str, str], missing: list[str]) -> str:
     lines = [f"# The two-stage ablation at paper scale: {model} on {devices} x {device_memory_gb:g} GB ({backend})",
              "", "Variants in the order they run; memory is the planner's per-device peak estimate "
@@ -62,7 +60,7 @@ def plan_markdown(runs: list[VariantRun], verdicts: dict[str, Verdict], *, model
         source = data.get(v.data) or f"`{PAPER_DATA.get(v.data, 'the recipe')}` (not given)"
         verd = verdicts[run.name]
         lines.append(f"| {k} | {run.name} ({v.label}) | {v.stage} | {v.recipe} | {start} | {source} | "
-                     f"{verd.total_gb:.1f} GB | {verd} |")
+                     f"{verd.total_gb:.1f} GB | {_verdict_text(verd)} |")
     lines += ["", "## Commands", "", "```bash"]
     for run in runs:  # placeholders ($TEXT_DATA, ...) in double quotes, so that a shell expands them
         cmds = ([command_line("train", run.train_argv)] if run.train_argv else [])
