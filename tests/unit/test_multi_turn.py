@@ -100,7 +100,7 @@ def test_sequence_is_the_templates_rendering_of_the_conversation(setup):
     im_end = tok.convert_tokens_to_ids("<|im_end|>")
     assert sampled == [t for x in texts for t in tok(x, add_special_tokens=False)["input_ids"] + [im_end]]
     assert torch.equal(s.logprobs[s.action_mask], torch.full((len(sampled),), LOGP))
-    assert bool((s.logprobs[~s.action_mask] == 0).all()) and not bool(s.action_mask[0] is False)
+    assert bool((s.logprobs[~s.action_mask] == 0).all()) and bool(s.action_mask[0])  # the response opens with a turn
     # the images: one per observation (the row has none), 16-px cells of a 6x6 room resized by the processor
     grid = s.multimodal["image_grid_thw"]
     assert grid.shape == (2, 3) and s.multimodal["pixel_values"].shape[0] == int(grid.prod(-1).sum())
