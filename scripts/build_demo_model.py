@@ -169,6 +169,26 @@ def sft_loss(model, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor,
                  labels=labels[:, prefix:]).loss
 
 
+def cosine_schedule(opt, warmup: int, steps: int):
+    """Linear warm-up over ``warmup`` steps, then cosine decay to 10% at ``steps`` (the VL builder's too)."""
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        frac = (step - warmup) / max(1, steps - warmup)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+
+
+def optimizer_step(model, opt, sched, loss: torch.Tensor) -> None:
+    """Backward, clip the model's gradient norm to 1, step the optimizer and the schedule (the VL builder's too)."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    sched.step()
+
+
 def train(model, tokenizer, problems: list[Problem], cfg: WarmupConfig, log=print,
           on_step=None) -> list[float]:
     """Supervised warm-up with AdamW, linear warm-up then cosine decay to 10%; returns the losses."""
@@ -176,14 +196,7 @@ def train(model, tokenizer, problems: list[Problem], cfg: WarmupConfig, log=prin
     prompts = [prompt_ids(tokenizer, p) for p in problems]
     prefix = common_prefix_len(prompts)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
-
-    def lr_at(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        frac = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    sched = cosine_schedule(opt, cfg.warmup_steps, cfg.steps)
     model.train()
     losses, order = [], []
     for step in range(cfg.steps):
@@ -196,11 +209,7 @@ def train(model, tokenizer, problems: list[Problem], cfg: WarmupConfig, log=prin
         ids, mask, labels = sft_batch(tokenizer, [prompts[i] for i in idx],
                                       [warmup_target(problems[i], rng, cfg, sloppy) for i in idx])
         loss = sft_loss(model, ids, mask, labels, prefix)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        optimizer_step(model, opt, sched, loss)
         losses.append(loss.item())
         if on_step is not None:
             on_step(step)

@@ -38,7 +38,6 @@ Deterministic for a given machine: seeded weights, seeded targets, one thread.
 from __future__ import annotations
 
 import json
-import math
 import random
 import sys
 import time
@@ -265,17 +264,6 @@ def sft_loss(model, enc: Encoder, prompts: list[list[int]], targets: list[str], 
     return loss
 
 
-def _schedule(opt, warmup: int, steps: int):
-    """Linear warm-up, then cosine decay to 10%."""
-    def lr_at(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        frac = (step - warmup) / max(1, steps - warmup)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac))
-
-    return torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-
-
 def train(model, enc: Encoder, problems: list[Problem], cfg: VLWarmupConfig, log=print) -> list[float]:
     """Phase 1 (read_steps): image rows with the demo's prompt, right targets, worked
     read_worked_frac of the time. Phase 2 (steps): the demo's prompts, image_frac of each batch images, LMM-R1 targets (mostly
@@ -302,7 +290,7 @@ def train(model, enc: Encoder, problems: list[Problem], cfg: VLWarmupConfig, log
     for phase, steps, lr_text in (("read", cfg.read_steps, cfg.read_lr_text), ("answer", cfg.steps, cfg.lr_text)):
         opt = torch.optim.AdamW([{"params": vision, "lr": cfg.lr_vision}, {"params": text, "lr": lr_text}],
                                 betas=(0.9, 0.95), weight_decay=0.0)
-        sched = _schedule(opt, min(cfg.warmup_steps, steps), steps)
+        sched = text_builder.cosine_schedule(opt, min(cfg.warmup_steps, steps), steps)
         for step in range(steps):
             if phase == "read":
                 batch = draw(cfg.read_batch)
@@ -315,11 +303,7 @@ def train(model, enc: Encoder, problems: list[Problem], cfg: VLWarmupConfig, log
                 prompts = [enc.prompt(p, k < n_image) for k, p in enumerate(batch)]
                 tgts = [text_builder.warmup_target(p, rng, targets[k < n_image]) for k, p in enumerate(batch)]
                 loss = sft_loss(model, enc, prompts, tgts, images, probe, cfg.aux_weight)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
+            text_builder.optimizer_step(model, opt, sched, loss)
             losses.append(loss.item())
             if step % 25 == 0 or step == steps - 1:
                 log(f"{phase} step {step:4d}  loss {loss.item():.4f}")
