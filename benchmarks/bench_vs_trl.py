@@ -209,6 +209,8 @@ def trl_args(cfg, output_dir: str, max_steps: int):
         beta=0.0, num_iterations=1, epsilon=cfg.algorithm.eps_clip, epsilon_high=cfg.algorithm.eps_clip,
         scale_rewards="none", loss_type="dapo", mask_truncated_completions=False, top_entropy_quantile=1.0,
         importance_sampling_level="token", entropy_coef=cfg.algorithm.entropy_loss_coef,
+        delta=None,  # no upper clamp of the ratio (two-sided clipping): ours has none
+        disable_dropout=False,  # ours keeps the checkpoint's dropout (demo-fre: attention_dropout 0.0)
         # optimizer: torch AdamW (for-loop on CPU tensors, as ours: foreach=False), constant lr
         optim="adamw_torch", learning_rate=cfg.optim.actor_lr, adam_beta1=cfg.optim.adam_betas[0],
         adam_beta2=cfg.optim.adam_betas[1], adam_epsilon=ADAM_EPS, weight_decay=cfg.optim.weight_decay,
