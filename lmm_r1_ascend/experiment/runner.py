@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Callable
 
 from lmm_r1_ascend.experiment.variants import VariantRun
-from lmm_r1_ascend.trainer.stop import SIGNALS, exit_code, restore
+from lmm_r1_ascend.trainer.stop import SIGNALS, exit_code, restore, say_in_handler
 
 MODULES = {"train": "lmm_r1_ascend.train", "eval": "lmm_r1_ascend.eval"}
 
@@ -54,8 +54,8 @@ class Executor:
     def handle(self, signum, _frame) -> None:
         if self.signum is None:
             self.signum = signum
-            print(f"{signal.Signals(signum).name}: stopping the variant under way (its training run writes a "
-                  "checkpoint); send it again to stop at once", file=sys.stderr, flush=True)
+            say_in_handler(f"{signal.Signals(signum).name}: stopping the variant under way (its training run "
+                           "writes a checkpoint); send it again to stop at once")
         if self._child is not None and self._child.poll() is None:
             self._child.send_signal(signum)
 

@@ -44,7 +44,7 @@ class RunStopped(Exception):
         super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}")
 
 
-def _say(text: str) -> None:
+def say_in_handler(text: str) -> None:
     """Write from a signal handler: os.write, not print (print is not reentrant)."""
     try:
         os.write(2, (text + "\n").encode())
@@ -78,7 +78,7 @@ class StopRequest:
     `requested` between steps), the second raises Interrupted. notice(text) tells the user what
     the first one does (written straight to stderr)."""
 
-    def __init__(self, notice: Callable[[str], None] = _say):
+    def __init__(self, notice: Callable[[str], None] = say_in_handler):
         self.signum: int | None = None
         self._notice = notice
         self._previous: dict = {}
