@@ -285,6 +285,19 @@ def format_table(est: Estimate, title: str) -> str:
     return "\n".join(lines)
 
 
+def plan_run(cfg, *, devices: int, device_memory_gb: float, backend: str):
+    """(the config as it would run on `devices`, its Estimate): a single-device engine becomes the
+    data-parallel one on several devices; `change` holds the smallest change that fits when it does not."""
+    if devices > 1 and not train_engine_class(cfg.distributed.train_engine).data_parallel:
+        cfg = replace(cfg, distributed=replace(cfg.distributed, train_engine=DATA_PARALLEL_ENGINE))
+    shape = shape_of(cfg.model.pretrain)
+    est = estimate(cfg, devices=devices, device_memory_gb=device_memory_gb, backend=backend, shape=shape)
+    if not est.fits:
+        est.change = smallest_change(cfg, devices=devices, device_memory_gb=device_memory_gb, backend=backend,
+                                     shape=shape)
+    return cfg, est
+
+
 def main(argv: list[str] | None = None) -> int:
     from lmm_r1_ascend.config.cli import CliParser, parse_cli
     from lmm_r1_ascend.config.loader import ConfigError
@@ -305,15 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from lmm_r1_ascend.config import load_config
 
-        cfg = load_config(args.recipe, overrides=args.overrides)
-        if args.devices > 1 and not train_engine_class(cfg.distributed.train_engine).data_parallel:
-            cfg = replace(cfg, distributed=replace(cfg.distributed, train_engine=DATA_PARALLEL_ENGINE,
-                                                   zero_stage=cfg.distributed.zero_stage))
-        shape = shape_of(cfg.model.pretrain)
-        est = estimate(cfg, devices=args.devices, device_memory_gb=args.device_memory, backend=args.backend, shape=shape)
-        if not est.fits:
-            est.change = smallest_change(cfg, devices=args.devices, device_memory_gb=args.device_memory,
-                                         backend=args.backend, shape=shape)
+        cfg, est = plan_run(load_config(args.recipe, overrides=args.overrides), devices=args.devices,
+                            device_memory_gb=args.device_memory, backend=args.backend)
     except (ConfigError, ValueError, FileNotFoundError, NotADirectoryError) as err:
         p.exit(2, f"error: {' '.join(str(err).split())}\n")
     if args.json:

@@ -8,7 +8,6 @@ fits when it does not), then every command in the order the experiment runs them
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from lmm_r1_ascend.config.cli import OVERRIDE
@@ -29,20 +28,12 @@ def verdict(run: VariantRun, *, devices: int, device_memory_gb: float, backend: 
     """The planner's estimate for the training run of `run` (plan.py's estimate and smallest_change,
     as `python -m lmm_r1_ascend.plan` computes them; `change` set when it does not fit)."""
     from lmm_r1_ascend.config import load_config
-    from lmm_r1_ascend.engines.registry import DATA_PARALLEL_ENGINE, train_engine_class
-    from lmm_r1_ascend.plan import estimate, shape_of, smallest_change
+    from lmm_r1_ascend.plan import plan_run
 
     argv = run.train_argv
     overrides = [f"stage={argv[argv.index('--stage') + 1]}"] + [a for a in argv if OVERRIDE.match(a)]
     cfg = load_config(argv[argv.index("--recipe") + 1], overrides=overrides)
-    if devices > 1 and not train_engine_class(cfg.distributed.train_engine).data_parallel:
-        cfg = replace(cfg, distributed=replace(cfg.distributed, train_engine=DATA_PARALLEL_ENGINE))
-    shape = shape_of(cfg.model.pretrain)
-    est = estimate(cfg, devices=devices, device_memory_gb=device_memory_gb, backend=backend, shape=shape)
-    if not est.fits:
-        est.change = smallest_change(cfg, devices=devices, device_memory_gb=device_memory_gb, backend=backend,
-                                     shape=shape)
-    return est
+    return plan_run(cfg, devices=devices, device_memory_gb=device_memory_gb, backend=backend)[1]
 
 
 def plan_markdown(runs: list[VariantRun], verdicts: dict[str, Estimate], *, model: str, devices: int,
