@@ -74,6 +74,24 @@ def test_mgt_demo_continues_the_vl_fre_demo(tmp_path):
     assert any(part["type"] == "image" for part in user)  # the prompts really carried images
 
 
+def test_mgt_demo_runs_on_images(tmp_path):
+    """The image path end to end in the default run: the MGT demo straight from demo-vl, 2 tiny steps,
+    no validation (the 97 + 97-prompt validation is what makes the chain above slow)."""
+    out = tmp_path / "mgt"
+    proc = _run("--stage", "mgt", f"output_dir={out}", "model.init_from=pretrain", *TINY_RUN,
+                "trainer.eval_before_train=false", "trainer.eval_steps=0")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = _metrics(out)
+    assert [r["step"] for r in rows] == [1, 2]
+    for key in ("reward/mean", "loss/policy", "entropy", "grad_norm", "timing/rollout"):
+        assert all(r.get(key) is not None for r in rows), key
+    # the step's peak memory (CPU: the process's peak RSS): a tiny VL model plus torch takes > 0.1 GB, < 24 GB here
+    assert all(0.1 < r["memory/peak_gb"] < 24 for r in rows), [r["memory/peak_gb"] for r in rows]
+    row = json.loads((out / "data" / "train_images.jsonl").read_text().splitlines()[0])
+    user = json.loads(row["message"])[-1]["content"]
+    assert any(part["type"] == "image" for part in user)  # the prompts really carried images
+
+
 def test_mgt_demo_without_an_fre_run_says_so_in_one_line(tmp_path):
     proc = _run("--stage", "mgt", f"output_dir={tmp_path}/mgt", f"model.init_from={tmp_path}/no_fre")
     assert proc.returncode != 0
