@@ -107,6 +107,15 @@ def _pair(first: dict, last: dict, key: str) -> str | None:
     return f"{first[key]:.3f} -> {last[key]:.3f}"
 
 
+def _held_out(before: dict, last: dict, source: str) -> str:
+    """'accuracy 0.143 -> 0.286; pass@8 0.619 -> 0.670' of one eval datasource ('all': every set)."""
+    prefix = f"eval/{source}/"
+    passes = sorted((int(k.rpartition("@")[2]), k) for k in last if k.startswith(prefix + "pass@"))
+    return "; ".join(f"{k.removeprefix(prefix)} {before[k]:.3f} -> {last[k]:.3f}"
+                     for k in (prefix + "accuracy", *[k for _, k in passes[-1:]])
+                     if before.get(k) is not None and last.get(k) is not None)
+
+
 def run_summary(cfg: TrainConfig, history: Sequence[dict], *, wall_s: float, train_s: float | None = None,
                 first_eval: tuple[int, dict] | None = None) -> list[str]:
     """The end-of-run lines: what happened and where its outputs are. history: this process's
@@ -131,11 +140,12 @@ def run_summary(cfg: TrainConfig, history: Sequence[dict], *, wall_s: float, tra
     lines.append(_line("train", "; ".join(figures) + f" (step {first['step']} -> {last['step']})"))
     if first_eval is not None and last.get("eval/all/accuracy") is not None:
         step0, before = first_eval
-        passes = sorted((int(k.rpartition("@")[2]), k) for k in last if k.startswith("eval/all/pass@"))
-        held = [f"{k.removeprefix('eval/all/')} {before[k]:.3f} -> {last[k]:.3f}"
-                for k in ("eval/all/accuracy", *[k for _, k in passes[-1:]])
-                if before.get(k) is not None and last.get(k) is not None]
-        lines.append(_line("held-out", "; ".join(held) + f" (step {step0} -> {last['step']}; tables in {o}/eval/)"))
+        lines.append(_line("held-out", _held_out(before, last, "all")
+                           + f" (step {step0} -> {last['step']}; tables in {o}/eval/)"))
+        sources = sorted({k.split("/")[1] for k in last if k.startswith("eval/") and k.endswith("/accuracy")} - {"all"})
+        if len(sources) > 1:  # e.g. the two-stage demos' text and image sets: the gain of each, apart
+            lines += [_line("", f"{source}: {_held_out(before, last, source)}") for source in sources
+                      if before.get(f"eval/{source}/accuracy") is not None]
     saved = ckpt.list_checkpoints(out)
     if saved:
         lines.append(_line("checkpoint", f"{_rel(saved[-1])} (kept: {', '.join(p.name for p in saved)})"))

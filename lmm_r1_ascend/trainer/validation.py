@@ -25,11 +25,15 @@ EVAL_SEED_OFFSET = 7_777_777  # eval seeds never equal a training draw's (those 
 
 def eval_line(step: int, metrics: dict[str, float], prompts: int, n: int) -> str:
     """One console line per evaluation (the run's progress bar keeps the screen): the overall
-    accuracy, pass@n and format rate; per datasource in <output_dir>/eval/step_<N>_summary.json."""
+    accuracy, pass@n and format rate, and each datasource's accuracy when there are several (all of
+    each datasource's figures in <output_dir>/eval/step_<N>_summary.json)."""
     figures = [f"{name} {metrics[f'eval/all/{k}']:.3f}"
                for name, k in (("accuracy", "accuracy"), (f"pass@{n}", f"pass@{n}"), ("format", "format_rate"))
                if f"eval/all/{k}" in metrics]
-    return f"held-out eval at step {step} ({prompts} prompts x {n}): {', '.join(figures)}"
+    sources = sorted(k.split("/")[1] for k in metrics if k.startswith("eval/") and k.endswith("/accuracy"))
+    apart = [f"{s} {metrics[f'eval/{s}/accuracy']:.3f}" for s in sources if s != "all"]
+    line = f"held-out eval at step {step} ({prompts} prompts x {n}): {', '.join(figures)}"
+    return line + (f" (accuracy per set: {', '.join(apart)})" if len(apart) > 1 else "")
 
 
 class Validator:

@@ -45,3 +45,28 @@ def test_summary_names_outputs_and_commands(tmp_path):
     assert "reward 0.500 -> 0.750; accuracy 0.250 -> 0.500 (step 1 -> 2)" in text
     assert f"accuracy 0.200 -> 0.400; pass@8 0.700 -> 0.900 (step 0 -> 2; tables in {tmp_path}/eval/)" in text
     assert f"python -m lmm_r1_ascend.plot {tmp_path}" in text and f"--model {tmp_path}/hf" in text
+
+
+def test_summary_gives_each_held_out_set_apart_when_there_are_several(tmp_path):
+    cfg = load_config("demo_fre", overrides=[f"output_dir={tmp_path}"])
+    before = {"eval/all/accuracy": 0.115, "eval/text/accuracy": 0.143, "eval/text/pass@8": 0.619,
+              "eval/images/accuracy": 0.088, "eval/images/pass@8": 0.495}
+    last = {"step": 60, "eval/all/accuracy": 0.188, "eval/text/accuracy": 0.286, "eval/text/pass@8": 0.670,
+            "eval/images/accuracy": 0.090, "eval/images/pass@8": 0.330}
+    text = "\n".join(run_summary(cfg, [last], wall_s=10.0, first_eval=(0, before)))
+    assert "images: accuracy 0.088 -> 0.090; pass@8 0.495 -> 0.330" in text
+    assert "text: accuracy 0.143 -> 0.286; pass@8 0.619 -> 0.670" in text
+    single = "\n".join(run_summary(cfg, [{"step": 2, "eval/all/accuracy": 0.4, "eval/text/accuracy": 0.4}],
+                                    wall_s=1.0, first_eval=(0, {"eval/all/accuracy": 0.2, "eval/text/accuracy": 0.2})))
+    assert "text:" not in single  # one set: the 'all' line already says it
+
+
+def test_eval_line_names_each_sets_accuracy_when_there_are_several():
+    from lmm_r1_ascend.trainer.validation import eval_line
+
+    metrics = {"eval/all/accuracy": 0.115, "eval/all/pass@8": 0.557, "eval/all/format_rate": 0.999,
+               "eval/text/accuracy": 0.143, "eval/images/accuracy": 0.088}
+    assert eval_line(0, metrics, 194, 8) == ("held-out eval at step 0 (194 prompts x 8): accuracy 0.115, "
+                                             "pass@8 0.557, format 0.999 (accuracy per set: images 0.088, text 0.143)")
+    one = {k: v for k, v in metrics.items() if "/images/" not in k}
+    assert eval_line(0, one, 97, 8).endswith("format 0.999")
