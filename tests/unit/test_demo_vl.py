@@ -109,12 +109,13 @@ def test_shipped_model_is_small_resolves_and_its_figures_are_pinned():
     assert text["format_rate"] > 0.9 and image["format_rate"] > 0.9
     # as measured at the build (64 held-out prompts x 8 samples, temperature 1; 2026-12-07)
     assert (text["pass@1"], text["pass@8"], image["pass@1"], image["pass@8"]) == pytest.approx(
-        (0.1367, 0.6562, 0.0781, 0.4062), abs=1e-4)
+        (0.1875, 0.6250, 0.1816, 0.6250), abs=1e-4)
     assert image["pass@1"] > 0.0 and image["greedy_accuracy"] > 0.0  # held-out image accuracy starts above zero
-    # it reads the whole expression right in only ~7% of held-out image samples (read_right), the text in 99.8%
-    assert 0.0 < image["read_right"] < text["read_right"]
-    assert image["pass@8"] > 2 * image["pass@1"] and text["pass@8"] > 2 * text["pass@1"]  # room for RL
-    assert image["pass@1"] < text["pass@1"]
+    # it reads the whole expression right in ~86% of held-out image samples (read_right; the text in ~99%), so
+    # what caps image accuracy is working the step out, as on text: what FRE teaches and MGT can carry over
+    assert 0.8 < image["read_right"] < text["read_right"]
+    assert image["pass@8"] > 3 * image["pass@1"] and text["pass@8"] > 3 * text["pass@1"]  # room for RL
+    assert meta["config"]["read_steps"] == 1200 and meta["config"]["eval_prompts"] == 64  # the builder's defaults
 
 
 VL_RECIPES = {"demo_fre_vl": "fre", "demo_mgt": "mgt", "demo_fre_multi": "fre", "demo_sft_vl": "sft"}
