@@ -1,7 +1,9 @@
 """`python -m lmm_r1_ascend.train [--stage fre|mgt|sft] [--device D] [--recipe NAME | --config FILE] [key=value ...]`
 
 With no arguments: the built-in CPU demo (FRE on generated arithmetic from a warm-started
-tiny model), which shows the accuracy reward rising within minutes. Options and key=value
+tiny model), which shows the accuracy reward rising within minutes. `--stage fre` and then
+`--stage mgt` run the two-stage demos on one tiny VL model (FRE on the problems as text, MGT on
+them as images, from the FRE demo's output); `--stage sft` the SFT demo. Options and key=value
 overrides go in any order. The run prints a short header (backend, kernels, model, data,
 placement, output directory), a progress bar, and a summary with where its outputs are; the
 full resolved config is written to <output_dir>/config.yaml (--print-config also prints it).
@@ -17,7 +19,10 @@ import time
 from lmm_r1_ascend.config import ConfigError, list_recipes, load_config, to_dict
 from lmm_r1_ascend.config.cli import CliParser, parse_cli, quiet_library_progress
 
-DEMO_RECIPES = {"fre": "demo_fre", "mgt": "demo_mgt", "sft": "demo_sft"}
+DEFAULT_DEMO = "demo_fre"  # no arguments: FRE on the text Qwen2 warm-up, the quickest demo that visibly learns
+# --stage without --recipe: the two-stage demos on the one VL model (FRE on text, then MGT on images from its
+# output: docs/two_stage.md), and SFT on the text warm-up
+DEMO_RECIPES = {"fre": "demo_fre_vl", "mgt": "demo_mgt", "sft": "demo_sft"}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
                f"\n\n{EXIT_CODES}")
     parser.add_argument("--stage", choices=("fre", "mgt", "sft"), help="fre (text reasoning RL), mgt (multimodal "
                         "RL) or sft (teacher forcing on the rows' reference responses, data.response_key); "
-                        "without --recipe/--config it selects that stage's demo")
+                        "without --recipe/--config it selects that stage's demo: demo_fre_vl, demo_mgt, demo_sft")
     parser.add_argument("--device", help="auto (npu, then cuda, then cpu), cpu, cuda, npu, npu-emulated")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--recipe", help="a built-in recipe (listed below)")
@@ -55,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
 def resolve_config(args: argparse.Namespace):
     recipe = args.recipe
     if recipe is None and args.config is None:
-        recipe = DEMO_RECIPES[args.stage or "fre"]
+        recipe = DEMO_RECIPES[args.stage] if args.stage else DEFAULT_DEMO
     overrides = list(args.overrides)
     if args.stage:
         overrides.append(f"stage={args.stage}")

@@ -39,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
                    "that starts from another needs it too). Default: all")
     t.add_argument("--list", action="store_true", help="list the variants of --scale and exit")
     t.add_argument("--steps", type=int, default=None, help="training steps of every trained variant (default: "
-                   "20 at demo scale; the recipes' own at paper scale)")
+                   "60 at demo scale, the FRE demo's; the recipes' own at paper scale)")
     t.add_argument("--model", help="the base model (default: the demo VL model; at paper scale a local "
                    "Qwen2.5-VL-3B-Instruct directory, needed to run)")
     t.add_argument("--device", help="train and eval device (default cpu at demo scale, auto at paper scale)")
@@ -156,7 +156,7 @@ def _plan(args, out: Path):
         data = {}
         evals = dict(V.DEMO_EVAL) if args.list else _demo_eval_files(out / "data", limit)
         eval_args += list(V.DEMO_EVAL_OVERRIDES)
-        steps = args.steps if args.steps is not None else 20
+        steps = args.steps if args.steps is not None else 60
     runs = V.resolve(table, names, out, model=model, steps=steps, train_common=common,
                      sets=sets, data=data, eval_data=evals, eval_args=eval_args)
     settings = {"model": model, "steps": steps, "n": n, "temperature": args.temperature, "seed": args.seed,

@@ -135,6 +135,20 @@ def test_vl_demo_recipes_run_on_demo_vl_and_validate_on_both_held_out_sets():
     assert load_config("demo_fre_multi").data.prompt_data == ["demo:arithmetic", "demo:arithmetic-images"]
 
 
+def test_stage_flags_pick_the_two_stage_demos_and_no_arguments_the_text_demo():
+    from lmm_r1_ascend import train
+
+    def recipe(*argv: str) -> tuple[str, str]:
+        cfg = train.resolve_config(train._parser().parse_args(list(argv)))
+        return cfg.stage, cfg.model.pretrain
+
+    assert recipe() == ("fre", "demo-fre")  # the quick text demo
+    assert recipe("--stage", "fre") == ("fre", "demo-vl")  # FRE on text with the VL model: stage one of two
+    mgt = train.resolve_config(train._parser().parse_args(["--stage", "mgt"]))
+    assert (mgt.stage, mgt.model.init_from) == ("mgt", "outputs/demo_fre_vl")  # stage two continues stage one
+    assert recipe("--stage", "sft") == ("sft", "demo-fre")
+
+
 @shipped
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(VL_RECIPES))
