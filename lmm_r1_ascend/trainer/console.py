@@ -19,6 +19,7 @@ from lmm_r1_ascend.backends import Backend
 from lmm_r1_ascend.config import TrainConfig
 from lmm_r1_ascend.trainer import checkpoint as ckpt
 from lmm_r1_ascend.trainer.model_facts import model_dir, parameter_count
+from lmm_r1_ascend.trainer.validation import eval_sources
 
 LABEL = 11  # width of the header's left column
 
@@ -142,7 +143,7 @@ def run_summary(cfg: TrainConfig, history: Sequence[dict], *, wall_s: float, tra
         step0, before = first_eval
         lines.append(_line("held-out", _held_out(before, last, "all")
                            + f" (step {step0} -> {last['step']}; tables in {o}/eval/)"))
-        sources = sorted({k.split("/")[1] for k in last if k.startswith("eval/") and k.endswith("/accuracy")} - {"all"})
+        sources = eval_sources(last)
         if len(sources) > 1:  # e.g. the two-stage demos' text and image sets: the gain of each, apart
             lines += [_line("", f"{source}: {_held_out(before, last, source)}") for source in sources
                       if before.get(f"eval/{source}/accuracy") is not None]

@@ -23,6 +23,11 @@ from lmm_r1_ascend.trainer.setup import Components, prompt_dataset
 EVAL_SEED_OFFSET = 7_777_777  # eval seeds never equal a training draw's (those are seed * 100003 + step + ...)
 
 
+def eval_sources(metrics: dict[str, float]) -> list[str]:
+    """The datasources a validation row reports (eval/<source>/accuracy), 'all' excluded, sorted."""
+    return sorted({k.split("/")[1] for k in metrics if k.startswith("eval/") and k.endswith("/accuracy")} - {"all"})
+
+
 def eval_line(step: int, metrics: dict[str, float], prompts: int, n: int) -> str:
     """One console line per evaluation (the run's progress bar keeps the screen): the overall
     accuracy, pass@n and format rate, and each datasource's accuracy when there are several (all of
@@ -30,8 +35,7 @@ def eval_line(step: int, metrics: dict[str, float], prompts: int, n: int) -> str
     figures = [f"{name} {metrics[f'eval/all/{k}']:.3f}"
                for name, k in (("accuracy", "accuracy"), (f"pass@{n}", f"pass@{n}"), ("format", "format_rate"))
                if f"eval/all/{k}" in metrics]
-    sources = sorted(k.split("/")[1] for k in metrics if k.startswith("eval/") and k.endswith("/accuracy"))
-    apart = [f"{s} {metrics[f'eval/{s}/accuracy']:.3f}" for s in sources if s != "all"]
+    apart = [f"{s} {metrics[f'eval/{s}/accuracy']:.3f}" for s in eval_sources(metrics)]
     line = f"held-out eval at step {step} ({prompts} prompts x {n}): {', '.join(figures)}"
     return line + (f" (accuracy per set: {', '.join(apart)})" if len(apart) > 1 else "")
 
