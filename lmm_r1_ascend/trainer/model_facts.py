@@ -12,21 +12,10 @@ from pathlib import Path
 from lmm_r1_ascend.config import TrainConfig
 
 
-def _ties_embeddings(model_dir: Path) -> bool:
-    """config.json's tie_word_embeddings (top level, or a VL model's text_config); False when unknown."""
-    try:
-        config = json.loads((model_dir / "config.json").read_text())
-    except (OSError, ValueError):
-        return False
-    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else {}
-    return bool(config.get("tie_word_embeddings", text.get("tie_word_embeddings", False)))
-
-
 def parameter_count(model_dir: str | os.PathLike) -> int | None:
     """Parameters in a checkpoint directory, read from its safetensors headers (no weights are
-    loaded); None when it has no safetensors files. A tied output head written out beside the
-    embedding (as the trainer's HF export does) is one parameter, counted once."""
-    total, found, tied = 0, False, _ties_embeddings(Path(model_dir))
+    loaded); None when it has no safetensors files."""
+    total, found = 0, False
     for path in sorted(Path(model_dir).glob("*.safetensors")):
         try:
             with open(path, "rb") as f:
@@ -36,7 +25,7 @@ def parameter_count(model_dir: str | os.PathLike) -> int | None:
             return None
         found = True
         for name, spec in header.items():
-            if name != "__metadata__" and not (tied and name == "lm_head.weight"):
+            if name != "__metadata__":
                 n = 1
                 for dim in spec["shape"]:
                     n *= dim

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import torch
 from safetensors.torch import save_file
 
@@ -73,13 +71,3 @@ def test_eval_line_names_each_sets_accuracy_when_there_are_several():
     one = {k: v for k, v in metrics.items() if "/images/" not in k}
     assert eval_line(0, one, 97, 8).endswith("format 0.999")
 
-
-def test_parameter_count_counts_a_tied_head_once(tmp_path):
-    emb = torch.zeros(7, 4)
-    save_file({"model.embed_tokens.weight": emb, "lm_head.weight": emb.clone(), "w": torch.zeros(3)},
-              str(tmp_path / "model.safetensors"))
-    assert parameter_count(tmp_path) == 7 * 4 * 2 + 3  # no config: nothing known to be tied
-    (tmp_path / "config.json").write_text(json.dumps({"text_config": {"tie_word_embeddings": True}}))
-    assert parameter_count(tmp_path) == 7 * 4 + 3
-    (tmp_path / "config.json").write_text(json.dumps({"tie_word_embeddings": False}))
-    assert parameter_count(tmp_path) == 7 * 4 * 2 + 3
