@@ -150,6 +150,9 @@ def run_ours(workload: str, steps: int, tmp: str) -> dict:
                         "response_tokens": m["response_length/mean"] * cfg.rollout.rollout_batch_size
                         * cfg.algorithm.n_samples_per_prompt,
                         "tokens": sum(drawn), "sum_sq_len": sum(n * n for n in drawn)})
+        dropped = trainer.parts.dataset.counts["data/filtered_too_long"]
+        if dropped:  # TRL truncates no prompt: a prompt we filter would make the two workloads differ
+            raise SystemExit(f"error: {dropped} prompts were over data.max_prompt_len and left out on our side only")
     finally:
         trainer.parts.close()
     return {"steps": out[1:], "peak_rss_mb": _peak_rss_mb(), "rows": _rows(cfg), "model": _model_shape(cfg)}
