@@ -90,6 +90,8 @@ def test_mlflow_names_are_the_metrics_jsonl_names_mlflow_accepts():
         _validate_metric_name("eval/all/pass@8")  # why the mapping exists
     assert metric_name("eval/geo/pass@8") == "eval/geo/pass_at_8"
     assert metric_name("reward/status/bad_label") == "reward/status/bad_label"  # valid names pass unchanged
+    for awkward in ("..x/y", "a/../b", "a//b", "/a", "a/", ".", "a/./b", "...", "a/.."):
+        _validate_metric_name(metric_name(awkward))
     rng = random.Random()
     alphabet = string.ascii_letters + string.digits + "_-.@:%()[]+#é "
 

@@ -24,8 +24,14 @@ BATCH = 100  # MLflow's most params (and a safe number of metrics) per log_batch
 
 def metric_name(key: str) -> str:
     """A metrics.jsonl key as MLflow accepts it: '@' -> '_at_', any other character outside
-    MLflow's set (alphanumerics, _ - . space : /) -> '_'."""
-    return re.sub(r"[^\w\-. :/]", "_", key.replace("@", "_at_"))
+    MLflow's set (alphanumerics, _ - . space : /) -> '_'. MLflow also refuses a name that is
+    not its own normalised path (an empty, '.' or '..' segment) or that starts with '..'
+    (`mlflow.utils.validation.path_not_unique`): such a segment becomes underscores, and a
+    leading '..' becomes '_.'."""
+    text = re.sub(r"[^\w\-. :/]", "_", key.replace("@", "_at_"))
+    segments = [part if part.strip(".") else "_" * max(len(part), 1) for part in text.split("/")]
+    text = "/".join(segments)
+    return "_" + text[1:] if text.startswith("..") else text
 
 
 def _param(value: Any) -> str:
