@@ -6,7 +6,7 @@ its kernel set, and nothing else device-specific. Keep this interface small (vLL
 platform class is the model, not DeepSpeed's ever-growing accelerator).
 
 The kernel set (`KernelSet`) holds only the ops the core calls through the backend:
-attention, log-probs and fused ops. Packing is device-neutral and imported directly
+attention, decode-step attention, log-probs and fused ops. Packing is device-neutral and imported directly
 (kernels/packing.py); collectives follow `distributed_backend()`.
 """
 
@@ -83,6 +83,9 @@ class KernelSet:
 
     attention.fn: varlen attention (contract in kernels/attention.py), registered for the
         text decoder by models.loading.
+    decode_attention.fn: generation's decode steps (one new token per sequence against the
+        KV cache, unpacked; contract in kernels/decode_attention.py), or None to leave them
+        to transformers' SDPA path.
     logprobs.fn: token log-probs / entropies from hidden states and the output head
         (contract in kernels/logprobs.py: hidden (N, H), weight (V, H), labels (N,) ->
         float32 (N,) [, entropy (N,)]), called by models.forward.packed_log_probs.
@@ -92,6 +95,7 @@ class KernelSet:
     """
 
     attention: KernelChoice
+    decode_attention: KernelChoice
     logprobs: KernelChoice
     fused_ops: KernelChoice
 

@@ -27,6 +27,22 @@ def batched_attention_candidate():
                               "no per-sequence calls or slices in the autograd graph"), varlen_attention_batched)
 
 
+def decode_attention_choice(preferred: str, override: str | None = None) -> KernelChoice:
+    """Decode-step attention: `matmul` (kernels/decode_attention.py) or `sdpa` (fn None:
+    transformers' own SDPA path); `preferred` is tried first, the other stays selectable."""
+    from lmm_r1_ascend.kernels.decode_attention import decode_attention_matmul
+
+    candidates = {
+        "matmul": ("matmul", always("scores-softmax-matmul on the GQA-grouped query; on CPU 2-4x faster per call than "
+                                    "SDPA's flash kernel at the demo's widths, 0.9-1.0x at 3B's "
+                                    "(benchmarks/bench_decode_attention_cpu.py)"),
+                   decode_attention_matmul),
+        "sdpa": ("sdpa", always("transformers' SDPA path (the device's fused kernel)"), None),
+    }
+    order = [candidates[preferred]] + [c for name, c in candidates.items() if name != preferred]
+    return choose("decode_attention", order, override)
+
+
 def logprobs_choice(override: str | None = None) -> KernelChoice:
     """The chunked log-prob kernel (kernels/logprobs.py), the only implementation today."""
     from lmm_r1_ascend.kernels.logprobs import token_logprobs

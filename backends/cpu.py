@@ -69,6 +69,7 @@ class CpuBackend(Backend):
             # reference stays selectable (attention=reference) as the plain per-sequence definition.
             attention=choose("attention", [ck.batched_attention_candidate(), ck.reference_attention_candidate()],
                              overrides.get("attention")),
+            decode_attention=ck.decode_attention_choice("matmul", overrides.get("decode_attention")),
             logprobs=ck.logprobs_choice(overrides.get("logprobs")),
             fused_ops=ck.no_fused_ops_choice("no fused ops on CPU; transformers' own modules",
                                              overrides.get("fused_ops")),

@@ -73,6 +73,8 @@ class CudaBackend(AcceleratorBackend):
         ], overrides.get("attention"))
         return KernelSet(
             attention=attention,
+            # never measured on a GPU here: SDPA's fused kernels stay first until a benchmark says otherwise
+            decode_attention=ck.decode_attention_choice("sdpa", overrides.get("decode_attention")),
             logprobs=ck.logprobs_choice(overrides.get("logprobs")),
             fused_ops=ck.no_fused_ops_choice("transformers' own modules (fused by torch/cuBLAS); no custom fused ops",
                                              overrides.get("fused_ops")),

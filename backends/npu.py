@@ -193,4 +193,7 @@ def npu_kernels(ops: ModuleType, ops_label: str, overrides: dict[str, str] | Non
         ("npu_fused", fused_probe, functools.partial(apply_npu_fused_ops, ops=ops)),
         ("none", ck.always("transformers' own modules"), None),
     ], overrides.get("fused_ops"))
-    return KernelSet(attention=attention, logprobs=ck.logprobs_choice(overrides.get("logprobs")), fused_ops=fused)
+    # transformers' SDPA path hands torch_npu a bool mask so it reaches FlashAttentionScore; never measured here
+    decode = ck.decode_attention_choice("sdpa", overrides.get("decode_attention"))
+    return KernelSet(attention=attention, decode_attention=decode,
+                     logprobs=ck.logprobs_choice(overrides.get("logprobs")), fused_ops=fused)

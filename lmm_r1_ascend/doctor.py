@@ -55,11 +55,11 @@ def format_report(report: dict) -> str:
         "kernels chosen:",
     ]
     for op, k in report["kernels"].items():
-        lines.append(f"  {op:<11} {k['implementation']}: {k['reason']}")
-        lines += [f"  {'':<11}   (not {f['implementation']}: {f['reason']})" for f in k["fallbacks"]]
+        lines.append(f"  {op:<16} {k['implementation']}: {k['reason']}")
+        lines += [f"  {'':<16}   (not {f['implementation']}: {f['reason']})" for f in k["fallbacks"]]
     lines.append("sequence parallel (distributed.sequence_parallel_mode):")
     for mode, k in report.get("sequence_parallel", {}).items():
-        lines.append(f"  {mode:<11} {k['implementation']}: {k['reason']}")
+        lines.append(f"  {mode:<16} {k['implementation']}: {k['reason']}")
     lines.append("versions:")
     lines += [f"  {name:<14} {ver}" for name, ver in report["versions"].items()]
     lines.append("environment:")

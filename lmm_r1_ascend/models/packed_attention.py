@@ -5,7 +5,9 @@
 (`cu_seq_lens_q`, `cu_seq_lens_k`, `max_length_q`, `max_length_k`, see `packed_kwargs`),
 every decoder layer runs the backend's varlen kernel on one row of concatenated sequences,
 so packed samples never attend to each other. Without those kwargs (generation, padded
-batches) it defers to SDPA with the usual mask, so the same model object also generates.
+batches) it defers to SDPA with the usual mask, so the same model object also generates;
+a decode step (one query token per sequence) runs the backend's decode-attention kernel
+instead when it has one (KernelSet.decode_attention, kernels/decode_attention.py).
 The vision tower keeps its own attention (it is bidirectional per image).
 """
 
@@ -38,11 +40,16 @@ def packed_kwargs(cu_seqlens: torch.Tensor, cu_seqlens_host: Sequence[int]) -> d
     }
 
 
-def make_attention_forward(attention_fn: Callable) -> Callable:
+# Keywords transformers' SDPA path honours that the decode kernel contract has no room for.
+_SDPA_ONLY_KWARGS = ("softcap", "position_bias", "cache", "output_attentions")
+
+
+def make_attention_forward(attention_fn: Callable, decode_fn: Callable | None = None) -> Callable:
     """Wrap a kernels/attention.py varlen function as a transformers attention forward.
 
-    transformers calls it with query (1, Hq, T, D), key/value (1, Hkv, T, D) and expects
-    (attn_output (1, T, Hq, D), attn_weights or None).
+    transformers calls it with query (B, Hq, T, D), key/value (B, Hkv, S, D) and expects
+    (attn_output (B, T, Hq, D), attn_weights or None); packed calls have B == 1 and S == T.
+    decode_fn: a kernels/decode_attention.py function for unpacked one-token queries, or None.
     """
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -50,6 +57,9 @@ def make_attention_forward(attention_fn: Callable) -> Callable:
                 **kwargs):
         cu = kwargs.get("cu_seq_lens_q")
         if cu is None:
+            if decode_fn is not None and query.shape[2] == 1 and not dropout \
+                    and all(kwargs.get(k) is None or kwargs.get(k) is False for k in _SDPA_ONLY_KWARGS):
+                return decode_fn(query, key, value, attention_mask, scale=scaling), None
             return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                           scaling=scaling, **kwargs)
         if query.shape[0] != 1:
@@ -76,20 +86,22 @@ def make_attention_forward(attention_fn: Callable) -> Callable:
     return forward
 
 
-def register_packed_attention(attention_fn: Callable, name: str) -> str:
-    """Register `attention_fn` with transformers under `name` (idempotent) and return the name."""
+def register_packed_attention(attention_fn: Callable, name: str, decode_fn: Callable | None = None) -> str:
+    """Register `attention_fn` (and `decode_fn`, see make_attention_forward) with transformers
+    under `name` (idempotent) and return the name."""
     from transformers import AttentionInterface, AttentionMaskInterface
     from transformers.masking_utils import sdpa_mask
 
-    AttentionInterface.register(name, make_attention_forward(attention_fn))
+    AttentionInterface.register(name, make_attention_forward(attention_fn, decode_fn))
     # Unpacked calls defer to SDPA, so they need SDPA's masks.
     AttentionMaskInterface.register(name, sdpa_mask)
     return name
 
 
-def use_packed_attention(model: torch.nn.Module, attention_fn: Callable, name: str = "lmm_r1_varlen") -> str:
+def use_packed_attention(model: torch.nn.Module, attention_fn: Callable, name: str = "lmm_r1_varlen",
+                         decode_fn: Callable | None = None) -> str:
     """Select the registered varlen attention for the model's text decoder (vision tower untouched)."""
-    register_packed_attention(attention_fn, name)
+    register_packed_attention(attention_fn, name, decode_fn)
     config = model.config
     text_config = getattr(config, "text_config", None)
     if text_config is not None:

@@ -102,10 +102,11 @@ def test_no_common_variable_is_advertised_without_a_reader():
 def test_cpu_kernel_set_holds_the_ops_the_core_calls_with_reasons():
     kernels = get_backend("cpu").select_kernels()
     assert isinstance(kernels, KernelSet)
-    assert KERNEL_OPS == ("attention", "logprobs", "fused_ops")
+    assert KERNEL_OPS == ("attention", "decode_attention", "logprobs", "fused_ops")
     assert [c.op for c in kernels] == list(KERNEL_OPS)
     assert kernels.attention.name == "batched"
     assert kernels.attention.candidates == ("batched", "reference")  # the per-sequence definition stays selectable
+    assert kernels.decode_attention.name == "matmul" and kernels.decode_attention.candidates == ("matmul", "sdpa")
     assert kernels.logprobs.name == "chunked" and callable(kernels.logprobs.fn)
     assert kernels.fused_ops.name == "none" and kernels.fused_ops.fn is None
     assert all(c.reason for c in kernels)
@@ -114,7 +115,8 @@ def test_cpu_kernel_set_holds_the_ops_the_core_calls_with_reasons():
 def test_kernel_set_refuses_a_choice_for_the_wrong_op():
     ks = get_backend("cpu").select_kernels()
     with pytest.raises(TypeError, match="KernelSet.logprobs must be a KernelChoice for op 'logprobs'"):
-        KernelSet(attention=ks.attention, logprobs=ks.attention, fused_ops=ks.fused_ops)
+        KernelSet(attention=ks.attention, decode_attention=ks.decode_attention, logprobs=ks.attention,
+                  fused_ops=ks.fused_ops)
 
 
 @pytest.mark.parametrize("name", ["cpu", "npu-emulated"])
@@ -122,6 +124,8 @@ def test_every_op_is_overridable_by_name_and_unknown_ops_are_refused(name):
     backend = get_backend(name)
     assert backend.select_kernels({"logprobs": "chunked"}).logprobs.reason.startswith("requested explicitly")
     assert backend.select_kernels({"fused_ops": "none"}).fused_ops.fn is None
+    assert backend.select_kernels({"decode_attention": "sdpa"}).decode_attention.fn is None
+    assert callable(backend.select_kernels({"decode_attention": "matmul"}).decode_attention.fn)
     with pytest.raises(ValueError, match="unknown logprobs implementation 'nope'"):
         backend.select_kernels({"logprobs": "nope"})
     with pytest.raises(ValueError, match=r"unknown op\(s\) \['packing'\]"):

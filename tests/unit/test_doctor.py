@@ -22,7 +22,8 @@ def test_json_report_on_cpu():
     report = json.loads(proc.stdout)
     assert report["backend"]["name"] == "cpu" and report["backend"]["device_count"] == 1
     assert report["kernels"]["attention"]["implementation"] == "batched"
-    assert list(report["kernels"]) == ["attention", "logprobs", "fused_ops"]  # what the core calls, no more
+    assert list(report["kernels"]) == ["attention", "decode_attention", "logprobs", "fused_ops"]  # what the core calls
+    assert report["kernels"]["decode_attention"]["implementation"] == "matmul"
     assert report["backend"]["ray_actor_options"] == {}
     sp = report["sequence_parallel"]  # both modes, over the backend's own varlen kernel
     assert sp["ring"]["implementation"] == "ring[batched]" and sp["ulysses"]["implementation"] == "ulysses[batched]"
