@@ -40,7 +40,7 @@ def test_human_report_shows_fallbacks_for_emulated_npu():
     assert proc.returncode == 0, proc.stderr
     assert "backend     npu-emulated" in proc.stdout
     assert "npu_fusion" in proc.stdout and "emulated" in proc.stdout
-    assert "kernels chosen:" in proc.stdout and "logprobs    chunked" in proc.stdout
+    assert "kernels chosen:" in proc.stdout and "logprobs         chunked" in proc.stdout
     assert "packing" not in proc.stdout and "collectives gloo" in proc.stdout
     assert "ring[npu_fusion]" in proc.stdout and "ulysses[npu_fusion]" in proc.stdout
     assert "OMP_NUM_THREADS" in proc.stdout  # device variables are the CPU's: tensors live there
