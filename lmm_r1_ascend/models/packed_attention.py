@@ -44,12 +44,13 @@ def packed_kwargs(cu_seqlens: torch.Tensor, cu_seqlens_host: Sequence[int]) -> d
 _SDPA_ONLY_KWARGS = ("softcap", "position_bias", "cache", "output_attentions")
 
 
-def make_attention_forward(attention_fn: Callable, decode_fn: Callable | None = None) -> Callable:
+def make_attention_forward(attention_fn: Callable | None, decode_fn: Callable | None = None) -> Callable:
     """Wrap a kernels/attention.py varlen function as a transformers attention forward.
 
     transformers calls it with query (B, Hq, T, D), key/value (B, Hkv, S, D) and expects
     (attn_output (B, T, Hq, D), attn_weights or None); packed calls have B == 1 and S == T.
     decode_fn: a kernels/decode_attention.py function for unpacked one-token queries, or None.
+    attention_fn None: a generation-only model (use_decode_attention); packed calls are refused.
     """
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -62,6 +63,9 @@ def make_attention_forward(attention_fn: Callable, decode_fn: Callable | None = 
                 return decode_fn(query, key, value, attention_mask, scale=scaling), None
             return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                           scaling=scaling, **kwargs)
+        if attention_fn is None:
+            raise ValueError("this model's attention serves generation only (use_decode_attention); a packed "
+                             "forward needs the backend's varlen kernel: load it with models.loading")
         if query.shape[0] != 1:
             raise ValueError(f"packed attention expects one row of concatenated sequences (batch 1), got batch {query.shape[0]}")
         if dropout:
@@ -86,7 +90,7 @@ def make_attention_forward(attention_fn: Callable, decode_fn: Callable | None = 
     return forward
 
 
-def register_packed_attention(attention_fn: Callable, name: str, decode_fn: Callable | None = None) -> str:
+def register_packed_attention(attention_fn: Callable | None, name: str, decode_fn: Callable | None = None) -> str:
     """Register `attention_fn` (and `decode_fn`, see make_attention_forward) with transformers
     under `name` (idempotent) and return the name."""
     from transformers import AttentionInterface, AttentionMaskInterface
@@ -98,7 +102,7 @@ def register_packed_attention(attention_fn: Callable, name: str, decode_fn: Call
     return name
 
 
-def use_packed_attention(model: torch.nn.Module, attention_fn: Callable, name: str = "lmm_r1_varlen",
+def use_packed_attention(model: torch.nn.Module, attention_fn: Callable | None, name: str = "lmm_r1_varlen",
                          decode_fn: Callable | None = None) -> str:
     """Select the registered varlen attention for the model's text decoder (vision tower untouched)."""
     register_packed_attention(attention_fn, name, decode_fn)
@@ -110,3 +114,11 @@ def use_packed_attention(model: torch.nn.Module, attention_fn: Callable, name: s
     else:
         model.set_attn_implementation(name)
     return name
+
+
+def use_decode_attention(model: torch.nn.Module, decode_fn: Callable) -> str:
+    """For a model that only generates (the hf rollout engine's): transformers' SDPA for the
+    prefill and ``decode_fn`` (kernels/decode_attention.py) for each one-token decode step, in
+    the text decoder. Returns the registered name (one per decode function)."""
+    label = getattr(decode_fn, "__name__", type(decode_fn).__name__)
+    return use_packed_attention(model, None, f"lmm_r1_sdpa_decode_{label}_{id(decode_fn):x}", decode_fn)

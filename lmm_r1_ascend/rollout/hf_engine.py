@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -66,10 +66,13 @@ class HFRolloutEngine(RolloutEngine):
         dtype: weights dtype when loading from a path (None: the checkpoint's).
         tokenizer: used only for EOS / pad ids; loaded from the path when None.
         max_batch_rows: most sequences per generate() call.
+        decode_attention: the backend's decode-step attention (``KernelSet.decode_attention.fn``,
+            kernels/decode_attention.py) for the text decoder's one-token steps; None keeps the
+            model's own attention (from_config passes the run's backend's choice).
     """
 
     def __init__(self, model, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
-                 tokenizer=None, max_batch_rows: int = 64):
+                 tokenizer=None, max_batch_rows: int = 64, decode_attention: Callable | None = None):
         from transformers import GenerationConfig
 
         if isinstance(max_batch_rows, bool) or not isinstance(max_batch_rows, int) or max_batch_rows < 1:
@@ -87,6 +90,10 @@ class HFRolloutEngine(RolloutEngine):
                             f"{type(model).__name__}")
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.model = model.to(self.device).eval()
+        if decode_attention is not None:
+            from lmm_r1_ascend.models.packed_attention import use_decode_attention
+
+            use_decode_attention(self.model, decode_attention)
         config = model.config
         gen = getattr(model, "generation_config", None)
         self.eos_ids = eos_token_ids(config, gen, tokenizer)
@@ -114,12 +121,16 @@ class HFRolloutEngine(RolloutEngine):
     @classmethod
     def from_config(cls, rollout: RolloutConfig, run: EngineRun, model_path: str, device: torch.device,
                     dtype: torch.dtype) -> HFRolloutEngine:
-        """rollout.micro_rollout_batch_size prompts (x n samples each) per generate() call."""
+        """rollout.micro_rollout_batch_size prompts (x n samples each) per generate() call; decode
+        steps through the run's backend's decode-attention kernel."""
+        from lmm_r1_ascend.backends import get_backend
         from lmm_r1_ascend.data import load_processors
 
         tokenizer, _ = load_processors(model_path)
         rows = rollout.micro_rollout_batch_size * run.n_samples_per_prompt
-        return cls(model_path, device=device, dtype=dtype, tokenizer=tokenizer, max_batch_rows=rows)
+        decode = get_backend(run.device).select_kernels(dtype=dtype).decode_attention
+        return cls(model_path, device=device, dtype=dtype, tokenizer=tokenizer, max_batch_rows=rows,
+                   decode_attention=decode.fn)
 
     # ----------------------------------------------------------------------------- generate
     def generate(self, prompts: list[PromptItem], cfg: SamplingConfig) -> list[RolloutSample]:

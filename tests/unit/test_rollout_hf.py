@@ -17,6 +17,7 @@ from lmm_r1_ascend.data.types import PromptItem
 from lmm_r1_ascend.models.tiny import ensure_tiny_model
 from lmm_r1_ascend.rollout.base import RolloutSample, SamplingConfig, make_sample
 from lmm_r1_ascend.rollout.registry import available_engines, engine_class
+from lmm_r1_ascend.kernels.decode_attention import decode_attention_matmul
 from lmm_r1_ascend.rollout.hf_engine import HFRolloutEngine, load_generation_model
 
 # fp32 everywhere. Cached decoding vs one full forward only reorders the same fp32 sums
@@ -54,7 +55,9 @@ def tok(text_path):
 
 @pytest.fixture(scope="module")
 def text_engine(text_path):
-    return engine_class("hf")(text_path, max_batch_rows=4)  # several generate() calls per rollout
+    # several generate() calls per rollout; decode steps through the CPU backend's kernel, so every
+    # log-prob check below also checks it against teacher forcing (the VL engine keeps SDPA)
+    return engine_class("hf")(text_path, max_batch_rows=4, decode_attention=decode_attention_matmul)
 
 
 @pytest.fixture(scope="module")
@@ -138,6 +141,28 @@ def test_registry_and_config_errors(text_path):
                        (dict(stop_token_ids="x"), "stop_token_ids")]:
         with pytest.raises((ValueError, TypeError), match=match):
             SamplingConfig(**bad)
+
+
+@pytest.mark.parametrize("device,decode", [("cpu", "matmul"), ("npu-emulated", "sdpa")])
+def test_from_config_takes_the_backends_decode_attention(vl_path, tok, device, decode, rng_seed):
+    from lmm_r1_ascend.config.schema import RolloutConfig
+    from lmm_r1_ascend.rollout.base import EngineRun
+
+    engine = HFRolloutEngine.from_config(RolloutConfig(), EngineRun(seed=1, device=device, n_samples_per_prompt=2),
+                                         str(vl_path), torch.device("cpu"), torch.float32)
+    impl = engine.model.config.text_config._attn_implementation
+    assert impl.startswith("lmm_r1_sdpa_decode_") if decode == "matmul" else impl == "sdpa"
+    assert engine.model.config.vision_config._attn_implementation == "sdpa"  # the vision tower keeps its own
+    if decode == "sdpa":
+        return
+    from transformers import Qwen2VLImageProcessorPil
+
+    processor = Qwen2VLImageProcessorPil.from_pretrained(vl_path)
+    rng = np.random.default_rng(rng_seed)
+    prompts = [vl_prompt(tok, processor, [random_image(rng, 56, 84)], "What is shown?"),
+               text_prompt(tok, QUESTIONS[0])]
+    samples = engine.generate(prompts, SamplingConfig(n=2, temperature=0.7, max_new_tokens=6))
+    assert max_gap(engine.model, samples, 0.7) < TOL  # the VL decoder's decode steps, against teacher forcing
 
 
 def test_make_sample_cuts_after_the_first_stop_token():
