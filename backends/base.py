@@ -84,8 +84,8 @@ class KernelSet:
     attention.fn: varlen attention (contract in kernels/attention.py), registered for the
         text decoder by models.loading.
     decode_attention.fn: generation's decode steps (one new token per sequence against the
-        KV cache, unpacked; contract in kernels/decode_attention.py), or None to leave them
-        to transformers' SDPA path.
+        KV cache, unpacked; contract in kernels/decode_attention.py), registered for the hf
+        rollout engine's model by its from_config; None leaves them to transformers' SDPA path.
     logprobs.fn: token log-probs / entropies from hidden states and the output head
         (contract in kernels/logprobs.py: hidden (N, H), weight (V, H), labels (N,) ->
         float32 (N,) [, entropy (N,)]), called by models.forward.packed_log_probs.

@@ -111,17 +111,14 @@ class LogProbOutput:
 
 
 def enable_packed_forward(model: torch.nn.Module, attention_fn: Callable, name: str = "lmm_r1_varlen", *,
-                          logprobs_fn: Callable | None = None, decode_fn: Callable | None = None) -> str:
+                          logprobs_fn: Callable | None = None) -> str:
     """Register ``attention_fn`` (kernels/attention contract) and select it for the text decoder.
-
-    decode_fn: the backend's decode-step attention (``KernelSet.decode_attention.fn``,
-    kernels/decode_attention contract) for generation's one-token steps; None: SDPA.
 
     logprobs_fn: the backend's log-prob kernel (``KernelSet.logprobs.fn``, kernels/logprobs
     contract) that ``packed_log_probs(model, ...)`` will call; None keeps the one recorded
     before (e.g. a parity plant that swaps only the attention).
     """
-    use_packed_attention(model, attention_fn, name, decode_fn)
+    use_packed_attention(model, attention_fn, name)
     _PACKED_NAMES.add(name)
     if logprobs_fn is not None:
         _LOGPROBS[model] = logprobs_fn

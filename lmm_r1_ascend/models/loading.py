@@ -156,17 +156,17 @@ def freeze_by_prefix(model: torch.nn.Module, prefixes: str | tuple[str, ...] | l
 
 def prepare_for_backend(model: torch.nn.Module, backend: Backend, *, attention: str | None = None,
                         fused_ops: bool | None = None) -> str:
-    """Give ``model`` the backend's kernel set: varlen and decode-step attention and the log-prob
-    kernel (models.forward), and fused ops (see ModelSpec). Returns the registered attention name."""
+    """Give ``model`` the backend's kernel set: varlen attention and log-prob kernel (models.forward),
+    and fused ops (see ModelSpec); generation's decode kernel goes to the rollout engine's own model
+    (rollout/hf_engine.py), as this one never generates in a run. Returns the registered attention name."""
     from lmm_r1_ascend.models.forward import enable_packed_forward
 
     param = next(model.parameters(), None)
     kernels = backend.select_kernels({"attention": attention} if attention else None,
                                      dtype=param.dtype if param is not None else None)
-    choice, decode = kernels.attention, kernels.decode_attention
-    # transformers registers attention by name, process-wide: the name carries every choice it wraps
-    name = f"lmm_r1_varlen_{backend.name}_{choice.name}" + (f"_decode_{decode.name}" if decode.fn else "")
-    name = enable_packed_forward(model, choice.fn, name=name, logprobs_fn=kernels.logprobs.fn, decode_fn=decode.fn)
+    choice = kernels.attention
+    name = enable_packed_forward(model, choice.fn, name=f"lmm_r1_varlen_{backend.name}_{choice.name}",
+                                 logprobs_fn=kernels.logprobs.fn)
     fused = kernels.fused_ops.fn
     if fused_ops is False or fused is None:
         return name

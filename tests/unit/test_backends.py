@@ -137,6 +137,7 @@ def test_emulated_npu_runs_the_npu_attention_path():
     kernels = backend.select_kernels()
     assert kernels.attention.name == "npu_fusion" and "emulated" in kernels.attention.reason
     assert kernels.fused_ops.name == "npu_fused"
+    assert kernels.decode_attention.name == "sdpa" and kernels.decode_attention.fn is None  # never measured on NPU
     assert backend.ops.__name__ == "lmm_r1_ascend.kernels.npu_emulation"
     assert backend.device() == torch.device("cpu")
     # The bound attention runs and is the NPU function with the emulated ops.

@@ -10,7 +10,8 @@ import torch
 
 from lmm_r1_ascend.backends import get_backend
 from lmm_r1_ascend.kernels.decode_attention import decode_attention_matmul
-from lmm_r1_ascend.models.packed_attention import make_attention_forward, use_packed_attention
+from lmm_r1_ascend.kernels.packing import cu_seqlens_from_lengths, position_ids_from_lengths
+from lmm_r1_ascend.models.packed_attention import make_attention_forward, packed_kwargs, use_decode_attention
 from lmm_r1_ascend.models.tiny import ensure_tiny_model
 
 
@@ -60,7 +61,7 @@ def test_matmul_kernel_equals_the_loop(heads, kv_heads, mask_kind, rng_seed):
                                rtol=1e-5, atol=1e-5)
 
 
-def test_bfloat16_keeps_its_dtype_and_softmaxes_in_float32(rng_seed):
+def test_bfloat16_inputs_give_a_bfloat16_output_close_to_the_definition(rng_seed):
     query, key, value = torch.randn(3, 4, 1, 8), torch.randn(3, 2, 20, 8), torch.randn(3, 2, 20, 8)
     got = decode_attention_matmul(query.bfloat16(), key.bfloat16(), value.bfloat16())
     assert got.dtype == torch.bfloat16
@@ -124,7 +125,7 @@ def test_cpu_generation_through_the_decode_kernel_equals_eager(tiny_text_path, r
         calls.append(1)
         return kernels.decode_attention.fn(*args, **kwargs)
 
-    use_packed_attention(ours, kernels.attention.fn, name="test_decode_matmul", decode_fn=counted)
+    use_decode_attention(ours, counted)
     ids = torch.randint(10, 600, (3, 7))
     mask = torch.ones_like(ids)
     mask[0, :3] = 0  # left padding
@@ -137,9 +138,7 @@ def test_cpu_generation_through_the_decode_kernel_equals_eager(tiny_text_path, r
     assert torch.equal(got.sequences, expected.sequences)
     # fp32 logits of a 2-layer model through two attention orders: ~1e-6 observed
     torch.testing.assert_close(torch.stack(got.scores), torch.stack(expected.scores), rtol=1e-4, atol=1e-4)
+    cu = cu_seqlens_from_lengths([3, 4])
+    with pytest.raises(ValueError, match="serves generation only"):  # a packed forward needs models.loading
+        ours(input_ids=ids[:1], position_ids=position_ids_from_lengths([3, 4])[None], **packed_kwargs(cu, cu.tolist()))
 
-
-def test_sdpa_stays_selectable():
-    kernels = get_backend("cpu").select_kernels({"decode_attention": "sdpa"})
-    assert kernels.decode_attention.name == "sdpa" and kernels.decode_attention.fn is None
-    assert get_backend("npu-emulated").select_kernels().decode_attention.name == "sdpa"
