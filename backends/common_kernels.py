@@ -35,7 +35,7 @@ def decode_attention_choice(preferred: str, override: str | None = None) -> Kern
     candidates = {
         "matmul": ("matmul", always("scores-softmax-matmul on the GQA-grouped query; on CPU 2-4x faster per call than "
                                     "SDPA's flash kernel at the demo's widths, 0.9-1.0x at 3B's "
-                                    "(benchmarks/bench_decode_attention_cpu.py)"),
+                                    "(2026-12-07, a 2-core VM; benchmarks/bench_decode_attention_cpu.py)"),
                    decode_attention_matmul),
         "sdpa": ("sdpa", always("transformers' SDPA path (the device's fused kernel)"), None),
     }

@@ -220,7 +220,9 @@ def trl_args(cfg, output_dir: str, max_steps: int):
         max_grad_norm=cfg.optim.max_norm, lr_scheduler_type="constant", warmup_steps=0,
         # precision and memory: fp32 weights and compute, no activation checkpointing (GRPOConfig's
         # defaults are bf16=True and gradient_checkpointing=True; ours runs neither on the demo)
-        model_init_kwargs={"dtype": torch.float32}, bf16=False, fp16=False,
+        # attention: transformers' SDPA for TRL (its default, set explicitly); ours runs its backend's kernels
+        # (packed varlen in the update, the decode kernel in generation): the settings table prints both
+        model_init_kwargs={"dtype": torch.float32, "attn_implementation": "sdpa"}, bf16=False, fp16=False,
         activation_checkpointing=cfg.model.gradient_checkpointing, cast_lm_head_to_fp32=False, use_liger_kernel=False,
         # overheads: no completion logging, no saving, no reporting, no dataloader workers
         log_completions=False, logging_steps=1, report_to=[], save_strategy="no", eval_strategy="no",
@@ -243,6 +245,7 @@ SETTINGS = [
     ("top_k (off)", "rollout.top_k", "top_k"),
     ("min_p / repetition penalty", "(none / 1.0)", "min_p,repetition_penalty"),
     ("KV cache", "(DynamicCache)", "cache_implementation"),
+    ("attention: update / decode", "backend kernels", "model_init_kwargs"),
     ("vLLM / compile", "rollout.engine", "use_vllm,torch_compile"),
     ("shuffle", "data.shuffle", "shuffle_dataset"),
     ("KL / reference model", "algorithm.init_kl_coef,algorithm.use_kl_loss", "beta"),
@@ -271,6 +274,11 @@ def settings_table(cfg, args) -> str:
             return key[1:-1]
         if key == "rollouts/train_batch_size":
             return str(_rows(cfg) // cfg.trainer.train_batch_size)
+        if key == "backend kernels":
+            from lmm_r1_ascend.backends import get_backend
+
+            kernels = get_backend(cfg.device).select_kernels()
+            return f"{kernels.attention.name} varlen / {kernels.decode_attention.name}"
         out = []
         for k in key.split(","):
             if k.startswith("("):
@@ -288,6 +296,9 @@ def settings_table(cfg, args) -> str:
     def theirs(key: str) -> str:
         if key.startswith("("):
             return key[1:-1]
+        if key == "model_init_kwargs":  # the one setting of it this row names; both phases use it
+            impl = args.model_init_kwargs.get("attn_implementation", "transformers' default")
+            return f"{impl} / {impl}"
         vals = [getattr(args, k) for k in key.split(",")]
         return " / ".join(str(getattr(v, "value", v)) for v in vals)
 

@@ -14,8 +14,8 @@ one-token query to its flash kernel, whose fixed cost per call dominates at deco
 at the demo's shapes (B 128, 4 query / 2 kv heads, D 32) transformers' SDPA path measured
 1.1-2.6 ms per call against 0.3-1.3 ms for these three ops (L 40-200); at Qwen2.5-VL-3B's
 widths (16 / 2 heads, D 128, L 300-1000) this was 0.89-1.03x SDPA's speed, a CPU run of a
-3B model gains nothing either way. benchmarks/bench_decode_attention_cpu.py, results in
-benchmarks/results/decode_attention_cpu.txt.
+3B model gains nothing either way. Measured 2026-12-07 on the project's idle 2-core CPU VM, 2
+threads: benchmarks/bench_decode_attention_cpu.py, results in benchmarks/results/decode_attention_cpu.txt.
 Scores are softmaxed in float32 whatever the dtype, as SDPA's math path does.
 """
 
