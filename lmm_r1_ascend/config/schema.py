@@ -23,6 +23,9 @@ class ModelConfig:
     init_from: for stage mgt, the FRE run directory (or its hf/ export) the actor starts from.
     dtype: auto (the backend's: fp32 on CPU, bf16 on accelerators) | float32 | bfloat16 | float16.
     freeze_prefixes: parameter-name prefixes kept frozen in the actor (e.g. model.visual).
+    share_prompts: packed forwards (actor, reference, critic) run each distinct prompt of a
+      micro-batch once and its n samples' responses attend to that copy (kernels/shared_prompts.py);
+      text models without sequence parallelism. False packs every sample whole.
     """
 
     pretrain: str = "tiny-qwen2"
@@ -31,6 +34,7 @@ class ModelConfig:
     dtype: str = "auto"
     gradient_checkpointing: bool = False
     freeze_prefixes: list[str] = field(default_factory=list)
+    share_prompts: bool = True
 
 
 @dataclass

@@ -18,6 +18,12 @@ original code). Only those positions reach the LM head, through the backend's lo
 kernel (its KernelSet.logprobs, recorded for the model by enable_packed_forward; the
 chunked kernels.logprobs everywhere today): full (T, V) fp32 logits never exist.
 
+Shared prompts (kernels.shared_prompts; on for models loaded with ModelSpec.share_prompts, the
+config's model.share_prompts): samples that share a prompt, the n samples of a GRPO group, are
+packed with one copy of it, their responses after it; decoder work shrinks by the repeated
+prompt tokens, and attention runs on the samples whole (packed_attention gathers around the
+kernel). Text models without sequence parallelism; the others pack every sample whole.
+
 Sequence parallelism (models.sequence_parallel): the row, its positions and its image
 embeddings are built whole, then each rank of the SP group runs the decoder on its zigzag
 share and the scored results are all-gathered, so callers see the same per-sample tensors.
@@ -43,12 +49,15 @@ import torch
 from lmm_r1_ascend.kernels.mrope import mm_token_type_ids_from_input_ids, mrope_position_ids
 from lmm_r1_ascend.kernels.packing import cu_seqlens_from_lengths, position_ids_from_lengths
 from lmm_r1_ascend.kernels.sequence_split import split_packed
+from lmm_r1_ascend.kernels.shared_prompts import SharedPrompts, shared_prompt_layout
 from lmm_r1_ascend.models.packed_attention import SP_KWARG, packed_kwargs, use_packed_attention
 from lmm_r1_ascend.models.sequence_parallel import gather_scored, scored_rows, sequence_parallel_of
 
 _PACKED_NAMES: set[str] = set()  # attention names registered through enable_packed_forward
 # model -> the log-prob kernel (kernels/logprobs.py contract) its backend chose
 _LOGPROBS: weakref.WeakKeyDictionary[torch.nn.Module, Callable] = weakref.WeakKeyDictionary()
+# models whose packed forwards run each distinct prompt once (enable_packed_forward(share_prompts=True))
+_SHARE_PROMPTS: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
 
 
 @dataclass
@@ -79,6 +88,9 @@ class PackedInputs:
     score_index: int64 (sum R,) hidden-state positions that predict the response tokens.
     score_labels: int64 (sum R,) the response tokens. pixel_values (N, D), image_grid_thw
     (n, 3) int64, mm_token_type_ids int32 (1, T): VL only, None otherwise.
+    shared: with shared prompts (kernels.shared_prompts) the row holds T_s < T tokens, one copy
+    of each distinct prompt: input_ids / position_ids are (.., T_s), score_index points into
+    them, while cu_seqlens / lengths still describe the samples whole (attention's layout).
     """
 
     input_ids: torch.Tensor
@@ -92,13 +104,15 @@ class PackedInputs:
     pixel_values: torch.Tensor | None = None
     image_grid_thw: torch.Tensor | None = None
     mm_token_type_ids: torch.Tensor | None = None
+    shared: SharedPrompts | None = None
 
     @property
     def num_tokens(self) -> int:
+        """Tokens of the samples whole (attention's layout), shared prompts counted once per sample."""
         return self.cu_seqlens_host[-1]
 
     def to(self, device: torch.device | str) -> PackedInputs:
-        moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in vars(self).items()}
+        moved = {k: (v.to(device) if isinstance(v, (torch.Tensor, SharedPrompts)) else v) for k, v in vars(self).items()}
         return PackedInputs(**moved)
 
 
@@ -111,17 +125,22 @@ class LogProbOutput:
 
 
 def enable_packed_forward(model: torch.nn.Module, attention_fn: Callable, name: str = "lmm_r1_varlen", *,
-                          logprobs_fn: Callable | None = None) -> str:
+                          logprobs_fn: Callable | None = None, share_prompts: bool | None = None) -> str:
     """Register ``attention_fn`` (kernels/attention contract) and select it for the text decoder.
 
     logprobs_fn: the backend's log-prob kernel (``KernelSet.logprobs.fn``, kernels/logprobs
     contract) that ``packed_log_probs(model, ...)`` will call; None keeps the one recorded
     before (e.g. a parity plant that swaps only the attention).
+    share_prompts: pack samples that share a prompt with one copy of it (kernels.shared_prompts)
+    in this model's packed forwards from lists of ``Sample``s; text models without sequence
+    parallelism only (the others pack every sample whole). None keeps the earlier choice (off).
     """
     use_packed_attention(model, attention_fn, name)
     _PACKED_NAMES.add(name)
     if logprobs_fn is not None:
         _LOGPROBS[model] = logprobs_fn
+    if share_prompts is not None:
+        (_SHARE_PROMPTS.add if share_prompts else _SHARE_PROMPTS.discard)(model)
     return name
 
 
@@ -164,8 +183,13 @@ def _image_rows(grid: torch.Tensor) -> int:
     return int(grid.prod(-1).sum())
 
 
-def pack_samples(samples: Sequence[Sample], config, device: torch.device | str | None = None) -> PackedInputs:
-    """Validate ``samples`` against the model ``config`` and build one packed row on ``device``."""
+def pack_samples(samples: Sequence[Sample], config, device: torch.device | str | None = None, *,
+                 share_prompts: bool = False) -> PackedInputs:
+    """Validate ``samples`` against the model ``config`` and build one packed row on ``device``.
+
+    share_prompts: keep one copy of each distinct prompt (kernels.shared_prompts) when some
+    samples share one; text models only (a VL config packs every sample whole).
+    """
     if not samples:
         raise ValueError("pack_samples got no samples: a packed micro-batch needs at least one")
     text_cfg = _text_config(config)
@@ -224,6 +248,13 @@ def pack_samples(samples: Sequence[Sample], config, device: torch.device | str |
         cu_seqlens_host=cu.tolist(), lengths=lengths, response_lengths=resp,
         score_index=labels_at - 1, score_labels=input_ids[0, labels_at],
     )
+    shared = shared_prompt_layout(ids, [n - r for n, r in zip(lengths, resp)]) \
+        if share_prompts and vision is None else None
+    if shared is not None:
+        packed.shared = shared
+        packed.input_ids = input_ids[:, shared.virtual_of_row]
+        packed.position_ids = packed.position_ids[:, shared.virtual_of_row]
+        packed.score_index = shared.row_of_virtual[packed.score_index]
     if vision is not None:
         types = mm_token_type_ids_from_input_ids(input_ids, config.image_token_id, config.video_token_id)
         types[0, torch.cat(sampled_masks)] = 0  # sampled tokens are text, whatever ids were sampled
@@ -296,7 +327,10 @@ def _hidden_states(backbone, packed: PackedInputs, keep_vision_in_graph: bool):
     masks = {t: None for t in layer_types}
     if sp is None:
         kwargs = dict(position_ids=packed.position_ids, attention_mask=masks,
-                      **packed_kwargs(packed.cu_seqlens, packed.cu_seqlens_host))
+                      **packed_kwargs(packed.cu_seqlens, packed.cu_seqlens_host, packed.shared))
+    elif packed.shared is not None:
+        raise ValueError("a shared-prompt packed row cannot be split for sequence parallelism: "
+                         "pack_samples(..., share_prompts=False) under SP")
     else:  # positions were computed for the whole row (pack_samples); each rank keeps its share
         shard = split_packed(packed.lengths, sp.size, sp.rank)
         index = shard.index.to(packed.input_ids.device)
@@ -331,11 +365,12 @@ def _scored(hidden: torch.Tensor, packed: PackedInputs, sp) -> tuple[torch.Tenso
     return hidden[rows.to(hidden.device)], labels[(owner == sp.rank).to(hidden.device)], owner
 
 
-def _packed(model, samples: Sequence[Sample] | PackedInputs) -> PackedInputs:
+def _packed(model, backbone, samples: Sequence[Sample] | PackedInputs) -> PackedInputs:
     if isinstance(samples, PackedInputs):
         return samples
     device = next(model.parameters()).device
-    return pack_samples(samples, model.config, device=device)
+    share = (model in _SHARE_PROMPTS or backbone in _SHARE_PROMPTS) and sequence_parallel_of(backbone) is None
+    return pack_samples(samples, model.config, device=device, share_prompts=share)
 
 
 def packed_log_probs(policy: torch.nn.Module, samples: Sequence[Sample] | PackedInputs, *,
@@ -350,7 +385,7 @@ def packed_log_probs(policy: torch.nn.Module, samples: Sequence[Sample] | Packed
     """
     _check_packed_attention(policy.base_model)
     logprobs_fn = logprobs_kernel(policy)
-    packed = _packed(policy, samples)
+    packed = _packed(policy, policy.base_model, samples)
     hidden, sp = _hidden_states(policy.base_model, packed, keep_vision_in_graph)
     head = policy.get_output_embeddings()
     rows, labels, owner = _scored(hidden, packed, sp)
@@ -368,7 +403,7 @@ def packed_log_probs(policy: torch.nn.Module, samples: Sequence[Sample] | Packed
 def packed_values(critic: torch.nn.Module, samples: Sequence[Sample] | PackedInputs, *,
                   keep_vision_in_graph: bool = True) -> list[torch.Tensor]:
     """The critic's float32 (R_i,) values of the states before each response token, per sample."""
-    packed = _packed(critic, samples)
+    packed = _packed(critic, critic.model, samples)
     hidden, sp = _hidden_states(critic.model, packed, keep_vision_in_graph)
     rows, _, owner = _scored(hidden, packed, sp)
     values = critic.values(rows)

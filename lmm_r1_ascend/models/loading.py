@@ -59,6 +59,9 @@ class ModelSpec:
     fused_ops: the backend's fused ops (NPU RMSNorm / rotary / SwiGLU): None = where the
         backend has them and they support the model (others keep transformers' modules,
         with a warning), True = required (an unsupported model is an error), False = off.
+    share_prompts: packed forwards run each distinct prompt of a micro-batch once, its samples'
+        responses attending to that one copy (kernels/shared_prompts.py); text models without
+        sequence parallelism (the others pack every sample whole).
     tiny_seed, tiny_cache_dir: seed and cache of a built-in tiny model.
     """
 
@@ -68,6 +71,7 @@ class ModelSpec:
     freeze_prefixes: tuple[str, ...] = ()
     attention: str | None = None
     fused_ops: bool | None = None
+    share_prompts: bool = True
     tiny_seed: int = 0
     tiny_cache_dir: str | None = None
 
@@ -155,7 +159,7 @@ def freeze_by_prefix(model: torch.nn.Module, prefixes: str | tuple[str, ...] | l
 
 
 def prepare_for_backend(model: torch.nn.Module, backend: Backend, *, attention: str | None = None,
-                        fused_ops: bool | None = None) -> str:
+                        fused_ops: bool | None = None, share_prompts: bool | None = None) -> str:
     """Give ``model`` the backend's kernel set: varlen attention and log-prob kernel (models.forward),
     and fused ops (see ModelSpec); generation's decode kernel goes to the rollout engine's own model
     (rollout/hf_engine.py), as this one never generates in a run. Returns the registered attention name."""
@@ -166,7 +170,7 @@ def prepare_for_backend(model: torch.nn.Module, backend: Backend, *, attention: 
                                      dtype=param.dtype if param is not None else None)
     choice = kernels.attention
     name = enable_packed_forward(model, choice.fn, name=f"lmm_r1_varlen_{backend.name}_{choice.name}",
-                                 logprobs_fn=kernels.logprobs.fn)
+                                 logprobs_fn=kernels.logprobs.fn, share_prompts=share_prompts)
     fused = kernels.fused_ops.fn
     if fused_ops is False or fused is None:
         return name
@@ -202,7 +206,8 @@ def _load_hf(path: Path, dtype: torch.dtype, *, backbone_only: bool):
 
 def _finish(model: torch.nn.Module, spec: ModelSpec, backend: Backend | None, *, trainable: bool) -> None:
     if backend is not None:
-        prepare_for_backend(model, backend, attention=spec.attention, fused_ops=spec.fused_ops)
+        prepare_for_backend(model, backend, attention=spec.attention, fused_ops=spec.fused_ops,
+                            share_prompts=spec.share_prompts)
     if not trainable:
         model.requires_grad_(False)
         model.eval()
@@ -243,7 +248,8 @@ def load_critic(spec: ModelSpec, backend: Backend | None = None, *, generator: t
     backbone = _load_hf(path, resolve_dtype(spec.dtype, backend), backbone_only=True)
     critic = Critic.from_backbone(backbone, path, generator=generator)
     if backend is not None:
-        prepare_for_backend(critic.model, backend, attention=spec.attention, fused_ops=spec.fused_ops)
+        prepare_for_backend(critic.model, backend, attention=spec.attention, fused_ops=spec.fused_ops,
+                            share_prompts=spec.share_prompts)
     if spec.freeze_prefixes:
         freeze_by_prefix(critic, spec.freeze_prefixes)
     if spec.gradient_checkpointing:

@@ -24,20 +24,27 @@ HOST_CU_SEQLENS_KWARG = "lmm_cu_seqlens_host"
 # Extra keyword carrying (SequenceParallel, SPShard) in a sequence-parallel forward: the row
 # holds this rank's zigzag share and attention runs the SP kernel (ring / Ulysses) over the group.
 SP_KWARG = "lmm_sequence_parallel"
+# Extra keyword carrying a kernels.shared_prompts.SharedPrompts: the row keeps one copy of each
+# distinct prompt, and attention runs on the samples' unshared layout that cu_seqlens describes.
+SHARED_PROMPTS_KWARG = "lmm_shared_prompts"
 
 
-def packed_kwargs(cu_seqlens: torch.Tensor, cu_seqlens_host: Sequence[int]) -> dict:
+def packed_kwargs(cu_seqlens: torch.Tensor, cu_seqlens_host: Sequence[int], shared=None) -> dict:
     """Forward kwargs that switch the registered attention to varlen mode.
 
     cu_seqlens: int32 (B+1,) with leading 0, on the model's device; cu_seqlens_host: the same as ints.
+    shared: the row's kernels.shared_prompts.SharedPrompts (on the model's device), or None.
     """
     host = [int(x) for x in cu_seqlens_host]
     max_len = max(b - a for a, b in zip(host[:-1], host[1:]))
-    return {
+    kwargs = {
         "use_cache": False,  # a KV cache makes no sense for a packed row and would outlive the forward
         "cu_seq_lens_q": cu_seqlens, "cu_seq_lens_k": cu_seqlens,
         "max_length_q": max_len, "max_length_k": max_len, HOST_CU_SEQLENS_KWARG: host,
     }
+    if shared is not None:
+        kwargs[SHARED_PROMPTS_KWARG] = shared
+    return kwargs
 
 
 # Keywords transformers' SDPA path honours that the decode kernel contract has no room for.
@@ -74,17 +81,22 @@ def make_attention_forward(attention_fn: Callable | None, decode_fn: Callable | 
                 and not torch.equal(kwargs["cu_seq_lens_k"], cu):
             raise ValueError("packed attention needs cu_seq_lens_k == cu_seq_lens_q (self-attention)")
         sp = kwargs.get(SP_KWARG)
+        shared = kwargs.get(SHARED_PROMPTS_KWARG)
         if sp is not None:
+            if shared is not None:
+                raise ValueError("shared-prompt rows cannot be split for sequence parallelism: pack samples whole")
             ctx, shard = sp
             # the model's own varlen kernel (a forced attention= override included) runs inside the SP kernel
             out = ctx.attention(query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1), shard,
                                 attention_fn=attention_fn, group=ctx.group, scale=scaling)
             return out.unsqueeze(0), None
-        out = attention_fn(
-            query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1),
-            cu.to(torch.int32), int(kwargs["max_length_q"]), scale=scaling, causal=True,
-            cu_seqlens_host=kwargs.get(HOST_CU_SEQLENS_KWARG),
-        )
+        q, k, v = query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1)  # (T, H, D)
+        if shared is not None:  # one copy per prompt -> every sample whole, as cu_seqlens describes them
+            q, k, v = (x.index_select(0, shared.row_of_virtual) for x in (q, k, v))
+        out = attention_fn(q, k, v, cu.to(torch.int32), int(kwargs["max_length_q"]), scale=scaling, causal=True,
+                           cu_seqlens_host=kwargs.get(HOST_CU_SEQLENS_KWARG))
+        if shared is not None:
+            out = out.index_select(0, shared.virtual_of_row)
         return out.unsqueeze(0), None
 
     return forward

@@ -133,8 +133,9 @@ def build_rank_workers(cfg: TrainConfig, backend: Backend, actor_path: str, upda
     dtype = None if cfg.model.dtype == "auto" else cfg.model.dtype
     alg, opt = cfg.algorithm, cfg.optim
     max_tokens = cfg.trainer.max_tokens_per_micro_batch
+    share = cfg.model.share_prompts
     spec = ModelSpec(path=actor_path, dtype=dtype, gradient_checkpointing=cfg.model.gradient_checkpointing,
-                     freeze_prefixes=tuple(cfg.model.freeze_prefixes), attention=attention)
+                     freeze_prefixes=tuple(cfg.model.freeze_prefixes), attention=attention, share_prompts=share)
     actor = None
     if "actor" in roles:
         actor_model = load_policy(spec, backend).to(device)
@@ -143,12 +144,13 @@ def build_rank_workers(cfg: TrainConfig, backend: Backend, actor_path: str, upda
                             temperature=cfg.rollout.temperature, max_tokens=max_tokens)
     reference = None
     if "reference" in roles and alg.uses_reference:
-        ref_model = load_reference(ModelSpec(path=actor_path, dtype=dtype, attention=attention), backend).to(device)
+        ref_model = load_reference(ModelSpec(path=actor_path, dtype=dtype, attention=attention, share_prompts=share),
+                                  backend).to(device)
         reference = ReferenceWorker(ref_model, temperature=cfg.rollout.temperature, max_tokens=max_tokens)
     critic = None
     if "critic" in roles and alg.uses_critic:
         critic_path = resolve_model_name(cfg.model.critic_pretrain) if cfg.model.critic_pretrain else actor_path
-        critic_model = load_critic(ModelSpec(path=critic_path, dtype=dtype, attention=attention,
+        critic_model = load_critic(ModelSpec(path=critic_path, dtype=dtype, attention=attention, share_prompts=share,
                                              gradient_checkpointing=cfg.model.gradient_checkpointing),
                                    backend).to(device)
         critic = CriticWorker(critic_model, make_engine(cfg, CriticValues(critic_model), opt.critic_lr, updates),
