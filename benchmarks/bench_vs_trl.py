@@ -40,7 +40,9 @@ tokens/s (response tokens / generation time, and / step time), peak RSS of the w
 the ratios ours / TRL of step, generation and update with each run pair's ratio. Also the
 machine's fp32 GEMM rate (torch.matmul 1024^3, best of 10, measured between run pairs at
 --threads) and the update's share of it: useful FLOPs = 6 x matmul params x tokens + 12 x
-layers x hidden x sum(L_i^2) (update_flops), over the median update time.
+layers x hidden x sum(L_i^2) (update_flops), over the median update time. Our update packs each
+prompt's samples with one copy of the prompt (model.share_prompts, printed in the settings table;
+TRL has no such option), so the report also gives the FLOPs our matmuls actually run and their share.
 """
 
 
@@ -69,7 +71,9 @@ GUARD_LIMIT = 0.8  # --guard fails when ours / TRL step time is above this on ei
 # Qwen2 warm-up model `demo-fre`, with every setting the two trainers could differ on written out.
 WORKLOAD = {
     "stage": "fre", "device": "cpu", "seed": 42,
-    "model": {"pretrain": "demo-fre", "dtype": "float32", "gradient_checkpointing": False},
+    # share_prompts: each prompt's 8 samples share one copy of it in the update's packed forward
+    # (kernels/shared_prompts.py; the same loss and gradients). TRL has no such option: printed, not hidden.
+    "model": {"pretrain": "demo-fre", "dtype": "float32", "gradient_checkpointing": False, "share_prompts": True},
     "data": {"prompt_data": ["demo:arithmetic"], "eval_data": [], "max_prompt_len": 512,
              "shuffle": False},  # both trainers take the same batches, in file order
     "rollout": {"engine": "hf", "rollout_batch_size": 16, "micro_rollout_batch_size": 16, "temperature": 1.0,
@@ -132,11 +136,17 @@ def run_ours(workload: str, steps: int, tmp: str) -> dict:
     trainer = PPOTrainer(cfg, log=lambda s: None)
     engine = trainer.parts.rollout
     drawn: list = []
+    computed: list = []
     generate = engine.generate
 
     def recording(prompts, sampling):  # the step's sequence lengths, for the update's FLOP estimate
         out = generate(prompts, sampling)
         drawn[:] = [s.prompt_ids.numel() + s.response_ids.numel() for s in out]
+        prompts_seen = {tuple(s.prompt_ids.tolist()) for s in out}
+        # the rows our update's matmuls run on: shared prompts once (model.share_prompts; one micro-batch here)
+        computed[:] = [sum(s.response_ids.numel() for s in out)
+                       + (sum(map(len, prompts_seen)) if cfg.model.share_prompts
+                          else sum(s.prompt_ids.numel() for s in out))]
         return out
 
     engine.generate = recording
@@ -149,7 +159,8 @@ def run_ours(workload: str, steps: int, tmp: str) -> dict:
             out.append({"step": m["timing/step"], "generation": m["timing/rollout"], "update": update,
                         "response_tokens": m["response_length/mean"] * cfg.rollout.rollout_batch_size
                         * cfg.algorithm.n_samples_per_prompt,
-                        "tokens": sum(drawn), "sum_sq_len": sum(n * n for n in drawn)})
+                        "tokens": sum(drawn), "sum_sq_len": sum(n * n for n in drawn),
+                        "computed_tokens": computed[0]})
         dropped = trainer.parts.dataset.counts["data/filtered_too_long"]
         if dropped:  # TRL truncates no prompt: a prompt we filter would make the two workloads differ
             raise SystemExit(f"error: {dropped} prompts were over data.max_prompt_len and left out on our side only")
@@ -246,6 +257,7 @@ SETTINGS = [
     ("min_p / repetition penalty", "(none / 1.0)", "min_p,repetition_penalty"),
     ("KV cache", "(DynamicCache)", "cache_implementation"),
     ("attention: update / decode", "backend kernels", "model_init_kwargs"),
+    ("prompt copies in the update", "model.share_prompts", "(one per sample)"),
     ("vLLM / compile", "rollout.engine", "use_vllm,torch_compile"),
     ("shuffle", "data.shuffle", "shuffle_dataset"),
     ("KL / reference model", "algorithm.init_kl_coef,algorithm.use_kl_loss", "beta"),
@@ -274,6 +286,8 @@ def settings_table(cfg, args) -> str:
             return key[1:-1]
         if key == "rollouts/train_batch_size":
             return str(_rows(cfg) // cfg.trainer.train_batch_size)
+        if key == "model.share_prompts":
+            return "one per prompt" if cfg.model.share_prompts else "one per sample"
         if key == "backend kernels":
             from lmm_r1_ascend.backends import get_backend
 
@@ -478,6 +492,12 @@ def report(workload: str, runs: dict[str, list[dict]], gemm: float) -> tuple[str
                  f"ours {flops / _median(runs['ours'], 'update') / gemm:.1%}, "
                  f"TRL {flops / _median(runs['trl'], 'update') / gemm:.1%} (the same useful FLOPs; TRL also "
                  "computes its padding)")
+    done = statistics.median(update_flops(dict(s, tokens=s["computed_tokens"]), model) for s in ours_steps)
+    if done != flops:
+        lines.append(f"ours computes {done / 1e9:.1f} G of them (shared prompts: the matmuls run on "
+                     f"{statistics.median(s['computed_tokens'] for s in ours_steps):.0f} of "
+                     f"{statistics.median(s['tokens'] for s in ours_steps):.0f} tokens; attention unchanged): "
+                     f"{done / _median(runs['ours'], 'update') / gemm:.1%} of the GEMM rate")
     return "\n".join(lines), ratio["step"]
 
 

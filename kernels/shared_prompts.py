@@ -16,8 +16,9 @@ unchanged, and ``virtual_of_row`` gathers its output back (a prompt row takes th
 its first sample's copy; every copy computes the same causal prefix). Gradients follow the
 gathers: a shared prompt key / value row collects the gradient of every response that
 attends to it, which is what the n copies received separately before. The same idea, for
-GRPO, is Prefix Grouper (arXiv 2506.05433); here it is a pure re-indexing around any varlen
-kernel, so the CUDA and NPU kernels take it as they are.
+GRPO, is Prefix Grouper (arXiv 2506.05433), which also splits attention so the prefix's is
+computed once; here attention's own work is unchanged and the sharing is a pure re-indexing
+around any varlen kernel, so the CUDA and NPU kernels take it as they are.
 
 Positions stay those of the unshared samples (a response's positions continue its prompt's).
 The response token j of sample i is scored from the row that predicts it: the shared last
