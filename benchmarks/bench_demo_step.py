@@ -11,7 +11,9 @@ the first step of each is a warm-up and is not counted):
                  instead of the recipe's 16 (all 128 rows in one call)
   recompute fwd  the separate old-log-prob forward instead of folding it into the single
                  on-policy step (trainer/ppo_update.py, folds_recompute)
-  before         all three reverted: the step as it was before them
+  whole prompts  model.share_prompts=false: every sample packed with its own copy of its prompt
+                 instead of one copy per prompt (kernels/shared_prompts.py)
+  before         all four reverted: the step as it was before them
 Prints the median step time and phase times of each, and each one's ratio to `now`.
 """
 
@@ -29,7 +31,9 @@ VARIANTS = {
     "per-seq attn": dict(attention="reference"),
     "64-row calls": dict(overrides=["rollout.micro_rollout_batch_size=8"]),
     "recompute fwd": dict(fold=False),
-    "before": dict(attention="reference", overrides=["rollout.micro_rollout_batch_size=8"], fold=False),
+    "whole prompts": dict(overrides=["model.share_prompts=false"]),
+    "before": dict(attention="reference", overrides=["rollout.micro_rollout_batch_size=8", "model.share_prompts=false"],
+                   fold=False),
 }
 
 
