@@ -6,7 +6,8 @@ must match on every rank; for gradients, the SUM over the SP group of the ranks'
 gradients must equal the unsplit gradient (the gather keeps each rank's own entries, see
 models/sequence_parallel.py). Covered: tiny Qwen2 (GQA 2:1) under ring, a 4-head / 2-kv-head
 Qwen2 under Ulysses, a packed multi-image tiny Qwen2.5-VL (mRoPE, vision tower) under ring,
-critic values, and the npu-emulated backend for the text model.
+critic values, and the npu-emulated backend for the text model. Two text samples share a
+prompt: the unsplit text forwards pack it once (shared prompts), the split ones whole.
 """
 
 from __future__ import annotations
@@ -33,7 +34,11 @@ TOL = 1e-4
 
 def _text_samples(g):
     lens = [(9, 4), (23, 7), (2, 1), (17, 5)]  # the 2-token sample is shorter than one chunk
-    return [Sample(torch.randint(10, 600, (n,), generator=g), r) for n, r in lens]
+    samples = [Sample(torch.randint(10, 600, (n,), generator=g), r) for n, r in lens]
+    # a second sample of the first one's prompt: the unsplit forward packs the two with one copy of
+    # it (kernels/shared_prompts.py), the split one packs every sample whole
+    prompt = samples[0].input_ids[:-samples[0].response_length]
+    return samples + [Sample(torch.cat((prompt, torch.randint(10, 600, (3,), generator=g))), 3)]
 
 
 def _vl_samples(cfg, g):
