@@ -159,7 +159,8 @@ class OptimConfig:
 class TrainerConfig:
     """train_batch_size: samples per optimizer step; a rollout of rollout_batch_size x n
     samples gives (rollout_batch_size * n / train_batch_size) steps per epoch.
-    max_tokens_per_micro_batch: packed tokens per forward/backward (sequences are kept whole).
+    max_tokens_per_micro_batch: packed tokens per forward/backward (sequences are kept whole), counted
+      with every sample whole: with model.share_prompts the packed row is shorter.
     num_episodes: passes over the prompt data; max_steps: stop after this many rollouts (0: no cap).
     """
 
