@@ -122,12 +122,21 @@ def _assert_lists_close(got, expected):
         torch.testing.assert_close(g, e, **TOL)
 
 
+def _shared_prompt_samples():
+    """Three prompts, two with several samples: packed with one copy each (kernels/shared_prompts.py)."""
+    prompts = [torch.randint(10, 600, (n,)) for n in (6, 3, 9)]
+    return [Sample(torch.cat((prompts[i], torch.randint(10, 600, (r,)))), r)
+            for i, r in ((0, 4), (1, 2), (0, 1), (2, 5), (0, 7), (1, 3))]
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_text_logprobs_entropy_values_equal_padded_hf(cache, backend, rng_seed):
-    spec = ModelSpec(cache["tiny-qwen2"])
-    samples = _text_samples([(7, 3), (15, 6), (2, 1), (11, 10)])
+@pytest.mark.parametrize("prompts", ["distinct", "shared"])
+def test_text_logprobs_entropy_values_equal_padded_hf(cache, backend, prompts, rng_seed):
+    spec = ModelSpec(cache["tiny-qwen2"])  # share_prompts is on by default
+    samples = _text_samples([(7, 3), (15, 6), (2, 1), (11, 10)]) if prompts == "distinct" else _shared_prompt_samples()
     temperature = 0.6 + torch.rand(()).item()
     policy = load_reference(spec, get_backend(backend))
+    assert (pack_samples(samples, policy.config, share_prompts=True).shared is not None) == (prompts == "shared")
     got = packed_log_probs(policy, samples, temperature=temperature, return_entropy=True, chunk_size=5)
     critic = load_critic(spec, get_backend(backend))
     with torch.no_grad():
