@@ -52,6 +52,7 @@ from lmm_r1_ascend.kernels.sequence_split import split_packed
 from lmm_r1_ascend.kernels.shared_prompts import SharedPrompts, shared_prompt_layout
 from lmm_r1_ascend.models.packed_attention import SP_KWARG, packed_kwargs, use_packed_attention
 from lmm_r1_ascend.models.sequence_parallel import gather_scored, scored_rows, sequence_parallel_of
+from lmm_r1_ascend.models.vision_inputs import blank_image, check_sample_images, image_features
 
 _PACKED_NAMES: set[str] = set()  # attention names registered through enable_packed_forward
 # model -> the log-prob kernel (kernels/logprobs.py contract) its backend chose
@@ -179,16 +180,23 @@ def _as_int(value, what: str) -> int:
         raise TypeError(f"{what} must be an int, got {value!r}") from None
 
 
-def _image_rows(grid: torch.Tensor) -> int:
-    return int(grid.prod(-1).sum())
+def _share_prompt_rows(packed: PackedInputs, ids: list[torch.Tensor]) -> None:
+    """Re-lay a text row built whole (``ids``: its samples' (L_i,) ids) with one copy of each shared
+    prompt: ids, positions and score rows move to the shared rows; cu_seqlens stays attention's."""
+    shared = shared_prompt_layout(ids, [n - r for n, r in zip(packed.lengths, packed.response_lengths)])
+    if shared is None:
+        return
+    packed.shared = shared
+    packed.input_ids = packed.input_ids[:, shared.virtual_of_row]
+    packed.position_ids = packed.position_ids[:, shared.virtual_of_row]
+    packed.score_index = shared.row_of_virtual[packed.score_index]
 
 
 def pack_samples(samples: Sequence[Sample], config, device: torch.device | str | None = None, *,
                  share_prompts: bool = False) -> PackedInputs:
     """Validate ``samples`` against the model ``config`` and build one packed row on ``device``.
 
-    share_prompts: keep one copy of each distinct prompt (kernels.shared_prompts) when some
-    samples share one; text models only (a VL config packs every sample whole).
+    share_prompts: one copy of each prompt samples share (kernels.shared_prompts); text models only.
     """
     if not samples:
         raise ValueError("pack_samples got no samples: a packed micro-batch needs at least one")
@@ -228,7 +236,7 @@ def pack_samples(samples: Sequence[Sample], config, device: torch.device | str |
         if s.pixel_values is not None:
             if vision is None:
                 raise ValueError(f"samples[{i}] has images but the model ({type(config).__name__}) has no vision tower")
-            pixels.append(_check_images(i, s, prompt, config))
+            pixels.append(check_sample_images(i, s.pixel_values, s.image_grid_thw, prompt, config))
             grids.append(s.image_grid_thw.long().cpu())
         elif vision is not None and bool((prompt == config.image_token_id).any()):
             raise ValueError(f"samples[{i}] has {int((prompt == config.image_token_id).sum())} image pad tokens "
@@ -248,13 +256,8 @@ def pack_samples(samples: Sequence[Sample], config, device: torch.device | str |
         cu_seqlens_host=cu.tolist(), lengths=lengths, response_lengths=resp,
         score_index=labels_at - 1, score_labels=input_ids[0, labels_at],
     )
-    shared = shared_prompt_layout(ids, [n - r for n, r in zip(lengths, resp)]) \
-        if share_prompts and vision is None else None
-    if shared is not None:
-        packed.shared = shared
-        packed.input_ids = input_ids[:, shared.virtual_of_row]
-        packed.position_ids = packed.position_ids[:, shared.virtual_of_row]
-        packed.score_index = shared.row_of_virtual[packed.score_index]
+    if share_prompts and vision is None:
+        _share_prompt_rows(packed, ids)
     if vision is not None:
         types = mm_token_type_ids_from_input_ids(input_ids, config.image_token_id, config.video_token_id)
         types[0, torch.cat(sampled_masks)] = 0  # sampled tokens are text, whatever ids were sampled
@@ -267,41 +270,6 @@ def pack_samples(samples: Sequence[Sample], config, device: torch.device | str |
         packed.image_grid_thw = grid
         packed.pixel_values = torch.cat([p.to(pixels[0].device) for p in pixels]) if pixels else None
     return packed if device is None else packed.to(device)
-
-
-def _check_images(i: int, s: Sample, ids: torch.Tensor, config) -> torch.Tensor:
-    vc = config.vision_config
-    grid, pix = s.image_grid_thw, s.pixel_values
-    if not isinstance(grid, torch.Tensor) or grid.dim() != 2 or grid.shape[1] != 3 or grid.is_floating_point():
-        raise ValueError(f"samples[{i}].image_grid_thw must be an integer (n_images, 3) tensor of (t, h, w), "
-                         f"got {getattr(grid, 'shape', grid)!r}")
-    width = vc.in_channels * vc.temporal_patch_size * vc.patch_size**2
-    if not isinstance(pix, torch.Tensor) or pix.dim() != 2 or not pix.is_floating_point() or pix.shape[1] != width:
-        raise ValueError(f"samples[{i}].pixel_values must be a float (patches, {width}) tensor, "
-                         f"got {getattr(pix, 'dtype', '')} {tuple(getattr(pix, 'shape', ()))}")
-    if pix.shape[0] != _image_rows(grid):
-        raise ValueError(f"samples[{i}]: pixel_values has {pix.shape[0]} patch rows but image_grid_thw "
-                         f"{grid.tolist()} needs sum(t*h*w) = {_image_rows(grid)}")
-    pads, need = int((ids == config.image_token_id).sum()), _image_rows(grid) // vc.spatial_merge_size**2
-    if pads != need:
-        raise ValueError(f"samples[{i}] has {pads} <|image_pad|> tokens but its image_grid_thw {grid.tolist()} needs "
-                         f"sum(t*h*w) / spatial_merge_size^2 = {need}; expand each image's pad to its patch count")
-    return pix
-
-
-def _image_features(backbone, pixel_values: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-    """(n_tokens, H) merged image embeddings of the images, in order."""
-    out = backbone.get_image_features(pixel_values, grid)
-    out = getattr(out, "pooler_output", out)  # an output object (transformers >= 5.2x) or per-image tensors
-    return torch.cat(list(out)) if isinstance(out, (list, tuple)) else out
-
-
-def _blank_image(config, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """The smallest image the tower takes: one merge block, (m*m, D) zeros and grid (1, m, m)."""
-    vc = config.vision_config
-    m = vc.spatial_merge_size
-    width = vc.in_channels * vc.temporal_patch_size * vc.patch_size**2
-    return torch.zeros(m * m, width, device=device, dtype=dtype), torch.tensor([[1, m, m]], device=device)
 
 
 def packed_hidden_states(backbone: torch.nn.Module, packed: PackedInputs, *,
@@ -343,11 +311,11 @@ def _hidden_states(backbone, packed: PackedInputs, keep_vision_in_graph: bool):
     embeds = backbone.get_input_embeddings()(packed.input_ids)
     vision_dtype = next(backbone.visual.parameters()).dtype
     if packed.pixel_values is not None:  # the tower runs once, on every image of the row
-        feats = _image_features(backbone, packed.pixel_values.to(vision_dtype), packed.image_grid_thw)
+        feats = image_features(backbone, packed.pixel_values.to(vision_dtype), packed.image_grid_thw)
         mask = (packed.mm_token_type_ids == 1).unsqueeze(-1)
         embeds = embeds.masked_scatter(mask, feats.to(embeds.dtype))
     elif keep_vision_in_graph:
-        blank = _image_features(backbone, *_blank_image(config, embeds.device, vision_dtype))
+        blank = image_features(backbone, *blank_image(config, embeds.device, vision_dtype))
         embeds = embeds + 0.0 * blank.sum().to(embeds.dtype)
     if sp is not None:  # scattered into the whole row first, then split with the tokens
         embeds = embeds.index_select(1, index)
