@@ -20,6 +20,11 @@ GRPO, is Prefix Grouper (arXiv 2506.05433), which also splits attention so the p
 computed once; here attention's own work is unchanged and the sharing is a pure re-indexing
 around any varlen kernel, so the CUDA and NPU kernels take it as they are.
 
+A VL prompt is the same only with the same images (pads do not identify them): the caller
+(models.packed_inputs) passes a digest of the prompt's pixels as each sample's key, and lays
+the row's images out to match (models.vision_inputs.shared_row_images), so the vision tower
+also runs once per prompt image.
+
 Positions stay those of the unshared samples (a response's positions continue its prompt's).
 The response token j of sample i is scored from the row that predicts it: the shared last
 prompt row for j == 0, its own previous response row otherwise.
@@ -27,7 +32,7 @@ prompt row for j == 0, its own previous response row otherwise.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -40,24 +45,30 @@ class SharedPrompts:
     virtual_of_row: int64 (T_s,): the unshared row each shared row stands for (a prompt row:
         the copy in the first sample of its prompt group).
     row_of_virtual: int64 (T_v,): the shared row holding each unshared row's token.
-    groups: number of distinct prompts.
+    members: the sample indices of each distinct prompt, groups in row order, samples in order.
     """
 
     virtual_of_row: torch.Tensor
     row_of_virtual: torch.Tensor
-    groups: int
+    members: tuple[tuple[int, ...], ...]
+
+    @property
+    def groups(self) -> int:
+        return len(self.members)
 
     @property
     def rows(self) -> int:
         return int(self.virtual_of_row.numel())
 
     def to(self, device: torch.device | str) -> SharedPrompts:
-        return SharedPrompts(self.virtual_of_row.to(device), self.row_of_virtual.to(device), self.groups)
+        return SharedPrompts(self.virtual_of_row.to(device), self.row_of_virtual.to(device), self.members)
 
 
-def shared_prompt_layout(sequences: Sequence[torch.Tensor], prompt_lengths: Sequence[int]) -> SharedPrompts | None:
+def shared_prompt_layout(sequences: Sequence[torch.Tensor], prompt_lengths: Sequence[int],
+                         keys: Sequence[Hashable] | None = None) -> SharedPrompts | None:
     """The shared layout of ``sequences`` (1-D int (L_i,) prompt + response ids, in packed order),
-    grouping those whose first ``prompt_lengths[i]`` ids are equal; None when no two share a prompt.
+    grouping those whose first ``prompt_lengths[i]`` ids are equal, and ``keys[i]`` too when given
+    (what the ids do not identify, e.g. the prompt's images); None when no two share a prompt.
 
     Groups appear in the order of their first sample; within a group, responses keep sample order.
     prompt_lengths[i] must be in [1, L_i - 1] (a response of at least one token follows).
@@ -69,9 +80,11 @@ def shared_prompt_layout(sequences: Sequence[torch.Tensor], prompt_lengths: Sequ
         if not 1 <= p < n:
             raise ValueError(f"shared_prompt_layout: prompt_lengths[{i}] = {p} must be in [1, {n - 1}] "
                              f"for a sequence of {n} tokens")
-    groups: dict[tuple[int, ...], list[int]] = {}
+    if keys is not None and len(keys) != len(sequences):
+        raise ValueError(f"shared_prompt_layout: {len(sequences)} sequences but {len(keys)} keys")
+    groups: dict[tuple, list[int]] = {}
     for i, (s, p) in enumerate(zip(sequences, prompt_lengths)):
-        groups.setdefault(tuple(s[:p].tolist()), []).append(i)
+        groups.setdefault((tuple(s[:p].tolist()), None if keys is None else keys[i]), []).append(i)
     if len(groups) == len(sequences):
         return None
     starts = [0]
@@ -91,7 +104,7 @@ def shared_prompt_layout(sequences: Sequence[torch.Tensor], prompt_lengths: Sequ
             virtual_of_row.append(torch.arange(starts[m] + p, starts[m] + lengths[m]))
             row_of_virtual[starts[m] + p:starts[m] + lengths[m]] = torch.arange(row, row + r)
             row += r
-    return SharedPrompts(torch.cat(virtual_of_row), row_of_virtual, len(groups))
+    return SharedPrompts(torch.cat(virtual_of_row), row_of_virtual, tuple(tuple(m) for m in groups.values()))
 
 
 __all__ = ["SharedPrompts", "shared_prompt_layout"]

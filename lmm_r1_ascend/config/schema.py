@@ -24,8 +24,8 @@ class ModelConfig:
     dtype: auto (the backend's: fp32 on CPU, bf16 on accelerators) | float32 | bfloat16 | float16.
     freeze_prefixes: parameter-name prefixes kept frozen in the actor (e.g. model.visual).
     share_prompts: packed forwards (actor, reference, critic) run each distinct prompt of a
-      micro-batch once and its n samples' responses attend to that copy (kernels/shared_prompts.py);
-      text models without sequence parallelism. False packs every sample whole.
+      micro-batch once, its images included, and its n samples' responses attend to that copy
+      (kernels/shared_prompts.py); not under sequence parallelism. False packs every sample whole.
     """
 
     pretrain: str = "tiny-qwen2"

@@ -60,8 +60,8 @@ class ModelSpec:
         backend has them and they support the model (others keep transformers' modules,
         with a warning), True = required (an unsupported model is an error), False = off.
     share_prompts: packed forwards run each distinct prompt of a micro-batch once, its samples'
-        responses attending to that one copy (kernels/shared_prompts.py); text models without
-        sequence parallelism (the others pack every sample whole).
+        responses attending to that one copy, its images included (kernels/shared_prompts.py); not
+        under sequence parallelism (which packs every sample whole).
     tiny_seed, tiny_cache_dir: seed and cache of a built-in tiny model.
     """
 

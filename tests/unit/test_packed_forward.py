@@ -115,6 +115,37 @@ def _vl_samples(cfg):
     ]
 
 
+def _vl_shared_samples(cfg):
+    """Samples packed with shared prompts: two of one image prompt (the second with an observation
+    image inside its response, as multi-turn samples have), one with the same prompt ids but other
+    pixels (not the same prompt: 3 groups with the text-only one), and a text-only prompt twice."""
+    vs, ve, pad = cfg.vision_start_token_id, cfg.vision_end_token_id, cfg.image_token_id
+
+    def text(n):
+        return torch.randint(10, 600, (n,))
+
+    image = torch.tensor([vs] + [pad] * 6 + [ve])  # a (1, 4, 6) grid: 24 patches, 6 merged pads
+    grid, obs_grid = torch.tensor([[1, 4, 6]]), torch.tensor([[1, 2, 2]])
+    prompt, pixels, t_prompt = torch.cat([text(3), image, text(2)]), torch.randn(24, 1176), text(7)
+    obs = torch.tensor([vs, pad, ve])
+    turn = torch.cat([text(2), obs, text(3)])
+    return [
+        Sample(torch.cat([prompt, text(4)]), 4, pixels, grid),
+        Sample(torch.cat([t_prompt, text(3)]), 3),
+        Sample(torch.cat([prompt, turn]), len(turn), torch.cat([pixels, torch.randn(4, 1176)]),
+               torch.cat([grid, obs_grid]), torch.tensor([True, True, False, False, False, True, True, True])),
+        Sample(torch.cat([prompt, text(5)]), 5, torch.randn(24, 1176), grid),
+        Sample(torch.cat([t_prompt, text(6)]), 6),
+    ]
+
+
+def _vl_case(cfg, prompts):
+    samples = _vl_samples(cfg) if prompts == "distinct" else _vl_shared_samples(cfg)
+    shared = pack_samples(samples, cfg, share_prompts=True).shared
+    assert (shared.groups if shared else len(samples)) == (3 if prompts == "shared" else len(samples))
+    return samples
+
+
 def _assert_lists_close(got, expected):
     assert [g.shape for g in got] == [e.shape for e in expected]
     for g, e in zip(got, expected):
@@ -152,10 +183,11 @@ def test_text_logprobs_entropy_values_equal_padded_hf(cache, backend, prompts, r
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_multi_image_logprobs_and_values_equal_padded_hf(cache, backend, rng_seed):
+@pytest.mark.parametrize("prompts", ["distinct", "shared"])
+def test_multi_image_logprobs_and_values_equal_padded_hf(cache, backend, prompts, rng_seed):
     spec = ModelSpec(cache["tiny-qwen2.5-vl"])
     policy = load_reference(spec, get_backend(backend))
-    samples = _vl_samples(policy.config)
+    samples = _vl_case(policy.config, prompts)
     got = packed_log_probs(policy, samples, return_entropy=True)
     critic = load_critic(spec, get_backend(backend))
     with torch.no_grad():
@@ -194,11 +226,12 @@ def test_qwen2_vl_packed_equals_padded(cache, tmp_path, rng_seed):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_gradients_equal_padded_hf_gradients(cache, backend, rng_seed):
+@pytest.mark.parametrize("prompts", ["distinct", "shared"])
+def test_gradients_equal_padded_hf_gradients(cache, backend, prompts, rng_seed):
     """d(sum of response log-probs)/d(every parameter), vision tower included, packed vs padded."""
     spec = ModelSpec(cache["tiny-qwen2.5-vl"])
     policy = load_policy(spec, get_backend(backend))
-    samples = _vl_samples(policy.config)
+    samples = _vl_case(policy.config, prompts)
     torch.stack([lp.sum() for lp in packed_log_probs(policy, samples, temperature=0.9).log_probs]).sum().backward()
     hf = _hf(spec.path, "vl")
     ref_lp, _ = _padded_reference(hf, samples, left=True, temperature=0.9, vl=True)

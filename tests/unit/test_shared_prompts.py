@@ -117,14 +117,27 @@ def test_gradients_equal_those_of_whole_samples(cache, backend, rng_seed):
         torch.testing.assert_close(g, grads[False][name], rtol=1e-4, atol=2e-5, msg=name)
 
 
-def test_vl_models_pack_every_sample_whole(cache):
+def test_vl_prompts_are_the_same_only_with_the_same_images(cache):
+    """Pads do not identify an image: equal prompt ids with other pixels are another prompt; images
+    only inside the response (multi-turn observations) do not enter the key."""
     from transformers import AutoConfig
 
+    from lmm_r1_ascend.models.vision_inputs import prompt_image_key
+
     config = AutoConfig.from_pretrained(cache["tiny-qwen2.5-vl"])
-    prompt = torch.randint(10, 600, (6,))
-    samples = [Sample(torch.cat((prompt, torch.randint(10, 600, (3,)))), 3) for _ in range(3)]
-    packed = pack_samples(samples, config, share_prompts=True)
-    assert packed.shared is None and packed.input_ids.shape[1] == 27
+    vs, ve, pad = config.vision_start_token_id, config.vision_end_token_id, config.image_token_id
+    ids = torch.tensor([11, vs, pad, ve, 12, vs, pad, ve, 13])  # prompt: the first 5 tokens (one image)
+    grid, pixels = torch.tensor([[1, 2, 2], [1, 2, 2]]), torch.randn(8, 1176)
+    key = prompt_image_key(ids, 5, pixels, grid, config)
+    assert key == prompt_image_key(ids, 5, pixels.clone(), grid, config)
+    other = pixels.clone()
+    other[0, 0] += 1
+    assert key != prompt_image_key(ids, 5, other, grid, config)
+    changed_obs = pixels.clone()
+    changed_obs[4:] = 0  # the second image sits in the response
+    assert key == prompt_image_key(ids, 5, changed_obs, grid, config)
+    assert prompt_image_key(ids, 1, pixels, grid, config) is None  # no image in a 1-token prompt
+    assert prompt_image_key(ids, 5, None, None, config) is None
 
 
 def test_switched_off_the_model_packs_every_sample_whole(cache, rng_seed):
