@@ -21,8 +21,8 @@ computed once; here attention's own work is unchanged and the sharing is a pure 
 around any varlen kernel, so the CUDA and NPU kernels take it as they are.
 
 A VL prompt is the same only with the same images (pads do not identify them): the caller
-(models.packed_inputs) passes a digest of the prompt's pixels as each sample's key, and lays
-the row's images out to match (models.vision_inputs.shared_row_images), so the vision tower
+(models.packed_inputs) passes a ``same_prompt`` check that compares the prompts' pixels, and lays
+the row's images out to match (models.vision_inputs.row_images), so the vision tower
 also runs once per prompt image.
 
 Positions stay those of the unshared samples (a response's positions continue its prompt's).
@@ -32,7 +32,7 @@ prompt row for j == 0, its own previous response row otherwise.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -65,10 +65,11 @@ class SharedPrompts:
 
 
 def shared_prompt_layout(sequences: Sequence[torch.Tensor], prompt_lengths: Sequence[int],
-                         keys: Sequence[Hashable] | None = None) -> SharedPrompts | None:
+                         same_prompt: Callable[[int, int], bool] | None = None) -> SharedPrompts | None:
     """The shared layout of ``sequences`` (1-D int (L_i,) prompt + response ids, in packed order),
-    grouping those whose first ``prompt_lengths[i]`` ids are equal, and ``keys[i]`` too when given
-    (what the ids do not identify, e.g. the prompt's images); None when no two share a prompt.
+    grouping those whose first ``prompt_lengths[i]`` ids are equal and, when given, for which
+    ``same_prompt(first, i)`` holds (``first``: the group's first sample; what the ids do not
+    identify, e.g. the prompt's images); None when no two share a prompt.
 
     Groups appear in the order of their first sample; within a group, responses keep sample order.
     prompt_lengths[i] must be in [1, L_i - 1] (a response of at least one token follows).
@@ -80,11 +81,16 @@ def shared_prompt_layout(sequences: Sequence[torch.Tensor], prompt_lengths: Sequ
         if not 1 <= p < n:
             raise ValueError(f"shared_prompt_layout: prompt_lengths[{i}] = {p} must be in [1, {n - 1}] "
                              f"for a sequence of {n} tokens")
-    if keys is not None and len(keys) != len(sequences):
-        raise ValueError(f"shared_prompt_layout: {len(sequences)} sequences but {len(keys)} keys")
-    groups: dict[tuple, list[int]] = {}
+    groups: list[list[int]] = []
+    by_ids: dict[tuple[int, ...], list[list[int]]] = {}  # prompt ids -> its groups (several only with same_prompt)
     for i, (s, p) in enumerate(zip(sequences, prompt_lengths)):
-        groups.setdefault((tuple(s[:p].tolist()), None if keys is None else keys[i]), []).append(i)
+        candidates = by_ids.setdefault(tuple(s[:p].tolist()), [])
+        group = next((g for g in candidates if same_prompt is None or same_prompt(g[0], i)), None)
+        if group is None:
+            group = []
+            candidates.append(group)
+            groups.append(group)
+        group.append(i)
     if len(groups) == len(sequences):
         return None
     starts = [0]
@@ -93,7 +99,7 @@ def shared_prompt_layout(sequences: Sequence[torch.Tensor], prompt_lengths: Sequ
     virtual_of_row: list[torch.Tensor] = []
     row_of_virtual = torch.empty(sum(lengths), dtype=torch.int64)
     row = 0
-    for members in groups.values():
+    for members in groups:
         p = prompt_lengths[members[0]]
         virtual_of_row.append(torch.arange(starts[members[0]], starts[members[0]] + p))
         for m in members:
@@ -104,7 +110,7 @@ def shared_prompt_layout(sequences: Sequence[torch.Tensor], prompt_lengths: Sequ
             virtual_of_row.append(torch.arange(starts[m] + p, starts[m] + lengths[m]))
             row_of_virtual[starts[m] + p:starts[m] + lengths[m]] = torch.arange(row, row + r)
             row += r
-    return SharedPrompts(torch.cat(virtual_of_row), row_of_virtual, tuple(tuple(m) for m in groups.values()))
+    return SharedPrompts(torch.cat(virtual_of_row), row_of_virtual, tuple(tuple(m) for m in groups))
 
 
 __all__ = ["SharedPrompts", "shared_prompt_layout"]

@@ -20,7 +20,9 @@ import torch
 from lmm_r1_ascend.kernels.mrope import mm_token_type_ids_from_input_ids, mrope_position_ids
 from lmm_r1_ascend.kernels.packing import cu_seqlens_from_lengths, position_ids_from_lengths
 from lmm_r1_ascend.kernels.shared_prompts import SharedPrompts, shared_prompt_layout
-from lmm_r1_ascend.models.vision_inputs import check_sample_images, prompt_image_key, shared_row_images
+from lmm_r1_ascend.models.vision_inputs import (
+    check_sample_images, prompt_image_count, same_prompt_images, row_images,
+)
 
 
 @dataclass
@@ -93,27 +95,28 @@ def _as_int(value, what: str) -> int:
         raise TypeError(f"{what} must be an int, got {value!r}") from None
 
 
-def _share_prompt_rows(packed: PackedInputs, ids: list[torch.Tensor], images: list | None, config) -> None:
-    """Re-lay a row built whole (``ids``: its samples' (L_i,) ids; ``images``: VL samples' (pixels,
-    grid) or None) with one copy of each shared prompt, its images included: ids, positions, token
-    types, images and score rows move to the shared rows; cu_seqlens stays attention's."""
-    prompt_lengths = [n - r for n, r in zip(packed.lengths, packed.response_lengths)]
-    keys = None if images is None else [
-        prompt_image_key(t, p, *(im or (None, None)), config) for t, p, im in zip(ids, prompt_lengths, images)]
-    shared = shared_prompt_layout(ids, prompt_lengths, keys)
-    if shared is None:
-        return
+def _shared_layout(ids: list[torch.Tensor], lengths: list[int], resp: list[int], images: list,
+                   prompt_images: list[int] | None) -> SharedPrompts | None:
+    """The row's shared-prompt layout (kernels.shared_prompts), or None; for a VL model (images:
+    per sample (pixels, grid) or None; prompt_images: how many sit in each prompt, None for a text
+    model) two prompts with equal ids are the same only with the same images."""
+    prompt_lengths = [n - r for n, r in zip(lengths, resp)]
+    if prompt_images is None:
+        return shared_prompt_layout(ids, prompt_lengths)
+    return shared_prompt_layout(ids, prompt_lengths,
+                                lambda a, b: same_prompt_images(images[a], images[b], prompt_images[a]))
+
+
+def _relay_rows(packed: PackedInputs, shared: SharedPrompts) -> None:
+    """Move a row built whole onto the shared rows: ids, positions, token types and score rows
+    (cu_seqlens stays attention's layout, the samples whole)."""
     rows = shared.virtual_of_row
     packed.shared = shared
     packed.input_ids = packed.input_ids[:, rows]
     packed.position_ids = packed.position_ids.index_select(-1, rows)
     packed.score_index = shared.row_of_virtual[packed.score_index]
-    if images is not None:
+    if packed.mm_token_type_ids is not None:
         packed.mm_token_type_ids = packed.mm_token_type_ids[:, rows]
-        device = packed.pixel_values.device if packed.pixel_values is not None else None
-        pixels, grid = shared_row_images(shared.members, ids, prompt_lengths, images, config)
-        packed.pixel_values = None if pixels is None else pixels.to(device)
-        packed.image_grid_thw = grid
 
 
 def _sampled_tokens(i: int, m: torch.Tensor | None, n: int, r: int) -> torch.Tensor:
@@ -188,20 +191,25 @@ def pack_samples(samples: Sequence[Sample], config, device: torch.device | str |
         cu_seqlens_host=cu.tolist(), lengths=lengths, response_lengths=resp,
         score_index=labels_at - 1, score_labels=input_ids[0, labels_at],
     )
+    prompt_images = None if vision is None else [  # per sample: how many of its images sit in its prompt
+        0 if im is None else prompt_image_count(t, n - r, im[1], config)
+        for t, n, r, im in zip(ids, lengths, resp, images)]
+    shared = _shared_layout(ids, lengths, resp, images, prompt_images) if share_prompts else None
     if vision is not None:
         types = mm_token_type_ids_from_input_ids(input_ids, config.image_token_id, config.video_token_id)
         types[0, torch.cat(sampled_masks)] = 0  # sampled tokens are text, whatever ids were sampled
         if bool((types == 2).any()):
             raise ValueError("video pad tokens found: packed forwards take images only")
-        pixels, grids = [im[0] for im in images if im], [im[1] for im in images if im]
-        grid = torch.cat(grids) if grids else None
+        grids = [im[1] for im in images if im]
+        grid = torch.cat(grids) if grids else None  # every sample's: positions are built on the whole row
         packed.mm_token_type_ids = types
         packed.position_ids = mrope_position_ids(types, lengths, grid, spatial_merge_size=vision.spatial_merge_size,
                                                  with_text_positions=True)
-        packed.image_grid_thw = grid
-        packed.pixel_values = torch.cat([p.to(pixels[0].device) for p in pixels]) if pixels else None
-    if share_prompts:
-        _share_prompt_rows(packed, ids, images if vision is not None else None, config)
+        # in the order of the row's pads: every sample's images, or with shared prompts each prompt image once
+        packed.pixel_values, packed.image_grid_thw = row_images(
+            shared.members if shared else [(i,) for i in range(len(images))], images, prompt_images)
+    if shared is not None:
+        _relay_rows(packed, shared)
     return packed if device is None else packed.to(device)
 
 

@@ -4,8 +4,6 @@ a shared-prompt row (kernels.shared_prompts: each prompt image once) (models.for
 
 from __future__ import annotations
 
-import hashlib
-
 import torch
 
 
@@ -64,37 +62,39 @@ def prompt_image_count(ids: torch.Tensor, prompt_length: int, grid: torch.Tensor
     return int((merged <= pads).sum())
 
 
-def prompt_image_key(ids: torch.Tensor, prompt_length: int, pix: torch.Tensor | None, grid: torch.Tensor | None,
-                     config) -> bytes | None:
-    """A digest of the images in a sample's prompt (None without any): two prompts with equal ids
-    share their pads, whatever the pixels, so shared-prompt packing groups on this too."""
-    if pix is None:
-        return None
-    k = prompt_image_count(ids, prompt_length, grid, config)
-    if k == 0:
-        return None
-    digest = hashlib.blake2b(digest_size=16)
-    for block in [*_split_images(pix, grid)[:k], grid[:k]]:
-        digest.update(block.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return digest.digest()
+def same_prompt_images(a: tuple[torch.Tensor, torch.Tensor] | None, b: tuple[torch.Tensor, torch.Tensor] | None,
+                       count: int) -> bool:
+    """Whether two samples' first ``count`` images (their prompt's; a and b: (pixel_values, grid) or
+    None) are the same: equal pads do not identify an image. The samples of one prompt usually hold
+    the same pixel tensor, which is recognised without reading it; otherwise the pixels are compared."""
+    if count == 0:
+        return True
+    (pa, ga), (pb, gb) = a, b
+    if not torch.equal(ga[:count], gb[:count]):
+        return False
+    rows = image_rows(ga[:count])
+    pa, pb = pa[:rows], pb[:rows]
+    if pa.dtype != pb.dtype:
+        return False
+    return (pa.data_ptr() == pb.data_ptr() and pa.stride() == pb.stride()) or torch.equal(pa, pb)
 
 
-def shared_row_images(members, ids: list[torch.Tensor], prompt_lengths: list[int], images: list, config
+def row_images(members, images: list, prompt_images: list[int]
                       ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """pixel_values (N, D) and image_grid_thw (n, 3) in the order of a shared-prompt row's image
-    pads: per group (``SharedPrompts.members``), its first sample's prompt images, then each
-    sample's response images. images[i]: sample i's (pixel_values, grid), or None."""
+    """pixel_values (N, D) and image_grid_thw (n, 3) in the order of a packed row's image pads: per
+    group (``SharedPrompts.members``; one group per sample for a row of whole samples), its first
+    sample's images, then each later sample's response images. images[i]: sample i's (pixel_values, grid), or None;
+    prompt_images[i]: how many of them sit in its prompt (prompt_image_count)."""
     pix, grids = [], []
     for group in members:
         for j, m in enumerate(group):
             if images[m] is None:
                 continue
             p, g = images[m]
-            k = prompt_image_count(ids[m], prompt_lengths[m], g, config)
-            keep = range(0, len(g)) if j == 0 else range(k, len(g))  # later samples: their own images only
+            keep = range(0, len(g)) if j == 0 else range(prompt_images[m], len(g))  # later samples: their own
             blocks = _split_images(p, g)
             pix += [blocks[x] for x in keep]
             grids += [g[x:x + 1] for x in keep]
     if not pix:
         return None, None
-    return torch.cat(pix), torch.cat(grids)
+    return torch.cat([p.to(pix[0].device) for p in pix]), torch.cat(grids)

@@ -28,13 +28,14 @@ def cache(tmp_path_factory):
 
 
 def _grouped_samples(groups: int = 3, vocab=(10, 600)) -> list[Sample]:
-    """1-4 samples per prompt, prompts of 2-11 tokens, responses of 1-8, in shuffled order; one
-    prompt is a strict prefix of another (equal ids up to its length, not the same prompt)."""
+    """1-4 samples per prompt (2-4 for the first, so some prompt is shared), prompts of 2-11
+    tokens, responses of 1-8, in shuffled order; one prompt is a strict prefix of another (equal
+    ids up to its length, not the same prompt)."""
     prompts = [torch.randint(*vocab, (int(torch.randint(2, 12, ())),)) for _ in range(groups)]
     prompts.append(prompts[0][:-1].clone())
     samples = []
-    for p in prompts:
-        for _ in range(int(torch.randint(1, 5, ()))):
+    for j, p in enumerate(prompts):
+        for _ in range(int(torch.randint(2 if j == 0 else 1, 5, ()))):
             r = torch.randint(*vocab, (int(torch.randint(1, 9, ())),))
             samples.append(Sample(torch.cat((p, r)), int(r.numel())))
     return [samples[i] for i in torch.randperm(len(samples)).tolist()]
@@ -64,9 +65,7 @@ def test_layout_matches_the_obvious_loop(rng_seed):
                                       [len(s.input_ids) - s.response_length for s in samples])
         ids_v = torch.cat([s.input_ids for s in samples])
         expected, groups = _reference_layout(samples)
-        if groups == len(samples):
-            assert layout is None
-            continue
+        assert groups < len(samples)
         assert layout.groups == groups and layout.rows == len(expected)
         shared = ids_v[layout.virtual_of_row]
         assert shared.tolist() == expected
@@ -82,6 +81,21 @@ def test_distinct_prompts_need_no_layout_and_bad_lengths_are_refused():
         shared_prompt_layout(seqs, [2, 3])
     with pytest.raises(ValueError, match="2 sequences but 1 prompt lengths"):
         shared_prompt_layout(seqs, [2])
+
+
+def test_same_prompt_check_splits_equal_ids():
+    """Equal prompt ids group only where same_prompt(first of the group, i) holds (e.g. equal images)."""
+    seqs = [torch.tensor([1, 2, 3 + i]) for i in range(4)]
+    calls = []
+
+    def same(first, i):
+        calls.append((first, i))
+        return first % 2 == i % 2
+
+    layout = shared_prompt_layout(seqs, [2] * 4, same)
+    assert layout.members == ((0, 2), (1, 3))
+    assert calls == [(0, 1), (0, 2), (0, 3), (1, 3)]  # each sample against each earlier group's first
+    assert shared_prompt_layout(seqs, [2] * 4, lambda first, i: False) is None
 
 
 def test_packed_row_scores_each_response_from_the_row_that_predicts_it(cache, rng_seed):
@@ -106,6 +120,7 @@ def test_gradients_equal_those_of_whole_samples(cache, backend, rng_seed):
     grads = {}
     for share in (True, False):
         policy = load_policy(ModelSpec(cache["tiny-qwen2"], share_prompts=share), get_backend(backend))
+        assert (pack_samples(samples, policy.config, share_prompts=share).shared is not None) == share
         out = packed_log_probs(policy, samples, temperature=0.9, return_entropy=True)
         torch.manual_seed(1)
         weights = torch.randn(sum(s.response_length for s in samples))
@@ -118,26 +133,34 @@ def test_gradients_equal_those_of_whole_samples(cache, backend, rng_seed):
 
 
 def test_vl_prompts_are_the_same_only_with_the_same_images(cache):
-    """Pads do not identify an image: equal prompt ids with other pixels are another prompt; images
-    only inside the response (multi-turn observations) do not enter the key."""
+    """Pads do not identify an image: equal prompt ids with other pixels (or another grid of as
+    many pads) are another prompt; images only inside the response (multi-turn observations) do
+    not count; the same tensor is recognised, a copy compared."""
     from transformers import AutoConfig
 
-    from lmm_r1_ascend.models.vision_inputs import prompt_image_key
+    from lmm_r1_ascend.models.vision_inputs import prompt_image_count, same_prompt_images
 
     config = AutoConfig.from_pretrained(cache["tiny-qwen2.5-vl"])
     vs, ve, pad = config.vision_start_token_id, config.vision_end_token_id, config.image_token_id
     ids = torch.tensor([11, vs, pad, ve, 12, vs, pad, ve, 13])  # prompt: the first 5 tokens (one image)
     grid, pixels = torch.tensor([[1, 2, 2], [1, 2, 2]]), torch.randn(8, 1176)
-    key = prompt_image_key(ids, 5, pixels, grid, config)
-    assert key == prompt_image_key(ids, 5, pixels.clone(), grid, config)
+    k = prompt_image_count(ids, 5, grid, config)
+    assert k == 1 and prompt_image_count(ids, 1, grid, config) == 0
+    image = (pixels, grid)
+    assert same_prompt_images(image, image, k)
+    assert same_prompt_images(image, (pixels.clone(), grid.clone()), k)
     other = pixels.clone()
     other[0, 0] += 1
-    assert key != prompt_image_key(ids, 5, other, grid, config)
+    assert not same_prompt_images(image, (other, grid), k)
+    assert not same_prompt_images(image, (pixels.double(), grid), k)
     changed_obs = pixels.clone()
     changed_obs[4:] = 0  # the second image sits in the response
-    assert key == prompt_image_key(ids, 5, changed_obs, grid, config)
-    assert prompt_image_key(ids, 1, pixels, grid, config) is None  # no image in a 1-token prompt
-    assert prompt_image_key(ids, 5, None, None, config) is None
+    assert same_prompt_images(image, (changed_obs, grid), k)
+    assert not same_prompt_images(image, (changed_obs, grid), 2)
+    wide = (torch.randn(16, 1176), torch.tensor([[1, 2, 8]]))  # 4 merged pads either way:
+    tall = (wide[0], torch.tensor([[1, 8, 2]]))               # same ids, other image
+    assert not same_prompt_images(wide, tall, 1)
+    assert same_prompt_images(None, None, 0)  # no prompt image: the ids decide
 
 
 def test_switched_off_the_model_packs_every_sample_whole(cache, rng_seed):
