@@ -130,6 +130,9 @@ def _peak_rss_mb() -> float:
 
 # ------------------------------------------------------------------------------------ ours
 def run_ours(workload: str, steps: int, tmp: str) -> dict:
+    import torch
+
+    from lmm_r1_ascend.kernels.shared_prompts import shared_prompt_layout
     from lmm_r1_ascend.trainer.ppo import PPOTrainer
 
     cfg = _config(f"{tmp}/ours", steps + 1, _data_file(workload, tmp))
@@ -142,11 +145,10 @@ def run_ours(workload: str, steps: int, tmp: str) -> dict:
     def recording(prompts, sampling):  # the step's sequence lengths, for the update's FLOP estimate
         out = generate(prompts, sampling)
         drawn[:] = [s.prompt_ids.numel() + s.response_ids.numel() for s in out]
-        prompts_seen = {tuple(s.prompt_ids.tolist()) for s in out}
-        # the rows our update's matmuls run on: shared prompts once (model.share_prompts; one micro-batch here)
-        computed[:] = [sum(s.response_ids.numel() for s in out)
-                       + (sum(map(len, prompts_seen)) if cfg.model.share_prompts
-                          else sum(s.prompt_ids.numel() for s in out))]
+        # the rows our update's matmuls run on, as the packer lays them out (one micro-batch here)
+        layout = shared_prompt_layout([torch.cat((s.prompt_ids, s.response_ids)) for s in out],
+                                      [s.prompt_ids.numel() for s in out]) if cfg.model.share_prompts else None
+        computed[:] = [sum(drawn) if layout is None else layout.rows]
         return out
 
     engine.generate = recording
